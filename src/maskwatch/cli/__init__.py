@@ -1,0 +1,59 @@
+"""The `maskwatch` command line.
+
+Each module in this package that defines ``register(subparsers)`` adds one or more
+sub-commands; ``ORDER`` (an int) sets its place in ``--help``. Modules import their heavy
+dependencies inside the command function, so ``maskwatch --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from maskwatch import __version__
+from maskwatch.cli.common import HelpFormatter
+from maskwatch.errors import MaskwatchError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maskwatch",
+        description="Train, evaluate and run face-mask detectors.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"maskwatch {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name == "common":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "register"):
+            modules.append(module)
+    for module in sorted(modules, key=lambda m: getattr(m, "ORDER", 100)):
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MaskwatchError as exc:
+        print(f"maskwatch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("maskwatch: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

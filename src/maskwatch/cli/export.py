@@ -1,0 +1,118 @@
+"""`maskwatch export`: checkpoint -> ONNX (and int8), checked against torch."""
+
+from __future__ import annotations
+
+import sys
+
+from maskwatch.cli.common import add_command, print_json
+
+ORDER = 35
+
+
+def register(subparsers) -> None:
+    p = add_command(
+        subparsers,
+        "export",
+        help="export a trained checkpoint to ONNX, optionally quantised to int8",
+        description="Export a .safetensors checkpoint to ONNX (dynamic batch), compare its "
+        "probabilities with torch on real face images, and optionally quantise it to int8 "
+        "with ONNX Runtime, measuring the accuracy change on held-out images.",
+    )
+    p.add_argument("--model", required=True, help="checkpoint (.safetensors) from maskwatch train")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
+    p.add_argument("--out", default=None, help="output .onnx path (default: beside the model)")
+    p.add_argument("--int8", action="store_true", help="also write an int8-quantised model")
+    p.add_argument(
+        "--check-data", default=None,
+        help="dataset whose faces check torch vs ONNX and calibrate int8 (default: random images)",
+    )
+    p.add_argument(
+        "--eval-data", default=None,
+        help="held-out dataset on which the fp32 and int8 accuracies are measured",
+    )
+    p.add_argument("--limit", type=int, default=300, help="images taken from each dataset")
+    p.add_argument("--seed", type=int, default=0, help="seed for picking images")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=run)
+
+
+def _faces(path: str | None, limit: int, seed: int):
+    """Up to ``limit`` face crops and their labels from a dataset, picked at random."""
+    import numpy as np
+
+    if path is None:
+        rng = np.random.default_rng(seed)
+        return [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(32)], []
+    from maskwatch.data import load_dataset, read_face
+
+    samples = list(load_dataset(path).samples)
+    order = np.random.default_rng(seed).permutation(len(samples))[:limit]
+    faces, labels = [], []
+    for i in order:
+        try:
+            faces.append(read_face(samples[i]))
+            labels.append(samples[i].label)
+        except Exception as exc:  # a bad file is reported and skipped
+            print(f"maskwatch: skipping {samples[i].path}: {exc}", file=sys.stderr)
+    return faces, labels
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from maskwatch.errors import MaskwatchError
+    from maskwatch.export import (
+        accuracy,
+        export_onnx,
+        onnx_probabilities,
+        quantise_int8,
+        torch_probabilities,
+    )
+    from maskwatch.training.checkpoint import load_checkpoint
+
+    src = Path(args.model)
+    out = Path(args.out) if args.out else src.with_suffix(".onnx")
+    int8_out = out.with_name(out.stem + ".int8.onnx")
+    targets = [out, out.with_suffix(".json")] + ([int8_out] if args.int8 else [])
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not args.force:
+        raise MaskwatchError(f"{existing[0]} exists; pass --force to overwrite")
+
+    model, info = load_checkpoint(src, device="cpu")
+    export_onnx(model, info, out, opset=args.opset)
+    faces, _ = _faces(args.check_data, args.limit, args.seed)
+    ref = torch_probabilities(model, info, faces)
+    fp32 = onnx_probabilities(out, faces)
+    report = {
+        "onnx": str(out),
+        "checked_images": len(faces),
+        "check_data": args.check_data or "random noise images",
+        "max_prob_diff": float(np.abs(ref - fp32).max()) if len(faces) else 0.0,
+    }
+    eval_faces, eval_labels = _faces(args.eval_data, args.limit, args.seed + 1)
+    if args.eval_data:
+        report["eval_images"] = len(eval_faces)
+        report["accuracy_torch"] = accuracy(torch_probabilities(model, info, eval_faces),
+                                            eval_labels, info)
+        report["accuracy_fp32"] = accuracy(onnx_probabilities(out, eval_faces), eval_labels, info)
+    if args.int8:
+        quantise_int8(out, int8_out, info, faces)
+        q = onnx_probabilities(int8_out, faces)
+        report["int8"] = str(int8_out)
+        report["int8_max_prob_diff"] = float(np.abs(ref - q).max()) if len(faces) else 0.0
+        if args.eval_data:
+            report["accuracy_int8"] = accuracy(
+                onnx_probabilities(int8_out, eval_faces), eval_labels, info
+            )
+            report["accuracy_change_int8"] = report["accuracy_int8"] - report["accuracy_fp32"]
+    if args.json:
+        print_json(report)
+    else:
+        for key, value in report.items():
+            shown = f"{value:.6f}" if isinstance(value, float) else value
+            print(f"{key:>22}: {shown}")
+    return 0

@@ -1,0 +1,113 @@
+"""Safe image reading: one clear error per bad file, upright RGB out."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from maskwatch.errors import ImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+
+#: Largest image accepted, in pixels (a 10,000 x 10,000 photo fits). Override with
+#: MASKWATCH_MAX_PIXELS. Larger files are refused as possible decompression bombs.
+MAX_PIXELS = int(os.environ.get("MASKWATCH_MAX_PIXELS", 120_000_000))
+
+
+def is_image_path(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_video_path(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode (palette, 16-bit, CMYK, LA, RGBA...) to 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0.0
+        scale = 255.0 / hi if hi > 255 else 1.0
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def open_image(source, max_pixels: int | None = None) -> Image.Image:
+    """Open an image file (or file object) as upright 8-bit RGB Pillow image.
+
+    Raises ImageError with a one-line reason for a missing, empty, truncated,
+    unrecognised or oversized file.
+    """
+    cap = MAX_PIXELS if max_pixels is None else max_pixels
+    name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", "image")
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise ImageError(f"{name}: no such file")
+        if path.is_dir():
+            raise ImageError(f"{name}: is a folder, not an image")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{name}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(source)
+            w, h = img.size
+            if w * h > cap:
+                raise ImageError(
+                    f"{name}: {w}x{h} is {w * h:,} pixels, over the limit of {cap:,} "
+                    "(MASKWATCH_MAX_PIXELS)"
+                )
+            if w == 0 or h == 0:
+                raise ImageError(f"{name}: image has no pixels")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "truncated" in msg.lower() or "broken data stream" in msg.lower():
+            raise ImageError(f"{name}: truncated or corrupt image ({msg})") from None
+        raise ImageError(f"{name}: cannot decode image ({msg})") from None
+
+
+def load_rgb(source, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image as an upright HxWx3 uint8 RGB array (see open_image)."""
+    return np.asarray(open_image(source, max_pixels))
+
+
+def decode_bytes(data: bytes, max_pixels: int | None = None, name: str = "upload") -> np.ndarray:
+    """Decode image bytes (an upload) to an RGB array, with the same checks as load_rgb."""
+    import io
+
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    buf = io.BytesIO(data)
+    buf.name = name
+    return np.asarray(open_image(buf, max_pixels))
+
+
+def save_rgb(path: str | Path, rgb: np.ndarray, quality: int = 92) -> None:
+    """Write an RGB array; the format follows the suffix (JPEG by default)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(rgb)
+    if path.suffix.lower() in (".jpg", ".jpeg", ""):
+        img.save(path, "JPEG", quality=quality)
+    else:
+        img.save(path)

@@ -1,0 +1,5 @@
+"""Inference without torch: model metadata, preprocessing and the ONNX classifier."""
+
+from maskwatch.inference.modelfile import ModelInfo
+
+__all__ = ["ModelInfo"]

@@ -1,0 +1,140 @@
+"""The face classifier used by classify, detect and serve.
+
+ONNX models run on onnxruntime (no torch needed); ``.safetensors`` checkpoints from
+``maskwatch train`` run on torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from maskwatch.errors import ModelError
+from maskwatch.inference.modelfile import ModelInfo
+from maskwatch.inference.preprocess import decide, prepare, probabilities
+
+BUNDLED_MODEL_NAME = "mask_classifier.onnx"
+
+
+def bundled_model_path() -> Path:
+    """Path of the ONNX model shipped inside the package."""
+    return Path(str(resources.files("maskwatch") / "assets" / BUNDLED_MODEL_NAME))
+
+
+@dataclass
+class Prediction:
+    label: str
+    score: float
+    scores: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "score": self.score, "scores": self.scores}
+
+
+def onnx_session(path: str | Path, threads: int = 0):
+    """An onnxruntime CPU session with ``threads`` intra-op threads (0: all cores)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads if threads > 0 else (os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    # Spinning threads burn the CPU that video decoding and face detection need.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not a valid ONNX model ({first[:200]})") from None
+
+
+class _OnnxBackend:
+    def __init__(self, path: Path, threads: int):
+        meta = path.with_suffix(".json")
+        self.info = ModelInfo.load_json(meta)
+        self.session = onnx_session(path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+class _TorchBackend:
+    def __init__(self, path: Path, threads: int):
+        try:
+            import torch
+        except ImportError:
+            raise ModelError(
+                f"{path}: a .safetensors checkpoint needs torch: pip install 'maskwatch[train]'"
+            ) from None
+        from maskwatch.training.checkpoint import load_checkpoint
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.model, self.info = load_checkpoint(path, device="cpu")
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model(self.torch.from_numpy(x)).numpy()
+
+
+class Classifier:
+    """Scores face crops: ``predict_proba`` gives probabilities, ``classify`` labels."""
+
+    def __init__(self, model: str | Path | None = None, threads: int = 0, batch_size: int = 32):
+        path = Path(model) if model else bundled_model_path()
+        if not path.is_file():
+            if model is None:
+                raise ModelError(
+                    f"the bundled model is missing ({path}); reinstall maskwatch or pass --model"
+                )
+            raise ModelError(f"{path}: model file not found")
+        suffix = path.suffix.lower()
+        if suffix == ".onnx":
+            self._backend = _OnnxBackend(path, threads)
+        elif suffix == ".safetensors":
+            self._backend = _TorchBackend(path, threads)
+        else:
+            raise ModelError(f"{path}: unknown model format (expected .onnx or .safetensors)")
+        self.path = path
+        self.info: ModelInfo = self._backend.info
+        self.classes: list[str] = list(self.info.classes)
+        self.batch_size = batch_size
+
+    @property
+    def threshold(self) -> float:
+        return float(self.info.threshold)
+
+    def predict_proba(self, faces) -> np.ndarray:
+        """Face crops (RGB uint8 arrays, any size) -> N x C probabilities."""
+        faces = list(faces)
+        out = np.zeros((len(faces), len(self.classes)), dtype=np.float64)
+        info = self.info
+        for start in range(0, len(faces), self.batch_size):
+            chunk = faces[start : start + self.batch_size]
+            x = prepare(chunk, info.input_size, info.mean, info.std)
+            out[start : start + len(chunk)] = probabilities(self._backend.logits(x), info.head)
+        return out
+
+    def predictions(self, probs: np.ndarray) -> list[Prediction]:
+        """Apply the decision rule to probabilities from ``predict_proba``."""
+        idx = decide(probs, self.classes, self.threshold)
+        return [
+            Prediction(
+                label=self.classes[i],
+                score=round(float(p[i]), 4),
+                scores={c: round(float(v), 4) for c, v in zip(self.classes, p)},
+            )
+            for i, p in zip(idx, probs)
+        ]
+
+    def classify(self, faces) -> list[Prediction]:
+        """Face crops -> a Prediction (label, score, per-class scores) each."""
+        return self.predictions(self.predict_proba(faces))

@@ -1,0 +1,62 @@
+"""Preprocessing and decision rule shared by training, evaluation and inference."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from maskwatch.labels import WITHOUT_MASK
+
+
+def resize_face(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Squash-resize a face crop to ``size`` x ``size`` (INTER_AREA when shrinking)."""
+    h, w = rgb.shape[:2]
+    if (h, w) == (size, size):
+        return np.ascontiguousarray(rgb)
+    interp = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (size, size), interpolation=interp)
+
+
+def to_input(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 NxSxSx3 RGB -> normalised float32 Nx3xSxS."""
+    x = batch.astype(np.float32) * (1.0 / 255.0)
+    x -= np.asarray(mean, dtype=np.float32)
+    x /= np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def prepare(faces: Sequence[np.ndarray], size: int, mean, std) -> np.ndarray:
+    """Face crops of any size -> one normalised float32 batch."""
+    if not len(faces):
+        return np.zeros((0, 3, size, size), np.float32)
+    batch = np.stack([resize_face(f, size) for f in faces])
+    return to_input(batch, mean, std)
+
+
+def probabilities(logits: np.ndarray, head: str = "softmax") -> np.ndarray:
+    """Model outputs -> NxC class probabilities (a sigmoid head gives [1-p, p])."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if head == "sigmoid":
+        p = 1.0 / (1.0 + np.exp(-logits.reshape(-1)))
+        return np.stack([1.0 - p, p], axis=1)
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def decide(probs: np.ndarray, classes: Sequence[str], threshold: float = 0.5) -> np.ndarray:
+    """Class index per row: without_mask when its probability reaches ``threshold``,
+    else the most likely of the other classes."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != len(classes):
+        raise ValueError(f"expected N x {len(classes)} probabilities, got {probs.shape}")
+    if WITHOUT_MASK not in classes:
+        return probs.argmax(axis=1)
+    pos = list(classes).index(WITHOUT_MASK)
+    others = probs.copy()
+    others[:, pos] = -1.0
+    choice = others.argmax(axis=1)
+    choice[probs[:, pos] >= threshold] = pos
+    return choice
