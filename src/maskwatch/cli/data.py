@@ -1,0 +1,130 @@
+"""`maskwatch data`: audit, split and crop datasets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from maskwatch.cli.common import add_command, print_json
+
+ORDER = 10
+
+
+def _add_loading(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH",
+                   help="dataset folder (class folders, VOC, YOLO, CSV of boxes) or manifest CSV")
+    p.add_argument("--map", dest="mapping", default=None,
+                   help='class names to ours, e.g. "face_with_mask=with_mask,'
+                   'face_no_mask=without_mask" (unknown classes are skipped and counted)')
+    p.add_argument("--names", default=None,
+                   help="YOLO class names, comma separated, in class-id order")
+    p.add_argument("--images", default=None, help="folder of the images of a CSV of boxes")
+    p.add_argument("--workers", type=int, default=2, help="processes that decode images")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_split(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--ratios", nargs="+", type=float, default=[0.8, 0.1, 0.1],
+                   metavar="R", help="train val [test] fractions")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same split)")
+    p.add_argument("--force", action="store_true", help="replace/write into existing output")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+
+def register(subparsers) -> None:
+    p = add_command(subparsers, "data", help="audit, split and crop datasets")
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    a = add_command(sub, "audit", help="report counts, sizes, bad files, duplicates and "
+                    "leakage of a dataset (changes nothing)")
+    _add_loading(a)
+    a.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    a.add_argument("--examples", type=int, default=5, help="examples listed per finding")
+    a.set_defaults(func=run_audit)
+
+    s = add_command(sub, "split", help="group- and near-duplicate-aware stratified split, "
+                    "written as DIR/manifest.csv")
+    _add_loading(s)
+    _add_split(s)
+    s.set_defaults(func=run_split)
+
+    c = add_command(sub, "crop", help="crop the faces of a box dataset into "
+                    "DIR/<split>/<class>/, splitting by scene")
+    _add_loading(c)
+    _add_split(c)
+    c.add_argument("--margin", type=float, default=0.1,
+                   help="grow each box by this fraction of its size on each side")
+    c.add_argument("--min-size", type=int, default=16, help="skip faces smaller than this (px)")
+    c.set_defaults(func=run_crop)
+
+
+def _load(args):
+    from maskwatch.data import load_dataset
+
+    ds = load_dataset(args.path, mapping=args.mapping, names=args.names, images=args.images)
+    if not args.quiet:
+        for note in ds.notes[:10]:
+            print(f"maskwatch: warning: {note}", file=sys.stderr)
+        if len(ds.notes) > 10:
+            print(f"maskwatch: warning: ... {len(ds.notes) - 10} more", file=sys.stderr)
+    return ds
+
+
+def run_audit(args) -> int:
+    import time
+
+    from maskwatch.data import audit_dataset, format_report
+
+    start = time.perf_counter()
+    ds = _load(args)
+    report = audit_dataset(ds, workers=args.workers, progress=not args.quiet)
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    if args.json:
+        print_json(report)
+    else:
+        print(format_report(report, args.examples))
+        print(f"\n(audited in {report['seconds']:.1f} s)")
+    return 0
+
+
+def _print_summary(summary: dict, args) -> None:
+    if args.json:
+        print_json(summary)
+        return
+    for name, counts in summary["splits"].items():
+        total = sum(counts.values())
+        detail = ", ".join(f"{k} {v:,}" for k, v in counts.items())
+        print(f"{name:5s} {total:7,}  ({detail})")
+    if summary.get("unreadable"):
+        print(f"left out {len(summary['unreadable'])} unreadable image(s)")
+
+
+def run_split(args) -> int:
+    from maskwatch.data import parse_ratios, write_split
+
+    parse_ratios(args.ratios)
+    ds = _load(args)
+    manifest, summary = write_split(ds, args.out, args.ratios, args.seed, force=args.force,
+                                    workers=args.workers, progress=not args.quiet)
+    _print_summary(summary, args)
+    if not args.json:
+        print(f"wrote {manifest} ({summary['samples']:,} samples, "
+              f"{summary['clusters']:,} groups kept whole)")
+    return 0
+
+
+def run_crop(args) -> int:
+    from maskwatch.data import crop_dataset, parse_ratios
+
+    parse_ratios(args.ratios)
+    ds = _load(args)
+    summary = crop_dataset(ds, args.out, args.ratios, margin=args.margin, seed=args.seed,
+                           min_size=args.min_size, force=args.force, workers=args.workers,
+                           progress=not args.quiet)
+    _print_summary(summary, args)
+    if not args.json:
+        print(f"wrote {summary['written']:,} faces to {summary['out']} "
+              f"(skipped {summary['too_small']:,} smaller than {args.min_size} px)")
+    return 0

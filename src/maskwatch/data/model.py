@@ -1,0 +1,215 @@
+"""The core data model: one ``Sample`` per face, a ``Dataset`` of them, and manifests."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from maskwatch.errors import ImageError, LayoutError
+from maskwatch.labels import CANONICAL, sort_classes
+
+#: Canonical split names used in ``Sample.split`` and in manifests.
+SPLITS = ("train", "val", "test")
+
+_SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test",
+}
+
+MANIFEST_COLUMNS = ("path", "label", "split", "source", "group", "x1", "y1", "x2", "y2")
+
+Box = tuple[int, int, int, int]
+
+
+def normalise_split(name: str | None) -> str | None:
+    """Return 'train', 'val' or 'test' for a split folder's name, else None."""
+    if not name:
+        return None
+    return _SPLIT_ALIASES.get(name.strip().lower())
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled face.
+
+    ``box`` is ``(x1, y1, x2, y2)`` in pixels of the upright image (x2, y2 exclusive) for
+    datasets of scene photos with boxes, and None when the file is itself a face crop.
+    ``group``: samples that share a group (one scene, or an image and its augmentations)
+    must stay on one side of a split.
+    """
+
+    path: Path
+    label: str
+    split: str | None = None
+    source: str = ""
+    group: str = ""
+    box: Box | None = None
+
+
+@dataclass
+class Dataset:
+    """The samples of a dataset and how it was recognised."""
+
+    root: Path
+    layout: str
+    samples: list[Sample]
+    skipped: Counter = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+    clipped: int = 0
+
+    @property
+    def classes(self) -> list[str]:
+        """Labels present, in canonical order."""
+        return sort_classes(s.label for s in self.samples)
+
+    @property
+    def splits(self) -> list[str | None]:
+        """Splits present (None for samples without one)."""
+        present = {s.split for s in self.samples}
+        return [s for s in (*SPLITS, None) if s in present]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Samples per split ('-' for none) and label."""
+        out: dict[str, dict[str, int]] = {}
+        for s in self.samples:
+            row = out.setdefault(s.split or "-", {})
+            row[s.label] = row.get(s.label, 0) + 1
+        return out
+
+    def images(self) -> list[Path]:
+        """Distinct image files, in order of first appearance."""
+        return list(dict.fromkeys(s.path for s in self.samples))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def clip_box(box, width: int, height: int) -> Box | None:
+    """Clip a box to the image; None when nothing of it is left."""
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, x2 = sorted((x1, x2))
+    y1, y2 = sorted((y1, y2))
+    x1, y1 = max(0, x1), max(0, y1)
+    x2, y2 = min(width, x2), min(height, y2)
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return (x1, y1, x2, y2)
+
+
+def expand_box(box: Box, margin: float, width: int, height: int) -> Box | None:
+    """Grow a box by ``margin`` times its width/height on each side, then clip it."""
+    x1, y1, x2, y2 = box
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    return clip_box((x1 - dx, y1 - dy, x2 + dx, y2 + dy), width, height)
+
+
+def crop_face(rgb: np.ndarray, box: Box | None, margin: float = 0.0) -> np.ndarray:
+    """Crop ``box`` (grown by ``margin``, clipped) out of an RGB array; whole image if None."""
+    if box is None:
+        return rgb
+    h, w = rgb.shape[:2]
+    grown = expand_box(box, margin, w, h)
+    if grown is None:
+        raise ImageError(f"box {box} lies outside the {w}x{h} image")
+    x1, y1, x2, y2 = grown
+    return np.ascontiguousarray(rgb[y1:y2, x1:x2])
+
+
+def read_face(sample: Sample, margin: float = 0.0) -> np.ndarray:
+    """Return the sample's face as an HxWx3 uint8 RGB array.
+
+    For a sample with a box: the box grown by ``margin`` (fraction of the box size on each
+    side) and clipped to the image; otherwise the whole (upright) image. Raises ImageError.
+    """
+    from maskwatch.imaging import load_rgb
+
+    rgb = load_rgb(sample.path)
+    try:
+        return crop_face(rgb, sample.box, margin)
+    except ImageError as exc:
+        raise ImageError(f"{sample.path}: {exc}") from None
+
+
+def _fmt_path(path: Path, base: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(base).as_posix()
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def write_manifest(path: str | Path, samples, force: bool = False) -> Path:
+    """Write samples to a manifest CSV (columns: path,label,split,source,group,x1,y1,x2,y2).
+
+    Image paths under the manifest's folder are written relative to it, others absolute.
+    An existing file is never replaced unless ``force``.
+    """
+    from maskwatch.errors import MaskwatchError
+
+    path = Path(path)
+    if path.exists() and not force:
+        raise MaskwatchError(f"{path}: already exists (use --force to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = path.parent.resolve()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(MANIFEST_COLUMNS)
+        for s in samples:
+            box = s.box if s.box is not None else ("", "", "", "")
+            w.writerow([_fmt_path(s.path, base), s.label, s.split or "", s.source, s.group, *box])
+    os.replace(tmp, path)
+    return path
+
+
+def is_manifest(path: str | Path) -> bool:
+    """True for a CSV file whose header has at least ``path`` and ``label``."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() != ".csv":
+        return False
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError):
+        return False
+    cols = {c.strip().lower() for c in header}
+    return {"path", "label"} <= cols
+
+
+def read_manifest(path: str | Path) -> list[Sample]:
+    """Read a manifest written by ``write_manifest`` (relative paths: to its folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LayoutError(f"{path}: no such manifest file")
+    base = path.parent
+    out: list[Sample] = []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = {c.strip().lower() for c in (reader.fieldnames or [])}
+        if not {"path", "label"} <= fields:
+            raise LayoutError(f"{path}: not a manifest (needs columns path,label)")
+        for n, row in enumerate(reader, start=2):
+            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+            label = row.get("label", "")
+            if label not in CANONICAL:
+                raise LayoutError(f"{path}:{n}: unknown label {label!r}")
+            p = Path(row["path"])
+            if not p.is_absolute():
+                p = base / p
+            box = None
+            coords = [row.get(k, "") for k in ("x1", "y1", "x2", "y2")]
+            if all(coords):
+                try:
+                    box = tuple(int(float(c)) for c in coords)
+                except ValueError:
+                    raise LayoutError(f"{path}:{n}: box {coords} is not numeric") from None
+            split = row.get("split") or None
+            if split is not None and split not in SPLITS:
+                raise LayoutError(f"{path}:{n}: unknown split {split!r} (train, val, test)")
+            out.append(Sample(p, label, split, row.get("source", ""), row.get("group", ""), box))
+    return out

@@ -1,0 +1,195 @@
+"""Group-aware stratified splits and face cropping of box datasets."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter, defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from maskwatch.data.audit import inspect_all
+from maskwatch.data.hashing import NEAR_DISTANCE, UnionFind, near_pairs
+from maskwatch.data.model import SPLITS, Dataset, Sample, write_manifest
+from maskwatch.errors import MaskwatchError
+
+
+def parse_ratios(ratios) -> tuple[float, ...]:
+    """Check 2 or 3 non-negative ratios (train, val[, test]) and scale them to sum to 1."""
+    values = [float(r) for r in ratios]
+    if len(values) not in (2, 3) or any(v < 0 for v in values) or sum(values) <= 0:
+        raise MaskwatchError(f"--ratios {' '.join(map(str, ratios))}: give 2 or 3 "
+                             "non-negative numbers (train val [test]) with a positive sum")
+    if values[0] <= 0:
+        raise MaskwatchError("--ratios: the train ratio must be positive")
+    total = sum(values)
+    return tuple(v / total for v in values)
+
+
+def _clusters(ds: Dataset, max_distance: int, workers: int, progress: bool):
+    """Clusters of sample indices that must share a split, and the unreadable files."""
+    paths = ds.images()
+    facts = inspect_all(paths, workers=workers, progress=progress)
+    bad = {Path(f.path): f.error for f in facts if f.error}
+    index = {p: i for i, p in enumerate(paths)}
+    uf = UnionFind(len(ds.samples))
+    first_of_image: dict[int, int] = {}
+    first_of_group: dict[str, int] = {}
+    for k, s in enumerate(ds.samples):
+        img = index[s.path]
+        if img in first_of_image:
+            uf.union(first_of_image[img], k)
+        else:
+            first_of_image[img] = k
+        if s.group:
+            if s.group in first_of_group:
+                uf.union(first_of_group[s.group], k)
+            else:
+                first_of_group[s.group] = k
+    by_sha: dict[str, int] = {}
+    for i, f in enumerate(facts):
+        if f.sha1 and i in first_of_image:
+            if f.sha1 in by_sha:
+                uf.union(first_of_image[by_sha[f.sha1]], first_of_image[i])
+            else:
+                by_sha[f.sha1] = i
+    for a, b, _ in near_pairs([f.phash for f in facts], max_distance):
+        uf.union(first_of_image[a], first_of_image[b])
+    return uf.groups(), bad
+
+
+def assign_splits(ds: Dataset, clusters: list[list[int]], ratios, seed: int) -> list[Sample]:
+    """Give each cluster one split, keeping every class near the ratios (greedy, seeded)."""
+    ratios = parse_ratios(ratios)
+    names = SPLITS[: len(ratios)]
+    rng = random.Random(seed)
+    clusters = [list(c) for c in clusters]
+    rng.shuffle(clusters)
+    clusters.sort(key=len, reverse=True)
+    totals = Counter(s.label for s in ds.samples)
+    target = {n: {lab: r * totals[lab] for lab in totals} for n, r in zip(names, ratios)}
+    current = {n: Counter() for n in names}
+    out: dict[int, Sample] = {}
+    for cluster in clusters:
+        counts = Counter(ds.samples[k].label for k in cluster)
+        best, best_score = names[0], None
+        for n, r in zip(names, ratios):
+            if r <= 0:
+                continue
+            score = sum(c * (target[n][lab] - current[n][lab]) / max(target[n][lab], 1.0)
+                        for lab, c in counts.items())
+            if best_score is None or score > best_score + 1e-12:
+                best, best_score = n, score
+        current[best].update(counts)
+        for k in cluster:
+            out[k] = replace(ds.samples[k], split=best)
+    return [out[k] for k in sorted(out)]
+
+
+def split_dataset(
+    ds: Dataset,
+    ratios=(0.8, 0.1, 0.1),
+    seed: int = 0,
+    max_distance: int = NEAR_DISTANCE,
+    workers: int = 2,
+    progress: bool = True,
+) -> tuple[list[Sample], dict]:
+    """Split a dataset so groups and near-duplicate clusters stay on one side.
+
+    Returns the samples with ``split`` set (unreadable images left out) and a summary.
+    """
+    clusters, bad = _clusters(ds, max_distance, workers, progress)
+    samples = assign_splits(ds, clusters, ratios, seed)
+    kept = [s for s in samples if s.path not in bad]
+    summary = {
+        "samples": len(kept),
+        "clusters": len(clusters),
+        "unreadable": sorted(str(p) for p in bad),
+        "splits": {n: dict(sorted(Counter(s.label for s in kept if s.split == n).items()))
+                   for n in SPLITS if any(s.split == n for s in kept)},
+    }
+    return kept, summary
+
+
+def write_split(ds: Dataset, out_dir: str | Path, ratios, seed: int, force: bool = False,
+                workers: int = 2, progress: bool = True) -> tuple[Path, dict]:
+    """Split ``ds`` and write ``out_dir/manifest.csv`` (never replaced unless ``force``)."""
+    manifest = Path(out_dir) / "manifest.csv"
+    if manifest.exists() and not force:
+        raise MaskwatchError(f"{manifest}: already exists (use --force to replace it)")
+    samples, summary = split_dataset(ds, ratios, seed, workers=workers, progress=progress)
+    write_manifest(manifest, samples, force=force)
+    summary["manifest"] = str(manifest)
+    return manifest, summary
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "face"
+
+
+def crop_dataset(
+    ds: Dataset,
+    out_dir: str | Path,
+    ratios=(0.8, 0.1, 0.1),
+    margin: float = 0.1,
+    seed: int = 0,
+    min_size: int = 16,
+    force: bool = False,
+    workers: int = 2,
+    progress: bool = True,
+) -> dict:
+    """Crop every box into ``out_dir/<split>/<label>/``, all faces of a scene in one split.
+
+    Faces whose box is smaller than ``min_size`` px (width or height) are skipped. Writes
+    ``out_dir/manifest.csv`` (group = scene). Refuses a non-empty ``out_dir`` unless
+    ``force``; never deletes anything.
+    """
+    from tqdm import tqdm
+
+    from maskwatch.data.model import crop_face
+    from maskwatch.errors import ImageError
+    from maskwatch.imaging import load_rgb, save_rgb
+
+    out = Path(out_dir)
+    if all(s.box is None for s in ds.samples):
+        raise MaskwatchError(f"{ds.root}: {ds.layout} dataset has no boxes to crop "
+                             "(crop needs Pascal VOC, CSV or YOLO boxes)")
+    if out.exists() and not out.is_dir():
+        raise MaskwatchError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise MaskwatchError(f"{out}: folder is not empty (use --force to write into it)")
+    if margin < 0:
+        raise MaskwatchError(f"--margin {margin}: must be >= 0")
+    samples, summary = split_dataset(ds, ratios, seed, workers=workers, progress=progress)
+    by_image: dict[Path, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_image[s.path].append(s)
+    written: list[Sample] = []
+    small, failed = 0, []
+    for path, faces in tqdm(by_image.items(), desc="crop", unit="scene", disable=not progress,
+                            leave=False):
+        try:
+            rgb = load_rgb(path)
+        except ImageError as exc:
+            failed.append(str(exc))
+            continue
+        for k, s in enumerate(faces):
+            x1, y1, x2, y2 = s.box
+            if min(x2 - x1, y2 - y1) < min_size:
+                small += 1
+                continue
+            try:
+                face = crop_face(rgb, s.box, margin)
+            except ImageError:
+                small += 1
+                continue
+            dest = out / s.split / s.label / f"{_safe(s.group or path.stem)}_{k}.jpg"
+            save_rgb(dest, face)
+            written.append(Sample(dest, s.label, s.split, s.source, s.group, None))
+    write_manifest(out / "manifest.csv", written, force=True)
+    summary.update({
+        "written": len(written), "too_small": small, "unreadable": failed, "out": str(out),
+        "splits": {n: dict(sorted(Counter(s.label for s in written if s.split == n).items()))
+                   for n in SPLITS if any(s.split == n for s in written)},
+    })
+    return summary

@@ -1,0 +1,237 @@
+"""Dataset layouts: recognition, labels, boxes, manifests and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from maskwatch.data import (
+    Sample,
+    load_dataset,
+    parse_voc,
+    read_face,
+    read_manifest,
+    write_manifest,
+)
+from maskwatch.errors import ImageError, LayoutError, MaskwatchError
+
+VOC_OBJECT = """<object><name>{name}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>
+<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"""
+
+
+def write_voc(path, filename, objects, size=(128, 96)):
+    body = "".join(VOC_OBJECT.format(name=n, x1=b[0], y1=b[1], x2=b[2], y2=b[3])
+                   for n, b in objects)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<annotation><filename>{filename}</filename><size><width>{size[0]}"
+                    f"</width><height>{size[1]}</height><depth>3</depth></size>{body}"
+                    "</annotation>")
+
+
+def scene(path, seed=0, size=(128, 96)):
+    """A scene photo: a gradient with a seeded face-like patch at the top left."""
+    from conftest import face_array
+
+    rgb = np.zeros((size[1], size[0], 3), np.uint8)
+    rgb[..., 0] = np.linspace(0, 255, size[0], dtype=np.uint8)[None, :]
+    rgb[:32, :32] = face_array(seed, size=32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def test_class_folders_with_kaggle_splits_and_spellings(tmp_path, make_face):
+    root = tmp_path / "12k" / "Face Mask Dataset"
+    make_face(root / "Train" / "WithMask" / "1.jpg", seed=1, masked=True)
+    make_face(root / "Train" / "WithMask" / "Augmented_1_555.jpg", seed=2, masked=True)
+    make_face(root / "Test" / "WithMask" / "Augmented_1_777.jpg", seed=3, masked=True)
+    make_face(root / "Test" / "WithMask" / "1.jpg", seed=6, masked=True)
+    make_face(root / "Validation" / "WithoutMask" / "9.png", seed=4)
+    make_face(root / "Train" / "mask_weared_incorrect" / "5.jpg", seed=5)
+    (root / "Train" / "WithMask" / "notes.txt").write_text("not an image")
+    ds = load_dataset(tmp_path / "12k")
+    assert ds.layout == "class-folders"
+    assert ds.classes == ["with_mask", "without_mask", "incorrect_mask"]
+    assert ds.counts() == {"train": {"incorrect_mask": 1, "with_mask": 2},
+                           "test": {"with_mask": 2}, "val": {"without_mask": 1}}
+    assert ds.skipped["not an image file"] == 1
+    groups = {s.path.name + "@" + s.split: s.group for s in ds.samples}
+    # augmented copies join their base (the train original) even from another split
+    assert groups["Augmented_1_555.jpg@train"] == groups["1.jpg@train"]
+    assert groups["Augmented_1_777.jpg@test"] == groups["1.jpg@train"]
+    assert groups["1.jpg@test"] != groups["1.jpg@train"]
+    assert all(s.box is None for s in ds.samples)
+
+
+@pytest.mark.parametrize("with_name,without_name", [
+    ("with_mask", "without_mask"), ("mask", "no-mask"), ("WithMask", "no_mask"),
+])
+def test_class_folder_spellings_lowercase_splits(tmp_path, make_face, with_name, without_name):
+    make_face(tmp_path / "data" / "valid" / with_name / "a.jpg", seed=1, masked=True)
+    make_face(tmp_path / "data" / "train" / without_name / "b.jpg", seed=2)
+    ds = load_dataset(tmp_path)
+    assert {(s.label, s.split) for s in ds.samples} == {("with_mask", "val"),
+                                                       ("without_mask", "train")}
+
+
+def test_unknown_class_folder_is_noted(tmp_path, make_face):
+    make_face(tmp_path / "with_mask" / "a.jpg", seed=1)
+    make_face(tmp_path / "sunglasses" / "b.jpg", seed=2)
+    ds = load_dataset(tmp_path)
+    assert [s.label for s in ds.samples] == ["with_mask"]
+    assert any("sunglasses" in n for n in ds.notes)
+
+
+def test_voc_boxes_clipped_outside_and_margin(tmp_path):
+    img = scene(tmp_path / "images" / "s0.png", seed=1)
+    write_voc(tmp_path / "annotations" / "s0.xml", "s0.jpg", [
+        ("with_mask", (0, 0, 32, 32)),
+        ("without_mask", (100, 60, 140, 100)),   # runs past the 128x96 image: clipped
+        ("mask_weared_incorrect", (200, 200, 220, 230)),  # wholly outside: skipped
+        ("helmet", (1, 1, 5, 5)),                # unknown class: skipped, counted
+    ])
+    ds = load_dataset(tmp_path)
+    assert ds.layout == "voc"
+    assert [(s.label, s.box) for s in ds.samples] == [
+        ("with_mask", (0, 0, 32, 32)), ("without_mask", (100, 60, 128, 96))]
+    assert ds.skipped["box outside the image"] == 1
+    assert ds.skipped["class 'helmet'"] == 1
+    assert ds.clipped == 1
+    assert all(s.path == img and s.group == "s0" for s in ds.samples)
+    face = read_face(ds.samples[0])
+    assert face.shape == (32, 32, 3)
+    assert np.array_equal(face, np.asarray(Image.open(img).convert("RGB"))[:32, :32])
+    assert read_face(ds.samples[1], margin=0.25).shape == (96 - 51, 128 - 93, 3)
+    assert read_face(ds.samples[0], margin=0.5).shape == (48, 48, 3)  # clipped at 0
+
+
+def test_voc_xml_with_entities_is_refused(tmp_path):
+    xml = tmp_path / "annotations" / "bomb.xml"
+    xml.parent.mkdir()
+    xml.write_text('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "lol">]>'
+                   "<annotation><filename>&x;</filename></annotation>")
+    with pytest.raises(LayoutError, match="entities"):
+        parse_voc(xml)
+    scene(tmp_path / "images" / "ok.png")
+    write_voc(tmp_path / "annotations" / "ok.xml", "ok.png", [("with_mask", (0, 0, 32, 32))])
+    ds = load_dataset(tmp_path)  # one bad file is reported, not fatal
+    assert len(ds.samples) == 1 and ds.skipped["bad annotation file"] == 1
+    assert any("entities" in n for n in ds.notes)
+
+
+def test_voc_only_bad_xml_and_malformed(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "a.xml").write_text("<annotation><object>")
+    (tmp_path / "images").mkdir()
+    with pytest.raises(LayoutError, match="not valid XML"):
+        load_dataset(tmp_path)
+
+
+def test_box_csv_with_mapping_and_unknown_classes(tmp_path):
+    scene(tmp_path / "images" / "a.jpg", seed=1)
+    scene(tmp_path / "images" / "b.jpg", seed=2)
+    (tmp_path / "train.csv").write_text(
+        "Name,X1,X2,Y1,Y2,ClassName\n"
+        "a.jpg,0,32,0,32,face_with_mask\n"
+        "a.jpg,40,80,10,50,face_no_mask\n"
+        "b.jpg,5,25,5,25,hat\n"
+        "b.jpg,5,25,5,25,hat\n"
+        "missing.jpg,0,10,0,10,face_with_mask\n")
+    ds = load_dataset(tmp_path, mapping="face_with_mask=with_mask,face_no_mask=without_mask")
+    assert ds.layout == "csv"
+    assert [(s.path.name, s.label, s.box) for s in ds.samples] == [
+        ("a.jpg", "with_mask", (0, 0, 32, 32)), ("a.jpg", "without_mask", (40, 10, 80, 50))]
+    assert ds.skipped["class 'hat'"] == 2 and ds.skipped["image not found"] == 1
+    assert read_face(ds.samples[1]).shape == (40, 40, 3)
+    # the CSV file itself is also accepted
+    assert len(load_dataset(tmp_path / "train.csv", mapping={"hat": "without_mask"})) == 4
+    with pytest.raises(LayoutError, match="SOURCE=TARGET"):
+        load_dataset(tmp_path, mapping="face_with_mask")
+    with pytest.raises(LayoutError, match="unknown class"):
+        load_dataset(tmp_path, mapping="hat=sombrero")
+
+
+@pytest.mark.parametrize("names_source", ["classes.txt", "yaml-list", "yaml-block", "arg"])
+def test_yolo_labels(tmp_path, names_source):
+    scene(tmp_path / "images" / "train" / "a.jpg", size=(100, 50))
+    lbl = tmp_path / "labels" / "train" / "a.txt"
+    lbl.parent.mkdir(parents=True)
+    lbl.write_text("0 0.5 0.5 0.2 0.4\n1 0.05 0.1 0.2 0.2\nbad line\n")
+    names = None
+    if names_source == "classes.txt":
+        (tmp_path / "classes.txt").write_text("mask\nno-mask\n")
+    elif names_source == "yaml-list":
+        (tmp_path / "data.yaml").write_text("path: .\nnames: ['mask', 'no-mask']\n")
+    elif names_source == "yaml-block":
+        (tmp_path / "data.yaml").write_text("names:\n  0: mask\n  1: no-mask\nnc: 2\n")
+    else:
+        names = "mask,no-mask"
+    ds = load_dataset(tmp_path, names=names)
+    assert ds.layout == "yolo"
+    assert [(s.label, s.split, s.box) for s in ds.samples] == [
+        ("with_mask", "train", (40, 15, 60, 35)), ("without_mask", "train", (0, 0, 15, 10))]
+    assert ds.skipped["bad label line"] == 1
+
+
+def test_yolo_without_names_is_a_clear_error(tmp_path):
+    scene(tmp_path / "images" / "a.jpg")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(LayoutError, match="classes.txt"):
+        load_dataset(tmp_path)
+
+
+def test_manifest_round_trip(tmp_path, make_face):
+    a = make_face(tmp_path / "imgs" / "a.jpg", seed=1)
+    outside = make_face(tmp_path.parent / f"{tmp_path.name}_x" / "b.png", seed=2)
+    samples = [Sample(a, "with_mask", "train", "src", "g1", None),
+               Sample(outside, "without_mask", "test", "src", "g2", (1, 2, 30, 40))]
+    m = write_manifest(tmp_path / "m" / "manifest.csv", samples)
+    text = m.read_text()
+    assert text.splitlines()[0] == "path,label,split,source,group,x1,y1,x2,y2"
+    with pytest.raises(MaskwatchError, match="already exists"):
+        write_manifest(m, samples)
+    back = read_manifest(m)
+    assert [s.path.resolve() for s in back] == [a.resolve(), outside.resolve()]
+    assert [(s.label, s.split, s.group, s.box) for s in back] == [
+        ("with_mask", "train", "g1", None), ("without_mask", "test", "g2", (1, 2, 30, 40))]
+    ds = load_dataset(m)
+    assert ds.layout == "manifest" and len(ds) == 2
+    assert read_face(ds.samples[1]).shape == (38, 29, 3)
+
+
+def test_manifest_bad_label(tmp_path):
+    m = tmp_path / "manifest.csv"
+    m.write_text("path,label\nx.jpg,zebra\n")
+    with pytest.raises(LayoutError, match="unknown label 'zebra'"):
+        load_dataset(m)
+
+
+def test_missing_empty_and_unknown_layouts(tmp_path, make_face):
+    with pytest.raises(LayoutError, match="no such file or folder"):
+        load_dataset(tmp_path / "nope")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(LayoutError, match="folder is empty"):
+        load_dataset(tmp_path / "empty")
+    make_face(tmp_path / "random" / "pics" / "a.jpg")
+    with pytest.raises(LayoutError, match="one folder per class.*Pascal VOC.*YOLO"):
+        load_dataset(tmp_path / "random")
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(LayoutError, match="not a dataset file"):
+        load_dataset(tmp_path / "x.txt")
+
+
+def test_read_face_bad_files(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match="0 bytes"):
+        read_face(Sample(empty, "with_mask"))
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"this is not a JPEG at all")
+    with pytest.raises(ImageError, match="not an image"):
+        read_face(Sample(junk, "with_mask"))
+    good = tmp_path / "g.png"
+    Image.new("RGB", (20, 20)).save(good)
+    with pytest.raises(ImageError, match="outside"):
+        read_face(Sample(good, "with_mask", box=(30, 30, 40, 40)))

@@ -1,0 +1,99 @@
+"""Safe image reading: every bad input gives one clear ImageError."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from maskwatch.errors import ImageError
+from maskwatch.imaging import decode_bytes, load_rgb
+
+
+def _gradient(w: int = 40, h: int = 30) -> np.ndarray:
+    x = np.linspace(0, 255, w, dtype=np.uint8)
+    return np.stack([np.tile(x, (h, 1))] * 3, axis=2)
+
+
+def test_reads_plain_jpeg(tmp_path):
+    path = tmp_path / "a.jpg"
+    Image.fromarray(_gradient()).save(path)
+    rgb = load_rgb(path)
+    assert rgb.shape == (30, 40, 3) and rgb.dtype == np.uint8
+
+
+def test_png_named_jpg_is_read_by_content(tmp_path):
+    path = tmp_path / "really_png.jpg"
+    Image.fromarray(_gradient()).save(path, format="PNG")
+    assert load_rgb(path).shape == (30, 40, 3)
+
+
+@pytest.mark.parametrize("mode", ["P", "L", "LA", "RGBA", "CMYK", "I;16"])
+def test_modes_become_rgb(tmp_path, mode):
+    img = Image.fromarray(_gradient())
+    if mode == "I;16":
+        arr = np.asarray(img.convert("L")).astype(np.uint16) * 257
+        img = Image.fromarray(arr)  # 16-bit greyscale
+        path = tmp_path / "x.png"
+    elif mode == "CMYK":
+        img = img.convert("CMYK")
+        path = tmp_path / "x.jpg"
+    else:
+        img = img.convert(mode)
+        path = tmp_path / "x.png"
+    img.save(path)
+    rgb = load_rgb(path)
+    assert rgb.shape == (30, 40, 3) and rgb.dtype == np.uint8
+    # the left-to-right gradient survives the conversion
+    assert rgb[:, -1].mean() > rgb[:, 0].mean() + 100
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(_gradient(40, 30)).save(path, exif=exif)
+    assert load_rgb(path).shape == (40, 30, 3)
+
+
+def test_missing_empty_truncated_and_not_image(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        load_rgb(tmp_path / "nope.jpg")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match="0 bytes"):
+        load_rgb(empty)
+    text = tmp_path / "text.jpg"
+    text.write_text("hello, not an image")
+    with pytest.raises(ImageError, match="not an image"):
+        load_rgb(text)
+    good = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8)).save(
+        good, "JPEG"
+    )
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.getvalue()[: len(good.getvalue()) // 3])
+    with pytest.raises(ImageError, match="cut.jpg"):
+        load_rgb(cut)
+    with pytest.raises(ImageError, match="folder"):
+        load_rgb(tmp_path)
+
+
+def test_pixel_cap_refuses_decompression_bombs(tmp_path):
+    path = tmp_path / "big.png"
+    Image.new("L", (3000, 3000)).save(path)  # compresses to a few KB
+    with pytest.raises(ImageError, match="over the limit"):
+        load_rgb(path, max_pixels=1_000_000)
+    assert load_rgb(path, max_pixels=10_000_000).shape == (3000, 3000, 3)
+
+
+def test_decode_bytes(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(_gradient()).save(buf, "PNG")
+    assert decode_bytes(buf.getvalue()).shape == (30, 40, 3)
+    with pytest.raises(ImageError, match="0 bytes"):
+        decode_bytes(b"")
+    with pytest.raises(ImageError):
+        decode_bytes(b"GIF89a broken")

@@ -1,0 +1,104 @@
+"""Preprocessing, the decision rule and the ONNX classifier (no torch needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from maskwatch.errors import ModelError
+from maskwatch.inference.classifier import Classifier
+from maskwatch.inference.modelfile import ModelInfo
+from maskwatch.inference.preprocess import decide, prepare, probabilities, resize_face, to_input
+
+onnx = pytest.importorskip("onnx")
+
+
+def test_resize_and_normalise():
+    face = np.full((50, 70, 3), 255, np.uint8)
+    small = resize_face(face, 32)
+    assert small.shape == (32, 32, 3)
+    x = to_input(small[None], mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+    assert x.shape == (1, 3, 32, 32) and x.dtype == np.float32
+    assert np.allclose(x, 1.0)
+    assert prepare([], 32, [0, 0, 0], [1, 1, 1]).shape == (0, 3, 32, 32)
+
+
+def test_probabilities_softmax_and_sigmoid():
+    p = probabilities(np.array([[0.0, 0.0], [10.0, -10.0]]))
+    assert np.allclose(p.sum(axis=1), 1.0) and np.allclose(p[0], 0.5) and p[1, 0] > 0.99
+    s = probabilities(np.array([[0.0], [100.0]]), head="sigmoid")
+    assert np.allclose(s[0], [0.5, 0.5]) and s[1, 1] > 0.99
+
+
+def test_decide_prefers_without_mask_at_threshold():
+    classes = ["with_mask", "without_mask", "incorrect_mask"]
+    probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.3, 0.5], [0.9, 0.05, 0.05]])
+    assert decide(probs, classes, 0.5).tolist() == [0, 2, 0]
+    assert decide(probs, classes, 0.25).tolist() == [1, 1, 0]
+    with pytest.raises(ValueError):
+        decide(probs[:, :2], classes)
+
+
+def test_model_info_round_trip_and_validation(tmp_path):
+    info = ModelInfo("m", ["with_mask", "without_mask"], 64, threshold=0.3, head="sigmoid")
+    info.save_json(tmp_path / "m.json")
+    again = ModelInfo.load_json(tmp_path / "m.json")
+    assert again == info and again.positive_index == 1
+    with pytest.raises(ModelError):
+        ModelInfo("m", ["a", "b", "c"], 64, head="sigmoid")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        ModelInfo.load_json(tmp_path / "bad.json")
+
+
+def _tiny_onnx(path, weights):
+    """An ONNX model whose logits are the mean of each input channel times ``weights``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.asarray(weights, np.float32), "W")
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_onnx_classifier_scores_red_vs_blue(tmp_path):
+    # logit0 follows the red channel, logit1 the blue channel
+    _tiny_onnx(tmp_path / "m.onnx", [[8.0, 0.0], [0.0, 0.0], [0.0, 8.0]])
+    ModelInfo("tiny", ["with_mask", "without_mask"], 16, mean=[0, 0, 0], std=[1, 1, 1]).save_json(
+        tmp_path / "m.json"
+    )
+    clf = Classifier(tmp_path / "m.onnx", threads=1, batch_size=2)
+    red = np.zeros((20, 30, 3), np.uint8)
+    red[..., 0] = 255
+    blue = np.zeros((40, 40, 3), np.uint8)
+    blue[..., 2] = 255
+    preds = clf.classify([red, blue, red])  # 3 faces, batches of 2
+    assert [p.label for p in preds] == ["with_mask", "without_mask", "with_mask"]
+    assert preds[0].score > 0.99 and set(preds[1].scores) == {"with_mask", "without_mask"}
+    assert json.dumps(preds[1].to_dict())
+
+
+def test_classifier_errors(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        Classifier(tmp_path / "missing.onnx")
+    (tmp_path / "x.bin").write_bytes(b"123")
+    with pytest.raises(ModelError, match="unknown model format"):
+        Classifier(tmp_path / "x.bin")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    ModelInfo("j", ["with_mask", "without_mask"], 16).save_json(tmp_path / "junk.json")
+    with pytest.raises(ModelError, match="not a valid ONNX model"):
+        Classifier(tmp_path / "junk.onnx")
