@@ -1,0 +1,176 @@
+"""`maskwatch detect`, `maskwatch evaluate-detection` and `maskwatch demo`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from maskwatch.cli.common import add_command, add_model_argument, add_threads_argument, print_json
+
+ORDER = 40
+
+DETECTORS = ["centerface", "yunet", "accurate", "fast"]
+
+
+def _add_detector_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--detector", default="centerface", choices=DETECTORS,
+        help="face detector: centerface (= accurate; finds masked faces far more often) or "
+        "yunet (= fast)",
+    )
+    p.add_argument(
+        "--face-threshold", type=float, default=None,
+        help="face score threshold (default: 0.4 for centerface, 0.5 for yunet); lower finds "
+        "more faces and more false boxes",
+    )
+    p.add_argument(
+        "--detect-size", type=int, default=960,
+        help="long side, in pixels, images are shrunk to for face detection; boxes are "
+        "mapped back and faces cropped from the original",
+    )
+    p.add_argument(
+        "--upscale", action="store_true",
+        help="also enlarge images smaller than --detect-size (finds more tiny faces, slower)",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def register(subparsers) -> None:
+    p = add_command(
+        subparsers, "detect",
+        help="find faces in images, videos, cameras or streams and label each one's mask",
+        description="Find faces and label each: with_mask, without_mask (or incorrect_mask).\n"
+        "INPUT: image files, folders (recursive), globs, video files, a camera index (0) or\n"
+        "a stream URL (rtsp://, http://). Exit status 1 if an input failed.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, globs, videos, "
+                   "camera index or stream URL")
+    p.add_argument("--out", default=None,
+                   help="folder for annotated copies (images keep their name, videos become "
+                   "H.264 .mp4); existing files are never overwritten unless --overwrite")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per image or video frame on stdout")
+    p.add_argument("--csv", default=None, metavar="FILE", help="write one row per face here")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files instead of adding -1, -2... to names")
+    add_model_argument(p)
+    p.add_argument("--faces-only", action="store_true",
+                   help="only detect faces, without the mask classifier")
+    _add_detector_arguments(p)
+    p.add_argument("--margin", type=float, default=0.15,
+                   help="context added around each face before classification (fraction of "
+                   "the box per side)")
+    p.add_argument("--min-face", type=int, default=0,
+                   help="ignore faces whose shorter side is below this many pixels")
+    p.add_argument("--max-frames", type=_positive, default=None,
+                   help="stop each video, camera or stream after this many frames")
+    alert = p.add_argument_group("alerts (videos, cameras, streams)")
+    alert.add_argument("--alert-after", type=_positive, default=10, metavar="N",
+                       help="alert when a face without a mask has been seen for N consecutive "
+                       "frames")
+    alert.add_argument("--alert-command", default=None, metavar="CMD",
+                       help="command to run on an alert (no shell; the JSON event arrives on "
+                       "stdin and in $MASKWATCH_ALERT)")
+    alert.add_argument("--alert-url", default=None, metavar="URL",
+                       help="POST the JSON event to this http(s) URL on an alert")
+    alert.add_argument("--alert-interval", type=float, default=60.0, metavar="SECONDS",
+                       help="at most one alert per this many seconds")
+    add_threads_argument(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_detect)
+
+    e = add_command(
+        subparsers, "evaluate-detection",
+        help="score face detection + mask labels on annotated scenes (VOC AP50, recall)",
+        description="Score the detect pipeline on scenes with boxes (Pascal VOC etc.): VOC\n"
+        "AP at IoU 0.5 per class, map50 (mean of with_mask and without_mask), face recall,\n"
+        "precision and false boxes per image. --faces-only scores the face detector alone.",
+    )
+    e.add_argument("--data", required=True, metavar="DIR",
+                   help="dataset with boxes, e.g. annotations/*.xml + images/")
+    e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    e.add_argument("--limit", type=_positive, default=None, help="only the first N scenes")
+    add_model_argument(e)
+    e.add_argument("--faces-only", action="store_true",
+                   help="score the face detector alone (no classifier, no AP)")
+    _add_detector_arguments(e)
+    e.add_argument("--margin", type=float, default=0.15,
+                   help="context added around each face before classification")
+    e.add_argument("--recall-iou", type=float, default=0.4,
+                   help="IoU at which a ground-truth face counts as found for recall and "
+                   "false boxes")
+    add_threads_argument(e)
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=run_evaluate)
+
+    d = add_command(
+        subparsers, "demo",
+        help="run the pipeline on a sample photo (unmasked + masked copy) and save the result",
+    )
+    d.add_argument("--out", default=".", help="folder for maskwatch-demo.jpg")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing demo image")
+    add_model_argument(d)
+    d.add_argument("--detector", default="centerface", choices=DETECTORS, help="face detector")
+    add_threads_argument(d)
+    d.set_defaults(func=run_demo)
+
+
+def run_detect(args) -> int:
+    from maskwatch.detection.runner import run_detect as _run
+
+    return _run(args)
+
+
+def run_demo(args) -> int:
+    from maskwatch.detection.demo import run_demo as _run
+
+    return _run(args)
+
+
+def run_evaluate(args) -> int:
+    from maskwatch.detection.evaluate import evaluate_detection, load_scenes
+    from maskwatch.detection.pipeline import Detector
+
+    scenes = load_scenes(args.data, args.limit)
+    detector = Detector(
+        face_detector=args.detector,
+        classifier=False if args.faces_only else args.model,
+        threads=args.threads,
+        face_threshold=args.face_threshold,
+        margin=args.margin,
+        detect_size=args.detect_size,
+        upscale=args.upscale,
+    )
+    report = evaluate_detection(
+        scenes, detector.detect, recall_iou=args.recall_iou, progress=not args.quiet,
+        on_error=lambda msg: print(f"maskwatch: error: {msg}", file=sys.stderr),
+    )
+    report["detector"] = detector.face_detector.name
+    report["face_threshold"] = detector.face_detector.threshold
+    if args.json:
+        print_json(report)
+    else:
+        _print_report(report)
+    return 1 if report["failed"] else 0
+
+
+def _print_report(r: dict) -> None:
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    print(f"{r['images']} scenes, {r['faces']} faces; detector {r['detector']} "
+          f"(threshold {r['face_threshold']}), {r['ms_per_image']:.1f} ms per image")
+    print(f"face recall (IoU >= {r['recall_iou']}): {pct(r['recall'])} "
+          f"(faces >= 32 px: {pct(r['recall_32px'])})")
+    for c, v in r["recall_by_class"].items():
+        print(f"  {c:<16} {pct(v)}")
+    print(f"false boxes per image: {r['false_boxes_per_image']:.2f}; at IoU 0.5: precision "
+          f"{pct(r['precision50'])}, recall {pct(r['recall50'])}")
+    if "ap50" in r:
+        for c, v in r["ap50"].items():
+            print(f"AP50 {c:<16} {pct(v)}")
+        print(f"mAP50 (with_mask, without_mask): {pct(r['map50'])}")

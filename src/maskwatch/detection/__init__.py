@@ -1,0 +1,24 @@
+"""Face detection, the detect pipeline (faces + mask labels), drawing, video, tracking, alerts.
+
+Heavy modules load lazily: ``from maskwatch.detection import Detector`` imports onnxruntime
+only when the detector is built.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Detector", "Face", "FaceDetector", "make_face_detector", "draw_faces", "IoUTracker",
+           "AlertHook"]
+
+_WHERE = {
+    "Detector": "pipeline", "Face": "pipeline", "FaceDetector": "faces",
+    "make_face_detector": "faces", "draw_faces": "draw", "IoUTracker": "tracker",
+    "AlertHook": "alerts",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(name)

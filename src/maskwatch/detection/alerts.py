@@ -1,0 +1,130 @@
+"""Alert hook: run a command or POST JSON when an unmasked face stays in view."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import datetime, timezone
+from urllib.parse import urlparse
+
+from maskwatch.errors import MaskwatchError
+from maskwatch.labels import WITHOUT_MASK
+
+
+class AlertHook:
+    """Fires when a face without a mask has been seen for ``after`` consecutive frames.
+
+    With tracked faces (``track_id`` set) the streak is counted per person; otherwise per
+    frame (any unmasked face in view). At most one alert per ``interval`` seconds. The alert
+    runs ``command`` (no shell; the JSON event on its stdin and in $MASKWATCH_ALERT) and/or
+    POSTs the JSON event to ``url``, in a background thread so frames keep flowing.
+    """
+
+    def __init__(
+        self,
+        after: int = 10,
+        command: str | None = None,
+        url: str | None = None,
+        interval: float = 60.0,
+        timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        log: Callable[[str], None] | None = None,
+    ):
+        if after < 1:
+            raise MaskwatchError(f"--alert-after must be at least 1 frame, got {after}")
+        if interval < 0:
+            raise MaskwatchError(f"--alert-interval must be >= 0 seconds, got {interval}")
+        if not command and not url:
+            raise MaskwatchError("an alert needs --alert-command or --alert-url")
+        if url:
+            parsed = urlparse(url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise MaskwatchError(f"--alert-url must be an http(s) URL, got {url!r}")
+        self.argv = shlex.split(command) if command else None
+        if command is not None and not self.argv:
+            raise MaskwatchError("--alert-command is empty")
+        self.url = url
+        self.after = int(after)
+        self.interval = float(interval)
+        self.timeout = timeout
+        self.clock = clock
+        self.log = log or (lambda msg: print(f"maskwatch: {msg}", file=sys.stderr))
+        self._streaks: dict[object, int] = {}
+        self._last_fired: float | None = None
+        self._threads: list[threading.Thread] = []
+        self.fired: list[dict] = []
+        self.suppressed = 0
+        self.errors: list[str] = []
+
+    def reset(self) -> None:
+        """Forget streaks (call between independent videos)."""
+        self._streaks.clear()
+
+    def update(self, faces: list, source: str = "", frame: int | None = None) -> dict | None:
+        """Feed one frame's faces; returns the event if an alert fired on this frame."""
+        unmasked = [f for f in faces if f.label == WITHOUT_MASK]
+        keys = {f.track_id if f.track_id is not None else "frame" for f in unmasked}
+        self._streaks = {k: self._streaks.get(k, 0) + 1 for k in keys}
+        due = [k for k, n in self._streaks.items() if n >= self.after]
+        if not due:
+            return None
+        now = self.clock()
+        if self._last_fired is not None and now - self._last_fired < self.interval:
+            self.suppressed += 1
+            return None
+        self._last_fired = now
+        face = next(f for f in unmasked
+                    if (f.track_id if f.track_id is not None else "frame") in due)
+        event = {
+            "event": "unmasked_face",
+            "source": source,
+            "frame": frame,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "consecutive_frames": max(self._streaks[k] for k in due),
+            "unmasked_faces": len(unmasked),
+            "face": face.to_dict(),
+        }
+        self.fired.append(event)
+        thread = threading.Thread(target=self._send, args=(event,), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return event
+
+    def _send(self, event: dict) -> None:
+        body = json.dumps(event).encode()
+        if self.argv:
+            try:
+                subprocess.run(
+                    self.argv, input=body, timeout=self.timeout, check=True,
+                    env={**__import__("os").environ, "MASKWATCH_ALERT": body.decode()},
+                    stdout=subprocess.DEVNULL,
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                self._error(f"alert command failed: {exc}")
+        if self.url:
+            req = urllib.request.Request(
+                self.url, data=body, method="POST",
+                headers={"Content-Type": "application/json", "User-Agent": "maskwatch"},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                    resp.read(1024)
+            except (OSError, urllib.error.URLError, ValueError) as exc:
+                self._error(f"alert POST to {self.url} failed: {exc}")
+
+    def _error(self, msg: str) -> None:
+        self.errors.append(msg)
+        self.log(msg)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for alerts still being sent (call before exit)."""
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = [t for t in self._threads if t.is_alive()]

@@ -1,0 +1,140 @@
+"""A light IoU tracker: keeps one identity per face across frames and smooths its label."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from maskwatch.labels import WITHOUT_MASK, sort_classes
+
+
+def _iou(a, b) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class Track:
+    """One person followed across frames."""
+
+    track_id: int
+    box: list[int]
+    scores: dict[str, float] = field(default_factory=dict)  # exponential moving average
+    label: str | None = None
+    hits: int = 1
+    missed: int = 0
+    first_frame: int = 0
+    last_frame: int = 0
+    unmasked_streak: int = 0  # consecutive frames with the smoothed label without_mask
+    labels_seen: Counter = field(default_factory=Counter)
+
+
+class IoUTracker:
+    """Greedy IoU matching of detections to tracks, with per-track label smoothing.
+
+    ``alpha``: weight of the newest frame in the moving average of class scores.
+    ``hysteresis``: another class must beat the current label's smoothed score by this much
+    before the label changes, so labels don't flicker between frames.
+    ``max_missed``: frames a track survives without a detection (short occlusions).
+    ``min_hits``: frames a track needs before it counts as a person in :meth:`counts`.
+    """
+
+    def __init__(
+        self,
+        iou_threshold: float = 0.3,
+        alpha: float = 0.3,
+        hysteresis: float = 0.1,
+        max_missed: int = 10,
+        min_hits: int = 3,
+    ):
+        self.iou_threshold = iou_threshold
+        self.alpha = alpha
+        self.hysteresis = hysteresis
+        self.max_missed = max_missed
+        self.min_hits = min_hits
+        self.tracks: dict[int, Track] = {}
+        self.finished: list[Track] = []
+        self._next_id = 1
+        self.frame = -1
+
+    def update(self, faces: list) -> list:
+        """Match this frame's faces to tracks; sets ``track_id`` and the smoothed ``label``,
+        ``score`` and ``scores`` on each face (in place) and returns the faces."""
+        self.frame += 1
+        live = list(self.tracks.values())
+        pairs = []
+        for ti, track in enumerate(live):
+            for fi, face in enumerate(faces):
+                iou = _iou(track.box, face.box)
+                if iou >= self.iou_threshold:
+                    pairs.append((iou, ti, fi))
+        pairs.sort(key=lambda p: -p[0])
+        used_t, used_f = set(), set()
+        for _iou_value, ti, fi in pairs:
+            if ti in used_t or fi in used_f:
+                continue
+            used_t.add(ti)
+            used_f.add(fi)
+            self._observe(live[ti], faces[fi])
+        for fi, face in enumerate(faces):
+            if fi not in used_f:
+                track = Track(self._next_id, list(face.box), first_frame=self.frame)
+                self._next_id += 1
+                self.tracks[track.track_id] = track
+                self._observe(track, face, new=True)
+        for ti, track in enumerate(live):
+            if ti not in used_t:
+                track.missed += 1
+                track.unmasked_streak = 0
+                if track.missed > self.max_missed:
+                    self.finished.append(self.tracks.pop(track.track_id))
+        return faces
+
+    def _observe(self, track: Track, face, new: bool = False) -> None:
+        track.box = list(face.box)
+        track.last_frame = self.frame
+        track.missed = 0
+        if not new:
+            track.hits += 1
+        face.track_id = track.track_id
+        if not face.scores:
+            return
+        if not track.scores:
+            track.scores = dict(face.scores)
+        else:
+            a = self.alpha
+            for k in set(track.scores) | set(face.scores):
+                track.scores[k] = (1 - a) * track.scores.get(k, 0.0) + a * face.scores.get(k, 0.0)
+        best = max(track.scores, key=track.scores.get)
+        if track.label is None or track.label not in track.scores:
+            track.label = face.label if face.label in track.scores else best
+        elif best != track.label and (
+            track.scores[best] - track.scores[track.label] > self.hysteresis
+        ):
+            track.label = best
+        track.labels_seen[track.label] += 1
+        track.unmasked_streak = track.unmasked_streak + 1 if track.label == WITHOUT_MASK else 0
+        face.label = track.label
+        face.score = float(track.scores[track.label])
+        face.scores = {k: float(v) for k, v in track.scores.items()}
+
+    def all_tracks(self) -> list[Track]:
+        return self.finished + list(self.tracks.values())
+
+    def counts(self) -> dict[str, int]:
+        """People per class: each track that lived ``min_hits`` frames counts once, under the
+        label it carried most often."""
+        per = Counter()
+        for t in self.all_tracks():
+            if t.hits >= self.min_hits and t.labels_seen:
+                per[t.labels_seen.most_common(1)[0][0]] += 1
+        return {k: per[k] for k in sort_classes(per)}
+
+    def people(self) -> int:
+        return sum(1 for t in self.all_tracks() if t.hits >= self.min_hits)
+

@@ -1,0 +1,195 @@
+"""Video I/O: read frames from files, cameras and streams; write H.264 MP4 (with audio)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from maskwatch.errors import MaskwatchError
+
+STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+DEFAULT_FPS = 25.0
+
+
+def is_camera(spec: str) -> bool:
+    return str(spec).isdigit()
+
+
+def is_stream(spec: str) -> bool:
+    return str(spec).lower().startswith(STREAM_PREFIXES)
+
+
+def source_name(spec: str) -> str:
+    """A file-name-safe name for a source: the file stem, ``camera0``, or the stream host."""
+    spec = str(spec)
+    if is_camera(spec):
+        return f"camera{int(spec)}"
+    if is_stream(spec):
+        rest = spec.split("://", 1)[1].split("@")[-1]
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", rest).strip("._-")[:80] or "stream"
+    return Path(spec).stem
+
+
+class VideoSource:
+    """Frames from a video file, a camera index or a stream URL, as RGB arrays.
+
+    Raises MaskwatchError with one clear line if the source cannot be opened.
+    """
+
+    def __init__(self, spec: str | int):
+        import cv2
+
+        self.spec = str(spec)
+        self.live = is_camera(self.spec) or is_stream(self.spec)
+        if is_camera(self.spec):
+            self._cap = cv2.VideoCapture(int(self.spec))
+            if not self._cap.isOpened():
+                raise MaskwatchError(f"camera {self.spec}: cannot open (no such camera?)")
+        else:
+            if not self.live:
+                path = Path(self.spec)
+                if not path.is_file():
+                    raise MaskwatchError(f"{self.spec}: no such video file")
+                if path.stat().st_size == 0:
+                    raise MaskwatchError(f"{self.spec}: empty file (0 bytes)")
+            self._cap = cv2.VideoCapture(self.spec)
+            if not self._cap.isOpened():
+                what = "stream" if self.live else "video"
+                raise MaskwatchError(f"{self.spec}: cannot open this {what} with OpenCV")
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = fps if 0.5 <= fps <= 1000 else DEFAULT_FPS
+        self.width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        self.height = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.frame_count: int | None = count if count > 0 and not self.live else None
+        self.frames_read = 0
+        self.name = source_name(self.spec)
+
+    def frames(self, max_frames: int | None = None) -> Iterator[np.ndarray]:
+        """Yield RGB frames until the end, an unreadable frame, or ``max_frames``."""
+        import cv2
+
+        while max_frames is None or self.frames_read < max_frames:
+            ok, bgr = self._cap.read()
+            if not ok or bgr is None:
+                break
+            self.frames_read += 1
+            if bgr.ndim == 2:
+                yield cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
+            else:
+                yield np.ascontiguousarray(bgr[:, :, 2::-1])
+
+    def ended_early(self) -> bool:
+        """True when a file stopped well before its announced length (a frame failed)."""
+        return self.frame_count is not None and self.frames_read < self.frame_count - 1
+
+    def close(self) -> None:
+        self._cap.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def has_audio(path: str | Path) -> bool:
+    """Whether ffmpeg sees an audio stream in ``path``."""
+    try:
+        res = subprocess.run(
+            [ffmpeg_exe(), "-hide_banner", "-i", str(path)],
+            capture_output=True, text=True, timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(re.search(r"Stream #\d+:\d+.*: Audio:", res.stderr))
+
+
+class VideoWriter:
+    """H.264 (libx264, yuv420p) MP4 writer through imageio-ffmpeg's bundled ffmpeg.
+
+    Frames are written to ``<out>.part.mp4`` and renamed on :meth:`close`; if ``audio_from``
+    has an audio track it is muxed in, otherwise (or if that fails) a warning says it was
+    dropped. Odd widths/heights are padded by one pixel (yuv420p needs even sizes).
+    """
+
+    def __init__(self, path: str | Path, fps: float, size: tuple[int, int],
+                 audio_from: str | Path | None = None, quality: int = 23):
+        import imageio_ffmpeg
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(self.path.stem + ".part.mp4")
+        self.size = (int(size[0]), int(size[1]))
+        self.fps = float(fps)
+        self.audio_from = audio_from
+        self.frames = 0
+        self.warnings: list[str] = []
+        params = ["-crf", str(quality), "-preset", "veryfast", "-movflags", "+faststart"]
+        if self.size[0] % 2 or self.size[1] % 2:
+            params += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+        self._gen = imageio_ffmpeg.write_frames(
+            str(self.tmp), self.size, fps=self.fps, codec="libx264", pix_fmt_in="rgb24",
+            pix_fmt_out="yuv420p", macro_block_size=1, output_params=params,
+            ffmpeg_log_level="error",
+        )
+        self._gen.send(None)
+        self._closed = False
+
+    def write(self, rgb: np.ndarray) -> None:
+        if rgb.shape[1] != self.size[0] or rgb.shape[0] != self.size[1]:
+            import cv2
+
+            rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
+        self._gen.send(np.ascontiguousarray(rgb, dtype=np.uint8))
+        self.frames += 1
+
+    def close(self) -> Path:
+        """Finish the file (also after Ctrl-C) and mux the source's audio; returns the path."""
+        if self._closed:
+            return self.path
+        self._closed = True
+        self._gen.close()
+        if self.audio_from is not None and not is_camera(str(self.audio_from)) and (
+            has_audio(self.audio_from)
+        ):
+            muxed = self.path.with_name(self.path.stem + ".mux.mp4")
+            cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(self.tmp),
+                   "-i", str(self.audio_from), "-map", "0:v:0", "-map", "1:a:0?", "-c:v",
+                   "copy", "-c:a", "aac", "-shortest", "-movflags", "+faststart", str(muxed)]
+            try:
+                res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+                ok = res.returncode == 0 and muxed.is_file()
+                err = res.stderr.strip().splitlines()[-1:] if res.stderr else []
+            except (OSError, subprocess.SubprocessError) as exc:
+                ok, err = False, [str(exc)]
+            if ok:
+                self.tmp.unlink()
+                muxed.replace(self.tmp)
+            else:
+                if muxed.exists():
+                    muxed.unlink()
+                self._warn(f"{self.path.name}: audio dropped (mux failed: {' '.join(err)})")
+        self.tmp.replace(self.path)
+        return self.path
+
+    def _warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        print(f"maskwatch: warning: {msg}", file=sys.stderr)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,112 @@
+"""Shared helpers for the detection tests: a sample face, scenes, and a fake classifier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from maskwatch.detection.demo import draw_mask, sample_photo
+from maskwatch.imaging import load_rgb
+
+# where the face sits in matplotlib's grace_hopper.jpg (512x600), with some context
+HEAD = (130, 90, 400, 390)  # x1, y1, x2, y2 of the crop we paste
+FACE_IN_HEAD = (41, 39, 231, 248)  # the face box inside that crop
+
+
+@lru_cache(maxsize=1)
+def head() -> np.ndarray:
+    """A head-and-shoulders crop of the sample photo (270 x 300 px)."""
+    rgb = load_rgb(sample_photo())
+    x1, y1, x2, y2 = HEAD
+    return np.ascontiguousarray(rgb[y1:y2, x1:x2])
+
+
+def masked_head() -> np.ndarray:
+    return draw_mask(head(), FACE_IN_HEAD)
+
+
+def paste(canvas: np.ndarray, patch: np.ndarray, x: int, y: int, width: int):
+    """Paste ``patch`` resized to ``width`` at (x, y), clipped at the canvas edges; returns
+    the expected face box in canvas pixels (clipped)."""
+    scale = width / patch.shape[1]
+    p = cv2.resize(patch, (width, round(patch.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    h, w = canvas.shape[:2]
+    cx1, cy1 = max(0, x), max(0, y)
+    cx2, cy2 = min(w, x + p.shape[1]), min(h, y + p.shape[0])
+    canvas[cy1:cy2, cx1:cx2] = p[cy1 - y:cy2 - y, cx1 - x:cx2 - x]
+    fx1, fy1, fx2, fy2 = (v * scale for v in FACE_IN_HEAD)
+    return (max(0, x + fx1), max(0, y + fy1), min(w, x + fx2), min(h, y + fy2))
+
+
+def scene(width=640, height=480, faces=((40, 60, 200, False), (360, 60, 200, True))):
+    """A grey scene with the sample head pasted at (x, y, width, masked) positions; returns
+    the image and the expected face boxes."""
+    canvas = np.full((height, width, 3), 120, np.uint8)
+    boxes = []
+    for x, y, w, masked in faces:
+        boxes.append(paste(canvas, masked_head() if masked else head(), x, y, w))
+    return canvas, boxes
+
+
+def iou(a, b) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@dataclass
+class Prediction:
+    label: str
+    score: float
+    scores: dict
+
+
+@dataclass
+class Info:
+    classes: list
+
+
+class SkinClassifier:
+    """Test stand-in for maskwatch's Classifier: "without_mask" when the lower half of the
+    crop is mostly skin-coloured, else "with_mask"."""
+
+    classes = ["with_mask", "without_mask"]
+    info = Info(classes=["with_mask", "without_mask"])
+
+    def __init__(self):
+        self.batches: list[int] = []
+
+    def predict_proba(self, faces) -> np.ndarray:
+        out = []
+        for f in faces:
+            h, w = f.shape[:2]
+            lower = f[h // 2 + h // 8: h - h // 8, w // 4: w - w // 4].reshape(-1, 3).astype(int)
+            r, g, b = lower[:, 0], lower[:, 1], lower[:, 2]
+            skin = float(np.mean((r > 95) & (r > g + 10) & (r > b + 15))) if len(lower) else 0
+            p = float(np.clip(skin * 1.6, 0.02, 0.98))
+            out.append([1 - p, p])
+        return np.asarray(out).reshape(-1, 2)
+
+    def classify(self, faces):
+        faces = list(faces)
+        self.batches.append(len(faces))
+        out = []
+        for p in self.predict_proba(faces):
+            i = int(np.argmax(p))
+            out.append(Prediction(self.classes[i], float(p[i]),
+                                  dict(zip(self.classes, map(float, p)))))
+        return out
+
+
+def write_image(path: Path, rgb: np.ndarray) -> Path:
+    from maskwatch.imaging import save_rgb
+
+    save_rgb(path, rgb)
+    return path

