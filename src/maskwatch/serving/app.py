@@ -1,0 +1,644 @@
+"""The FastAPI app behind ``maskwatch serve``: an HTTP API and a webcam page.
+
+``create_app(detector=None, classifier=None, settings=Settings())`` builds the app. Without a
+detector it loads ``maskwatch.detection.pipeline.Detector`` once at start-up; tests pass fakes
+(any object with ``detect(rgb) -> list`` of faces with ``to_dict()``).
+
+Limits: uploads over the size cap get 413 (Content-Length and the bytes actually read are both
+checked), non-image uploads 415, undecodable ones 422 with the reason, and at most
+``max_concurrency`` inference calls run at once in a thread pool; a request that cannot start
+within ``queue_wait_s`` gets 503 instead of piling up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib.metadata
+import platform
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+
+from maskwatch import __version__
+from maskwatch.errors import ImageError, MaskwatchError
+from maskwatch.imaging import IMAGE_SUFFIXES, MAX_PIXELS, VIDEO_SUFFIXES, decode_bytes
+from maskwatch.serving.jobs import DONE, Job, JobManager, JobsBusy, process_video
+
+STATIC_DIR = Path(__file__).with_name("static")
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+MB = 1024 * 1024
+#: Room for multipart boundaries and part headers on top of the file-size cap.
+MULTIPART_SLACK = 64 * 1024
+
+
+@dataclass
+class Settings:
+    """Server limits and how to build the detector when none is passed to create_app."""
+
+    api_key: str | None = None
+    max_upload_mb: float = 10.0
+    max_video_mb: float = 100.0
+    max_concurrency: int = 2
+    queue_wait_s: float = 2.0
+    max_pixels: int = MAX_PIXELS
+    max_video_frames: int = 9000
+    max_video_jobs: int = 4
+    keep_finished_jobs: int = 20
+    model: str | None = None
+    detector: str | None = None
+    threads: int = 0
+    jobs_dir: Path | None = None
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MB)
+
+    @property
+    def max_video_bytes(self) -> int:
+        return int(self.max_video_mb * MB)
+
+
+# ---------------------------------------------------------------- response models (OpenAPI)
+
+
+class FaceRecord(BaseModel):
+    """One detected face, as `maskwatch detect --json` prints it."""
+
+    model_config = ConfigDict(extra="allow")
+    box: list[int | float] = Field(description="[x1, y1, x2, y2] in pixels of the uploaded image")
+    label: str | None = Field(description="chosen class, e.g. with_mask / without_mask")
+    score: float | None = Field(description="probability of the chosen label")
+    face_score: float | None = Field(None, description="face detector confidence")
+    scores: dict[str, float] = Field(default_factory=dict, description="probability per class")
+
+
+class DetectResponse(BaseModel):
+    faces: list[FaceRecord] = Field(description="detected faces, each with its mask label")
+    width: int = Field(description="image width in pixels (after EXIF rotation)")
+    height: int = Field(description="image height in pixels")
+    counts: dict[str, int] = Field(description="faces per label, and `total`")
+
+
+class ClassifyResponse(BaseModel):
+    label: str = Field(description="chosen class")
+    score: float = Field(description="probability of the chosen class")
+    scores: dict[str, float] = Field(description="probability per class")
+
+
+class JobCreated(BaseModel):
+    id: str = Field(description="job id, for GET /api/jobs/{id}")
+    status: str = Field(description="queued, running, done, error or cancelled")
+    url: str = Field(description="where to poll the job")
+
+
+class FrameRecord(BaseModel):
+    frame: int = Field(description="0-based frame index")
+    time: float = Field(description="seconds from the start")
+    faces: list[FaceRecord]
+
+
+class JobStatus(BaseModel):
+    id: str
+    status: str = Field(description="queued, running, done, error or cancelled")
+    progress: float = Field(description="fraction done, 0..1")
+    frames_done: int
+    frames_total: int | None = Field(description="frame count, when the container says it")
+    fps: float | None
+    width: int | None
+    height: int | None
+    truncated: bool = Field(description="true when the video was cut at the frame limit")
+    error: str | None = Field(description="why the job failed")
+    counts: dict[str, int] | None = Field(
+        description="faces per label over all frames and `max_faces_in_frame` (when done)"
+    )
+    frames: list[FrameRecord] | None = Field(description="per-frame records (when done)")
+    video_url: str | None = Field(description="annotated H.264 MP4 (when done)")
+
+
+class ModelResponse(BaseModel):
+    name: str | None = Field(description="classifier model name")
+    classes: list[str] = Field(description="classes the classifier can output")
+    threshold: float | None = Field(
+        description="without_mask is chosen when its probability reaches this"
+    )
+    input_size: int | None = Field(None, description="classifier input size in pixels")
+    detector: str | None = Field(None, description="face detector in use")
+    limits: dict[str, Any] = Field(description="upload size, pixel and concurrency limits")
+    versions: dict[str, str | None] = Field(description="versions of maskwatch and its runtime")
+
+
+class Health(BaseModel):
+    status: str = Field(description="`ok` once the detector is loaded")
+    version: str
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _problem(status: int, detail: str, **headers: str) -> HTTPException:
+    return HTTPException(status_code=status, detail=detail, headers=headers or None)
+
+
+def _too_large(limit: int) -> HTTPException:
+    return _problem(413, f"upload is larger than the limit of {limit / MB:g} MB")
+
+
+def _face_records(faces: list) -> list[dict]:
+    return [f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in faces]
+
+
+def _counts(records: list[dict], classes: list[str]) -> dict[str, int]:
+    counts = {c: 0 for c in classes}
+    for rec in records:
+        label = str(rec.get("label"))
+        counts[label] = counts.get(label, 0) + 1
+    counts["total"] = len(records)
+    return counts
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _fallback_annotate(rgb: np.ndarray, faces: list) -> np.ndarray:
+    """Boxes and labels with OpenCV (used when maskwatch.detection.draw is unavailable)."""
+    import cv2
+
+    colours = {"with_mask": (46, 160, 67), "without_mask": (214, 40, 40),
+               "incorrect_mask": (230, 150, 0)}
+    out = np.ascontiguousarray(rgb).copy()
+    thick = max(2, round(max(out.shape[:2]) / 320))
+    for rec in _face_records(faces):
+        x1, y1, x2, y2 = (int(round(v)) for v in rec["box"])
+        colour = colours.get(str(rec.get("label")), (40, 110, 220))
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
+        text = str(rec.get("label"))
+        if rec.get("score") is not None:
+            text += f" {rec['score']:.2f}"
+        cv2.putText(out, text, (x1, max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4 * thick, colour, max(1, thick // 2), cv2.LINE_AA)
+    return out
+
+
+def _pick_annotator() -> Callable[[np.ndarray, list], np.ndarray]:
+    """The project's drawing function when present, else a plain OpenCV one."""
+    try:
+        from maskwatch.detection import draw
+    except ImportError:
+        return _fallback_annotate
+    fn = getattr(draw, "draw_faces", None)
+    if not callable(fn):
+        return _fallback_annotate
+
+    def annotate(rgb: np.ndarray, faces: list) -> np.ndarray:
+        if all(hasattr(f, "box") and hasattr(f, "label") for f in faces):
+            return fn(rgb, faces)
+        return _fallback_annotate(rgb, faces)  # plain dict-like records
+
+    return annotate
+
+
+def _allowed(content_type: str, filename: str, major: str, suffixes: set[str]) -> bool:
+    """Whether a declared type / file name is acceptable for an image or video upload."""
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype.startswith(major + "/"):
+        return True
+    if ctype in ("", "application/octet-stream"):
+        return not filename or Path(filename).suffix.lower() in suffixes or "." not in filename
+    return False
+
+
+def _multipart_schema(field_help: str, media: list[str]) -> dict:
+    """OpenAPI request body: a multipart `file` field, or the raw bytes."""
+    binary = {"type": "string", "format": "binary"}
+    content = {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {**binary, "description": field_help}},
+                "required": ["file"],
+            }
+        }
+    }
+    for m in media:
+        content[m] = {"schema": binary}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+class _Upload:
+    """An uploaded file: its bytes or a spooled file, its name and declared type."""
+
+    def __init__(self, filename: str, content_type: str, data: bytes | None = None,
+                 file: UploadFile | None = None) -> None:
+        self.filename, self.content_type, self.data, self.file = filename, content_type, data, file
+
+    async def close(self) -> None:
+        """Delete the spooled temporary file of a multipart upload."""
+        if self.file is not None:
+            await self.file.close()
+
+
+async def _receive_upload(request: Request, limit: int, default_name: str) -> _Upload:
+    """Read one uploaded file (multipart `file` field or raw body), enforcing ``limit``.
+
+    Content-Length is checked first; then the bytes actually received are counted, so a
+    missing or false Content-Length cannot get past the cap.
+    """
+    declared = request.headers.get("content-length")
+    body_limit = limit + MULTIPART_SLACK
+    if declared is not None:
+        try:
+            if int(declared) > body_limit:
+                raise _too_large(limit)
+        except ValueError:
+            raise _problem(400, "bad Content-Length header") from None
+    received = 0
+
+    async def receive():
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > body_limit:
+                raise _TooLarge()
+        return message
+
+    limited = Request(request.scope, receive)
+    ctype = request.headers.get("content-type", "")
+    try:
+        if ctype.lower().startswith("multipart/form-data"):
+            form = await limited.form(max_files=1, max_fields=8)
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                upload = next((v for v in form.values() if isinstance(v, UploadFile)), None)
+            if upload is None:
+                raise _problem(422, "no file in the upload: send it as the multipart field `file`")
+            if upload.size is not None and upload.size > limit:
+                raise _too_large(limit)
+            return _Upload(upload.filename or default_name, upload.content_type or "",
+                           file=upload)
+        chunks = []
+        async for chunk in limited.stream():
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise _too_large(limit)
+        return _Upload(default_name, ctype, data=data)
+    except _TooLarge:
+        raise _too_large(limit) from None
+
+
+async def _upload_bytes(upload: _Upload) -> bytes:
+    if upload.data is not None:
+        return upload.data
+    assert upload.file is not None
+    return await upload.file.read()
+
+
+# ---------------------------------------------------------------- the app
+
+
+class _State:
+    """What the app holds between requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.detector: Any = None
+        self.classifier: Any = None
+        self.executor: ThreadPoolExecutor | None = None
+        self.semaphore: asyncio.Semaphore | None = None
+        self.jobs: JobManager | None = None
+        self.annotate: Callable[[np.ndarray, list], np.ndarray] = _fallback_annotate
+        self.ready = False
+
+
+def _load_detector(settings: Settings, classifier: Any) -> Any:
+    from maskwatch.detection.pipeline import Detector
+
+    chosen = classifier if classifier is not None else settings.model
+    kwargs: dict[str, Any] = {"classifier": chosen, "threads": settings.threads}
+    if settings.detector:
+        kwargs["face_detector"] = settings.detector
+    return Detector(**kwargs)
+
+
+def create_app(
+    detector: Any = None, classifier: Any = None, settings: Settings | None = None
+) -> FastAPI:
+    """Build the web app; ``detector`` / ``classifier`` are loaded at start-up when None."""
+    settings = settings or Settings()
+    state = _State(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        det = detector
+        if det is None:
+            det = await asyncio.to_thread(_load_detector, settings, classifier)
+        clf = classifier if classifier is not None else getattr(det, "classifier", None)
+        if clf is None:
+            from maskwatch.inference.classifier import Classifier
+
+            clf = await asyncio.to_thread(Classifier, settings.model, settings.threads)
+        state.detector, state.classifier = det, clf
+        state.annotate = _pick_annotator()
+        state.executor = ThreadPoolExecutor(
+            max_workers=settings.max_concurrency, thread_name_prefix="maskwatch-infer"
+        )
+        state.semaphore = asyncio.Semaphore(settings.max_concurrency)
+        state.jobs = JobManager(
+            lambda job, stop: process_video(
+                job, stop, det.detect, state.annotate, settings.max_video_frames,
+                settings.max_pixels,
+            ),
+            max_active=settings.max_video_jobs,
+            keep_finished=settings.keep_finished_jobs,
+            root=settings.jobs_dir,
+        )
+        state.ready = True
+        try:
+            yield
+        finally:
+            state.ready = False
+            state.jobs.shutdown()
+            state.executor.shutdown(wait=True, cancel_futures=True)
+
+    app = FastAPI(
+        title="maskwatch",
+        version=__version__,
+        summary="Find faces in images and video and tell whether each wears a mask.",
+        description=(
+            "Upload an image to `/api/detect` for boxes and mask labels, a face crop to "
+            "`/api/classify`, or a video to `/api/video` (a background job with an annotated "
+            "H.264 MP4 as result). When the server has an API key, send it in the `X-API-Key` "
+            "header on every `/api/*` request. Errors are JSON `{\"detail\": \"...\"}`: 401 bad "
+            "key, 413 too large, 415 not an image/video, 422 cannot decode, 503 busy."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.maskwatch = state
+
+    async def check_key(request: Request) -> None:
+        if not settings.api_key:
+            return
+        given = request.headers.get("x-api-key", "")
+        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+            raise _problem(401, "missing or wrong API key (send it in the X-API-Key header)",
+                           **{"WWW-Authenticate": "X-API-Key"})
+
+    async def run_limited(fn: Callable[[], Any]) -> Any:
+        """Run CPU work in the pool, at most max_concurrency at once; 503 when saturated."""
+        assert state.semaphore is not None and state.executor is not None
+        try:
+            await asyncio.wait_for(state.semaphore.acquire(), settings.queue_wait_s)
+        except asyncio.TimeoutError:
+            raise _problem(503, "server busy: too many requests at once, try again shortly",
+                           **{"Retry-After": "1"}) from None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(state.executor, fn)
+        finally:
+            state.semaphore.release()
+
+    def decode(data: bytes, name: str) -> np.ndarray:
+        try:
+            return decode_bytes(data, max_pixels=settings.max_pixels, name=name)
+        except ImageError as exc:
+            raise _problem(422, str(exc)) from None
+
+    async def read_image(request: Request) -> tuple[bytes, str]:
+        upload = await _receive_upload(request, settings.max_upload_bytes, "upload")
+        if not _allowed(upload.content_type, upload.filename, "image", IMAGE_SUFFIXES):
+            raise _problem(415, f"{upload.filename}: expected an image (JPEG, PNG, ...), got "
+                           f"{upload.content_type.split(';')[0] or 'no content type'}")
+        try:
+            data = await _upload_bytes(upload)
+        finally:
+            await upload.close()
+        if not data:
+            raise _problem(422, f"{upload.filename}: empty file (0 bytes)")
+        return data, Path(upload.filename).name
+
+    api = APIRouter(prefix="/api", dependencies=[Depends(check_key)], tags=["api"])
+    image_media = ["image/jpeg", "image/png", "image/webp"]
+
+    @api.post(
+        "/detect",
+        response_model=DetectResponse,
+        summary="Find faces in an image and label their masks",
+        description="Send an image as multipart field `file`, or as the raw body with an "
+        "image content type. Returns every face with box, label and scores.",
+        openapi_extra=_multipart_schema("the image", image_media),
+        responses={413: {"description": "too large"}, 415: {"description": "not an image"},
+                   422: {"description": "cannot decode"}, 503: {"description": "busy"}},
+    )
+    async def detect(request: Request) -> dict:
+        data, name = await read_image(request)
+
+        def work() -> dict:
+            rgb = decode(data, name)
+            records = _face_records(state.detector.detect(rgb))
+            return {"faces": records, "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
+                    "counts": _counts(records, list(getattr(state.classifier, "classes", [])))}
+
+        return await run_limited(work)
+
+    @api.post(
+        "/classify",
+        response_model=ClassifyResponse,
+        summary="Classify one face crop",
+        description="Send an image that is a single face (already cropped); returns whether it "
+        "wears a mask. No face detection is done.",
+        openapi_extra=_multipart_schema("a face crop", image_media),
+        responses={413: {"description": "too large"}, 415: {"description": "not an image"},
+                   422: {"description": "cannot decode"}, 503: {"description": "busy"}},
+    )
+    async def classify(request: Request) -> dict:
+        data, name = await read_image(request)
+
+        def work() -> dict:
+            pred = state.classifier.classify([decode(data, name)])[0]
+            return {"label": pred.label, "score": float(pred.score),
+                    "scores": {k: float(v) for k, v in pred.scores.items()}}
+
+        return await run_limited(work)
+
+    def job_status(job: Job, request: Request) -> dict:
+        done = job.status == DONE
+        return {
+            "id": job.id, "status": job.status, "progress": round(job.progress(), 4),
+            "frames_done": job.frames_done, "frames_total": job.frames_total, "fps": job.fps,
+            "width": job.width, "height": job.height, "truncated": job.truncated,
+            "error": job.error, "counts": job.counts() if done else None,
+            "frames": job.records if done else None,
+            "video_url": str(request.url_for("job_video", job_id=job.id).path) if done else None,
+        }
+
+    @api.post(
+        "/video",
+        response_model=JobCreated,
+        status_code=202,
+        summary="Start a video job",
+        description="Upload a video (multipart field `file`, or the raw body with a video "
+        "content type). Faces are found in every frame in the background; poll "
+        "`GET /api/jobs/{id}` for progress, per-frame records and the annotated MP4.",
+        openapi_extra=_multipart_schema("the video", ["video/mp4", "video/webm"]),
+        responses={413: {"description": "too large"}, 415: {"description": "not a video"},
+                   503: {"description": "too many jobs"}},
+    )
+    async def video(request: Request) -> dict:
+        assert state.jobs is not None
+        upload = await _receive_upload(request, settings.max_video_bytes, "upload.mp4")
+        if not _allowed(upload.content_type, upload.filename, "video", VIDEO_SUFFIXES):
+            raise _problem(415, f"{upload.filename}: expected a video (MP4, WebM, ...), got "
+                           f"{upload.content_type.split(';')[0] or 'no content type'}")
+        suffix = Path(upload.filename).suffix.lower()
+        suffix = suffix if suffix in VIDEO_SUFFIXES else ".mp4"
+        try:
+            job = state.jobs.new_job(Path(upload.filename).name, suffix)
+        except JobsBusy as exc:
+            raise _problem(503, str(exc), **{"Retry-After": "5"}) from None
+        try:
+            data = await _upload_bytes(upload) if upload.data is not None else None
+            if data is not None:
+                await asyncio.to_thread(job.input_path.write_bytes, data)
+            else:
+                assert upload.file is not None
+                await asyncio.to_thread(_copy_file, upload.file.file, job.input_path)
+            if job.input_path.stat().st_size == 0:
+                raise _problem(422, f"{upload.filename}: empty file (0 bytes)")
+        except BaseException:
+            state.jobs.discard(job)
+            raise
+        finally:
+            await upload.close()
+        state.jobs.start(job)
+        return {"id": job.id, "status": job.status,
+                "url": str(request.url_for("job_status", job_id=job.id).path)}
+
+    @api.get("/jobs/{job_id}", response_model=JobStatus, name="job_status",
+             summary="Progress and results of a video job")
+    async def get_job(job_id: str, request: Request) -> dict:
+        job = state.jobs.get(job_id) if state.jobs else None
+        if job is None:
+            raise _problem(404, "no such job (finished jobs are kept for a limited time)")
+        return job_status(job, request)
+
+    @api.get("/jobs/{job_id}/video", name="job_video", response_class=FileResponse,
+             summary="The annotated H.264 MP4 of a finished job",
+             responses={200: {"content": {"video/mp4": {}}}, 409: {"description": "not done"}})
+    async def get_job_video(job_id: str) -> FileResponse:
+        job = state.jobs.get(job_id) if state.jobs else None
+        if job is None:
+            raise _problem(404, "no such job")
+        if job.status != DONE or not job.output_path.exists():
+            raise _problem(409, f"job is {job.status}, the video is not ready")
+        stem = Path(job.filename).stem or "video"
+        return FileResponse(job.output_path, media_type="video/mp4",
+                            filename=f"{stem}-maskwatch.mp4")
+
+    @api.get("/model", response_model=ModelResponse, summary="The loaded model and limits")
+    async def model_info() -> dict:
+        clf = state.classifier
+        info = getattr(clf, "info", None)
+        det = state.detector
+        det_name = (getattr(getattr(det, "face_detector", None), "name", None)
+                    or getattr(det, "name", None) or settings.detector)
+        return {
+            "name": getattr(info, "name", None),
+            "classes": list(getattr(clf, "classes", None) or getattr(info, "classes", [])),
+            "threshold": getattr(info, "threshold", None),
+            "input_size": getattr(info, "input_size", None),
+            "detector": str(det_name) if det_name else None,
+            "limits": {
+                "max_upload_mb": settings.max_upload_mb,
+                "max_video_mb": settings.max_video_mb,
+                "max_pixels": settings.max_pixels,
+                "max_concurrency": settings.max_concurrency,
+                "max_video_frames": settings.max_video_frames,
+                "api_key_required": bool(settings.api_key),
+            },
+            "versions": {
+                "maskwatch": __version__,
+                "python": platform.python_version(),
+                "numpy": _version("numpy"),
+                "onnxruntime": _version("onnxruntime"),
+                "opencv": _version("opencv-python-headless"),
+                "fastapi": _version("fastapi"),
+                "torch": _version("torch"),
+            },
+        }
+
+    app.include_router(api)
+
+    @app.get("/healthz", response_model=Health, tags=["meta"], summary="Liveness check")
+    async def healthz() -> dict:
+        if not state.ready:
+            raise _problem(503, "starting")
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={
+            "Content-Security-Policy": (
+                "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+                "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
+                "base-uri 'none'; frame-ancestors 'none'"
+            ),
+            "Cache-Control": "no-cache",
+        })
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+    @app.exception_handler(MaskwatchError)
+    async def maskwatch_error(request: Request, exc: MaskwatchError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    return app
+
+
+def _copy_file(src, dest: Path) -> None:
+    import shutil
+
+    src.seek(0)
+    with open(dest, "wb") as out:
+        shutil.copyfileobj(src, out, 1024 * 1024)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` exposes the server only to this machine."""
+    import ipaddress
+
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+__all__ = ["Settings", "create_app", "is_loopback"]

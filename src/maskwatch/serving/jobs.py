@@ -1,0 +1,262 @@
+"""Background video jobs for the web API: a bounded queue, worker threads and a temp folder."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from maskwatch.errors import MaskwatchError
+
+#: Job states, in order.
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "error", "cancelled"
+
+
+class JobsBusy(MaskwatchError):
+    """Too many video jobs are queued or running."""
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when the server shuts down."""
+
+
+@dataclass
+class Job:
+    """One uploaded video and what processing it produced so far."""
+
+    id: str
+    dir: Path
+    input_path: Path
+    filename: str
+    status: str = QUEUED
+    frames_done: int = 0
+    frames_total: int | None = None
+    fps: float | None = None
+    width: int | None = None
+    height: int | None = None
+    truncated: bool = False
+    error: str | None = None
+    records: list[dict] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def output_path(self) -> Path:
+        return self.dir / "annotated.mp4"
+
+    @property
+    def active(self) -> bool:
+        return self.status in (QUEUED, RUNNING)
+
+    def progress(self) -> float:
+        """Fraction done, 0..1 (1 once finished)."""
+        if self.status == DONE:
+            return 1.0
+        if self.frames_total:
+            return min(0.99, self.frames_done / self.frames_total)
+        return 0.0
+
+    def counts(self) -> dict[str, int]:
+        """Faces seen per label over all frames, and the most faces in one frame."""
+        totals: dict[str, int] = {}
+        most = 0
+        for rec in self.records:
+            most = max(most, len(rec["faces"]))
+            for face in rec["faces"]:
+                label = str(face.get("label"))
+                totals[label] = totals.get(label, 0) + 1
+        totals["max_faces_in_frame"] = most
+        return totals
+
+
+#: process(job, stop_event) does the work and fills the job in; it raises JobCancelled
+#: when stop_event is set, MaskwatchError for a bad video.
+Processor = Callable[[Job, threading.Event], None]
+
+
+class JobManager:
+    """Runs video jobs in a small thread pool; keeps a bounded number of jobs and files."""
+
+    def __init__(
+        self,
+        process: Processor,
+        max_active: int = 4,
+        keep_finished: int = 20,
+        workers: int = 1,
+        root: Path | None = None,
+    ) -> None:
+        self._process = process
+        self.max_active = max_active
+        self.keep_finished = keep_finished
+        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="maskwatch-serve-"))
+        self._own_root = root is None
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="maskwatch-job")
+
+    def new_job(self, filename: str, suffix: str) -> Job:
+        """Reserve a job slot and its folder; raises JobsBusy when the queue is full."""
+        with self._lock:
+            if self._stop.is_set():
+                raise JobsBusy("the server is shutting down")
+            active = sum(1 for j in self._jobs.values() if j.active)
+            if active >= self.max_active:
+                raise JobsBusy(
+                    f"{active} video jobs are already queued or running; try again later"
+                )
+            job_id = secrets.token_urlsafe(12)
+            folder = self.root / job_id
+            folder.mkdir(parents=True)
+            job = Job(
+                id=job_id, dir=folder, input_path=folder / f"input{suffix}", filename=filename
+            )
+            self._jobs[job_id] = job
+            self._evict_locked()
+            return job
+
+    def discard(self, job: Job) -> None:
+        """Forget a job that was never started (its upload failed)."""
+        with self._lock:
+            self._jobs.pop(job.id, None)
+        shutil.rmtree(job.dir, ignore_errors=True)
+
+    def start(self, job: Job) -> None:
+        """Queue a reserved job whose input file has been written."""
+        self._pool.submit(self._run, job)
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def _run(self, job: Job) -> None:
+        if self._stop.is_set():
+            job.status = CANCELLED
+            return
+        job.status, job.started = RUNNING, time.time()
+        try:
+            self._process(job, self._stop)
+            job.status = DONE
+        except JobCancelled:
+            job.status = CANCELLED
+        except MaskwatchError as exc:
+            job.status, job.error = FAILED, str(exc)
+        except Exception as exc:  # a bug or a codec failure: report it on the job, keep serving
+            job.status, job.error = FAILED, f"{type(exc).__name__}: {exc}"
+        finally:
+            job.finished = time.time()
+            job.input_path.unlink(missing_ok=True)
+
+    def _evict_locked(self) -> None:
+        finished = sorted((j for j in self._jobs.values() if not j.active), key=lambda j: j.created)
+        for job in finished[: max(0, len(finished) - self.keep_finished)]:
+            del self._jobs[job.id]
+            shutil.rmtree(job.dir, ignore_errors=True)
+
+    def shutdown(self) -> None:
+        """Cancel running jobs, wait for the workers, and delete every job's files."""
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for job in self._jobs.values():
+                if job.active:
+                    job.status = CANCELLED
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+        else:
+            for job in list(self._jobs.values()):
+                shutil.rmtree(job.dir, ignore_errors=True)
+
+
+def _even(rgb: np.ndarray) -> np.ndarray:
+    """Pad a frame by one edge pixel where needed so H.264 4:2:0 accepts its size."""
+    h, w = rgb.shape[:2]
+    if h % 2 == 0 and w % 2 == 0:
+        return rgb
+    return np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def process_video(
+    job: Job,
+    stop: threading.Event,
+    detect: Callable[[np.ndarray], list],
+    annotate: Callable[[np.ndarray, list], np.ndarray],
+    max_frames: int,
+    max_pixels: int,
+) -> None:
+    """Detect faces in every frame of job.input_path; write an annotated H.264 MP4.
+
+    Fills job.records with ``{"frame", "time", "faces"}`` per frame.
+    """
+    import cv2
+    import imageio_ffmpeg
+
+    cap = cv2.VideoCapture(str(job.input_path))
+    try:
+        if not cap.isOpened():
+            raise MaskwatchError(f"{job.filename}: not a video file that can be read")
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        fps = float(fps) if fps and 0 < fps < 1000 else 25.0
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        job.fps = fps
+        job.frames_total = min(total, max_frames) if total > 0 else None
+        writer = None
+        index = 0
+        try:
+            while True:
+                if stop.is_set():
+                    raise JobCancelled()
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                if index >= max_frames:
+                    job.truncated = True
+                    break
+                h, w = bgr.shape[:2]
+                if w * h > max_pixels:
+                    raise MaskwatchError(
+                        f"{job.filename}: {w}x{h} frames are over the limit of {max_pixels:,} "
+                        "pixels"
+                    )
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                faces = detect(rgb)
+                records = [f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in faces]
+                job.records.append(
+                    {"frame": index, "time": round(index / fps, 4), "faces": records}
+                )
+                frame = _even(annotate(rgb, faces))
+                if writer is None:
+                    job.width, job.height = w, h
+                    writer = imageio_ffmpeg.write_frames(
+                        str(job.output_path),
+                        (frame.shape[1], frame.shape[0]),
+                        fps=fps,
+                        codec="libx264",
+                        pix_fmt_in="rgb24",
+                        pix_fmt_out="yuv420p",
+                        quality=None,
+                        macro_block_size=1,
+                        output_params=["-crf", "23", "-preset", "veryfast",
+                                       "-movflags", "+faststart"],
+                    )
+                    writer.send(None)
+                writer.send(np.ascontiguousarray(frame))
+                index += 1
+                job.frames_done = index
+        finally:
+            if writer is not None:
+                writer.close()
+        if index == 0:
+            raise MaskwatchError(f"{job.filename}: no frames could be decoded")
+        job.frames_total = index
+    finally:
+        cap.release()

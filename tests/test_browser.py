@@ -1,0 +1,313 @@
+"""The web page in a real browser: Debian's chromium driven by Playwright, with a fake camera
+that plays a generated .y4m video of a face."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+CHROMIUM = Path(os.environ.get("MASKWATCH_CHROMIUM", "/usr/bin/chromium"))
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing "
+                       "(apt-get install chromium, or set MASKWATCH_CHROMIUM)"),
+]
+playwright_sync = pytest.importorskip(
+    "playwright.sync_api",
+    reason="the playwright python package is missing (pip install playwright)",
+)
+pytest.importorskip("uvicorn")
+
+
+# ---------------------------------------------------------------- a camera that shows a face
+
+
+def face_frames(n: int = 50, w: int = 320, h: int = 240) -> list[np.ndarray]:
+    """Grace Hopper's portrait moving left and right on a grey background."""
+    import cv2
+    import matplotlib.cbook
+
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        data = np.frombuffer(f.read(), np.uint8)
+    face = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    fh = h - 20
+    fw = round(face.shape[1] * fh / face.shape[0])
+    face = cv2.resize(face, (fw, fh), interpolation=cv2.INTER_AREA)
+    frames = []
+    for i in range(n):
+        frame = np.full((h, w, 3), 128, np.uint8)
+        x = int((w - fw) / 2 + (w - fw) / 2 * np.sin(2 * np.pi * i / n))
+        frame[10:10 + fh, x:x + fw] = face
+        frames.append(frame)
+    return frames
+
+
+def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 25) -> None:
+    """Write RGB frames as a YUV4MPEG2 4:2:0 (JPEG full-range) file."""
+    h, w = frames[0].shape[:2]
+    with open(path, "wb") as out:
+        out.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for rgb in frames:
+            r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+            y = 0.299 * r + 0.587 * g + 0.114 * b
+            u = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
+            v = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
+            out.write(b"FRAME\n")
+            out.write(np.clip(y + 0.5, 0, 255).astype(np.uint8).tobytes())
+            for plane in (u, v):
+                sub = plane.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+                out.write(np.clip(sub + 0.5, 0, 255).astype(np.uint8).tobytes())
+
+
+# ---------------------------------------------------------------- a server with a detector
+
+
+class YuFaceDetector:
+    """Stand-in when the real pipeline or its model is not there: yuface boxes, every face
+    labelled without_mask."""
+
+    def __init__(self) -> None:
+        import yuface
+
+        self._yuface = yuface
+        self.classifier = SimpleNamespace(
+            classes=["with_mask", "without_mask"],
+            info=SimpleNamespace(name="stand-in", classes=["with_mask", "without_mask"],
+                                 threshold=0.5, input_size=None),
+        )
+
+    def detect(self, rgb: np.ndarray) -> list:
+        rows = np.asarray(self._yuface.c_detect(np.ascontiguousarray(rgb[..., ::-1])))
+        rows = rows.reshape(len(rows), -1) if rows.size else np.zeros((0, 5))
+        faces = []
+        for row in rows:
+            if row[0] < 60:
+                continue
+            x, y, w, h = (int(v) for v in row[1:5])
+            faces.append(StandInFace([x, y, x + w, y + h], float(row[0]) / 100))
+        return faces
+
+
+class StandInFace(SimpleNamespace):
+    def __init__(self, box: list[int], face_score: float) -> None:
+        super().__init__(box=box, face_score=face_score, label="without_mask", score=0.9,
+                         scores={"with_mask": 0.1, "without_mask": 0.9})
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+class StandInClassifier:
+    """Labels every face without_mask (used when the bundled model is not built yet)."""
+
+    classes = ["with_mask", "without_mask"]
+    info = SimpleNamespace(name="stand-in", classes=classes, threshold=0.5, input_size=None)
+
+    def classify(self, faces: list) -> list:
+        scores = {"with_mask": 0.1, "without_mask": 0.9}
+        return [SimpleNamespace(label="without_mask", score=0.9, scores=scores) for _ in faces]
+
+
+def make_detector():
+    """The real pipeline (yunet faces) with the bundled classifier, else a stand-in one."""
+    try:
+        from maskwatch.detection.pipeline import Detector
+    except ImportError:
+        return YuFaceDetector(), "stand-in"
+    try:
+        return Detector(face_detector="yunet", threads=1), "real"
+    except Exception:  # noqa: BLE001 - the bundled model may not be built yet
+        stand_in = StandInClassifier()
+        return Detector(face_detector="yunet", classifier=stand_in, threads=1), "pipeline"
+
+
+@pytest.fixture(scope="module")
+def server():
+    import uvicorn
+
+    from maskwatch.serving.app import Settings, create_app
+
+    detector, kind = make_detector()
+    app = create_app(detector=detector, settings=Settings(max_concurrency=1))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", kind=kind)
+    srv.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    y4m = tmp_path_factory.mktemp("camera") / "face.y4m"
+    write_y4m(y4m, face_frames())
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-video-capture={y4m}",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
+        yield b
+        b.close()
+
+
+def overlay_ink(page) -> int:
+    """Number of painted pixels on the live overlay canvas."""
+    return page.evaluate("""() => {
+        const c = document.getElementById('cam-overlay');
+        if (!c.width) return 0;
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+        return n;
+    }""")
+
+
+def test_live_camera_boxes_the_face(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.url)
+    for selector in ("#snap-figure", "#image-canvas", "#video-result", "#video-download",
+                     "#video-progress-row", "#cam-message", "#key-form"):
+        assert page.is_hidden(selector), f"{selector} shows before it has content"
+    page.get_by_role("button", name="Start camera").click()
+    # boxes arrive: a face counted, several frames processed, ink on the overlay
+    page.wait_for_function(
+        "() => { const l = document.getElementById('live');"
+        " return +l.dataset.faces >= 1 && +l.dataset.frames >= 3; }",
+        timeout=15000,
+    )
+    assert page.get_attribute("#live", "data-state") == "live"
+    assert overlay_ink(page) > 200
+    counts = page.locator("#live-counts")
+    labels = counts.locator("dt").all_inner_texts()
+    assert "With mask" in labels and "Without mask" in labels
+    total = sum(int(t) for t in counts.locator("dd").all_inner_texts())
+    assert total >= 1
+    assert page.is_visible("#cam-message") is False
+
+    # the face moves; the box follows it (frames keep flowing, one request at a time)
+    frames_before = int(page.get_attribute("#live", "data-frames"))
+    page.wait_for_function(
+        f"() => +document.getElementById('live').dataset.frames >= {frames_before + 3}",
+        timeout=10000,
+    )
+
+    page.get_by_role("button", name="Snapshot").click()
+    page.wait_for_selector("#snap-figure:not([hidden])", timeout=5000)
+    src = page.get_attribute("#snap-img", "src")
+    assert src.startswith("blob:")
+    assert page.get_attribute("#snap-download", "download").endswith(".png")
+    width = page.evaluate("() => document.getElementById('snap-img').naturalWidth")
+    assert width == 320
+
+    shot = tmp_path / "maskwatch-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("MASKWATCH_SCREENSHOT"):
+        shutil.copy(shot, os.environ["MASKWATCH_SCREENSHOT"])
+    page.get_by_role("button", name="Stop").click()
+    assert page.get_attribute("#live", "data-state") == "idle"
+    assert errors == []
+    page.close()
+
+
+def test_refused_camera_shows_clear_message(server, browser):
+    page = browser.new_page()
+    page.add_init_script("""
+        navigator.mediaDevices.getUserMedia = () =>
+            Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));
+    """)
+    page.goto(server.url)
+    page.get_by_role("button", name="Start camera").click()
+    message = page.locator("#cam-message")
+    message.wait_for(state="visible", timeout=5000)
+    assert "Camera access was refused" in message.inner_text()
+    assert page.get_attribute("#live", "data-state") == "error"
+    assert page.is_enabled("#cam-start")
+    page.close()
+
+
+def test_missing_camera_shows_clear_message(server, browser):
+    page = browser.new_page()
+    page.add_init_script("""
+        navigator.mediaDevices.getUserMedia = () =>
+            Promise.reject(new DOMException('Requested device not found', 'NotFoundError'));
+    """)
+    page.goto(server.url)
+    page.get_by_role("button", name="Start camera").click()
+    message = page.locator("#cam-message")
+    message.wait_for(state="visible", timeout=5000)
+    assert "No camera was found" in message.inner_text()
+    page.close()
+
+
+def test_image_upload_draws_boxes(server, browser, tmp_path):
+    import cv2
+
+    frame = face_frames(n=4)[0]
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), frame[..., ::-1])
+    page = browser.new_page()
+    page.goto(server.url)
+    page.set_input_files("#image-input", str(path))
+    page.wait_for_selector("#image-canvas:not([hidden])", timeout=10000)
+    assert int(page.get_attribute("#image-canvas", "data-faces")) >= 1
+    assert page.locator("#image-counts dd").count() >= 2
+    page.close()
+
+
+def test_video_upload_shows_annotated_video(server, browser, tmp_path):
+    import imageio_ffmpeg
+
+    frames = face_frames(n=10, w=160, h=120)
+    path = tmp_path / "walk.mp4"
+    writer = imageio_ffmpeg.write_frames(str(path), (160, 120), fps=10, codec="libx264",
+                                         macro_block_size=1, ffmpeg_log_level="error")
+    writer.send(None)
+    for frame in frames:
+        writer.send(frame)
+    writer.close()
+    page = browser.new_page()
+    page.goto(server.url)
+    page.set_input_files("#video-input", str(path))
+    try:
+        page.wait_for_selector("#video-result:not([hidden])", timeout=20000)
+    except playwright_sync.TimeoutError:
+        pytest.fail(f"no video: status {page.inner_text('#video-status')!r}, "
+                    f"message {page.inner_text('#video-message')!r}")
+    assert "Done: 10 frames" in page.inner_text("#video-status")
+    assert page.get_attribute("#video-download", "download") == "walk-maskwatch.mp4"
+    # the browser can decode the annotated H.264 file
+    page.wait_for_function(
+        "() => document.getElementById('video-result').readyState >= 1", timeout=10000
+    )
+    duration = page.evaluate("() => document.getElementById('video-result').duration")
+    assert 0.5 < duration < 2.0
+    page.close()

@@ -1,0 +1,576 @@
+"""The web API (maskwatch.serving) with FastAPI's TestClient and small fake models."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from maskwatch.serving.app import Settings, create_app, is_loopback  # noqa: E402
+
+CLASSES = ["with_mask", "without_mask"]
+
+
+# ---------------------------------------------------------------- fakes
+
+
+@dataclass
+class FakeFace:
+    box: list[int]
+    face_score: float
+    label: str | None = None
+    score: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    track_id: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"box": self.box, "label": self.label, "score": self.score,
+                "face_score": self.face_score, "scores": self.scores}
+
+
+class FakeClassifier:
+    """Green-dominant crops wear a mask; anything else does not."""
+
+    classes = CLASSES
+    info = SimpleNamespace(name="fake-colour", classes=CLASSES, threshold=0.4, input_size=32)
+
+    def classify(self, faces: list[np.ndarray]) -> list:
+        out = []
+        for rgb in faces:
+            mean = rgb.reshape(-1, 3).astype(float).mean(0)
+            p_with = float(mean[1] / (mean[0] + mean[1] + 1e-6))
+            label = "with_mask" if p_with > 0.5 else "without_mask"
+            scores = {"with_mask": p_with, "without_mask": 1 - p_with}
+            out.append(SimpleNamespace(label=label, score=scores[label], scores=scores))
+        return out
+
+
+class FakeDetector:
+    """'Faces' are the bright rectangles of an image; records how many calls overlap."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.classifier = FakeClassifier()
+        self.delay = delay
+        self.active = 0
+        self.max_active = 0
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def detect(self, rgb: np.ndarray) -> list[FakeFace]:
+        import cv2
+
+        with self._lock:
+            self.active += 1
+            self.calls += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            mask = (rgb.max(axis=2) > 100).astype(np.uint8)
+            n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+            faces = []
+            for x, y, w, h, area in stats[1:]:
+                if area < 16:
+                    continue
+                crop = rgb[y:y + h, x:x + w]
+                pred = self.classifier.classify([crop])[0]
+                faces.append(FakeFace([int(x), int(y), int(x + w), int(y + h)], 0.9,
+                                      pred.label, pred.score, pred.scores))
+            return sorted(faces, key=lambda f: f.box[0])
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+def scene(w: int = 120, h: int = 80, squares=(((10, 10, 40, 40), (220, 30, 30)),
+                                              ((60, 20, 100, 60), (30, 200, 40)))) -> np.ndarray:
+    rgb = np.zeros((h, w, 3), np.uint8)
+    for (x1, y1, x2, y2), colour in squares:
+        rgb[y1:y2, x1:x2] = colour
+    return rgb
+
+
+def png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def client_for(detector=None, **settings) -> TestClient:
+    detector = detector or FakeDetector()
+    return TestClient(create_app(detector=detector, settings=Settings(**settings)))
+
+
+@pytest.fixture()
+def client():
+    with client_for() as c:
+        yield c
+
+
+def upload(data: bytes, name: str = "x.png", ctype: str = "image/png") -> dict:
+    return {"files": {"file": (name, data, ctype)}}
+
+
+# ---------------------------------------------------------------- /api/detect
+
+
+def test_detect_returns_boxes_labels_and_counts(client):
+    r = client.post("/api/detect", **upload(png(scene())))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"]) == (120, 80)
+    assert [f["box"] for f in body["faces"]] == [[10, 10, 40, 40], [60, 20, 100, 60]]
+    assert all(type(v) is int for f in body["faces"] for v in f["box"])  # as the detector gave
+    assert [f["label"] for f in body["faces"]] == ["without_mask", "with_mask"]
+    assert body["faces"][1]["scores"]["with_mask"] > 0.8
+    assert body["counts"] == {"with_mask": 1, "without_mask": 1, "total": 2}
+
+
+def test_detect_accepts_raw_jpeg_body_and_exif_rotation(client):
+    # a 120x80 scene stored sideways with EXIF orientation 6: the server must see it upright
+    img = Image.fromarray(scene()).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95, exif=exif)
+    r = client.post("/api/detect", content=buf.getvalue(), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"]) == (120, 80)
+    assert len(body["faces"]) == 2
+    assert abs(body["faces"][0]["box"][0] - 10) <= 2 and abs(body["faces"][1]["box"][2] - 100) <= 2
+
+
+def test_detect_no_face(client):
+    r = client.post("/api/detect", **upload(png(np.zeros((50, 70, 3), np.uint8))))
+    assert r.status_code == 200
+    assert r.json() == {"faces": [], "width": 70, "height": 50,
+                        "counts": {"with_mask": 0, "without_mask": 0, "total": 0}}
+
+
+def test_not_an_image_type_is_415(client):
+    r = client.post("/api/detect", **upload(b"hello world", "notes.txt", "text/plain"))
+    assert r.status_code == 415
+    assert "expected an image" in r.json()["detail"]
+    r = client.post("/api/detect", content=b"{}", headers={"content-type": "application/json"})
+    assert r.status_code == 415
+
+
+def test_garbage_claiming_to_be_an_image_is_422(client):
+    r = client.post("/api/detect", **upload(b"this is not a png at all", "fake.png"))
+    assert r.status_code == 422
+    assert r.json()["detail"] == "fake.png: not an image file Pillow can read"
+
+
+def test_truncated_image_is_422_with_reason(client):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
+        buf, "JPEG")
+    r = client.post("/api/detect", **upload(buf.getvalue()[:400], "cut.jpg", "image/jpeg"))
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert detail.startswith("cut.jpg: ") and ("truncated" in detail or "decode" in detail)
+
+
+def test_empty_upload_is_422(client):
+    r = client.post("/api/detect", **upload(b"", "empty.png"))
+    assert r.status_code == 422 and "empty" in r.json()["detail"]
+    r = client.post("/api/detect", content=b"", headers={"content-type": "image/png"})
+    assert r.status_code == 422 and "empty" in r.json()["detail"]
+
+
+def test_multipart_without_file_is_422(client):
+    r = client.post("/api/detect", data={"note": "no file"},
+                    files={"other": ("a.txt", b"", "text/plain")})
+    # a file part under another name is used; a form with no file at all is refused
+    assert r.status_code in (415, 422)
+    r = client.post("/api/detect", data={"note": "x"},
+                    headers={"content-type": "multipart/form-data; boundary=zz"},
+                    content=b'--zz\r\nContent-Disposition: form-data; name="note"\r\n\r\nx\r\n'
+                    b"--zz--\r\n")
+    assert r.status_code == 422 and "no file" in r.json()["detail"]
+
+
+def test_oversized_upload_is_413_by_header_and_by_bytes():
+    det = FakeDetector()
+    big = np.random.default_rng(1).integers(0, 255, (200, 200, 3), np.uint8)
+    data = png(big)
+    assert len(data) > 100_000
+    with client_for(det, max_upload_mb=0.05) as c:
+        r = c.post("/api/detect", **upload(data))
+        assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+        def chunks():  # no Content-Length: the server must count what arrives
+            for i in range(0, len(data), 8192):
+                yield data[i:i + 8192]
+
+        r = c.post("/api/detect", content=chunks(), headers={"content-type": "image/png"})
+        assert r.status_code == 413
+        # a Content-Length that lies (smaller than the body) is caught by counting too
+        r = c.post("/api/detect", content=chunks(),
+                   headers={"content-type": "image/png", "content-length": "1000"})
+        assert r.status_code in (400, 413)
+        small = png(scene())
+        assert c.post("/api/detect", **upload(small)).status_code == 200
+    assert det.calls == 1
+
+
+def test_pixel_cap_is_422():
+    with client_for(max_pixels=5000) as c:
+        r = c.post("/api/detect", **upload(png(scene(120, 80))))
+        assert r.status_code == 422
+        assert "over the limit" in r.json()["detail"]
+
+
+# ---------------------------------------------------------------- concurrency
+
+
+def test_concurrency_bound_is_respected_and_runs_in_parallel():
+    det = FakeDetector(delay=0.3)
+    data = png(scene())
+    with client_for(det, max_concurrency=2, queue_wait_s=10) as c:
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(lambda _: c.post("/api/detect", **upload(data)).status_code,
+                                  range(6)))
+        # /healthz answers while inference is busy: the event loop is not blocked
+        det.delay = 1.0
+        with ThreadPoolExecutor(3) as pool:
+            busy = [pool.submit(c.post, "/api/detect", **upload(data)) for _ in range(2)]
+            time.sleep(0.2)
+            t0 = time.perf_counter()
+            assert c.get("/healthz").status_code == 200
+            assert time.perf_counter() - t0 < 0.5
+            assert all(f.result().status_code == 200 for f in busy)
+    assert codes == [200] * 6
+    assert det.max_active == 2  # never more than the bound, and really two at once
+
+
+def test_excess_requests_get_503_instead_of_queueing():
+    det = FakeDetector(delay=0.6)
+    data = png(scene())
+    with client_for(det, max_concurrency=1, queue_wait_s=0.1) as c:
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(lambda _: c.post("/api/detect", **upload(data)), range(4)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) >= 1 and codes.count(503) >= 2, codes
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["detail"]
+    assert det.max_active == 1
+    assert det.calls == codes.count(200)
+
+
+# ---------------------------------------------------------------- auth, model, health, page
+
+
+def test_api_key_is_enforced_on_api_only():
+    with client_for(api_key="s3cret") as c:
+        data = png(scene())
+        assert c.post("/api/detect", **upload(data)).status_code == 401
+        r = c.post("/api/detect", headers={"X-API-Key": "wrong"}, **upload(data))
+        assert r.status_code == 401 and "API key" in r.json()["detail"]
+        assert c.get("/api/model").status_code == 401
+        assert c.get("/api/jobs/abc").status_code == 401
+        r = c.post("/api/detect", headers={"X-API-Key": "s3cret"}, **upload(data))
+        assert r.status_code == 200 and len(r.json()["faces"]) == 2
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/").status_code == 200
+        assert c.get("/api/model", headers={"X-API-Key": "s3cret"}).json()["limits"][
+            "api_key_required"] is True
+
+
+def test_model_endpoint(client):
+    body = client.get("/api/model").json()
+    assert body["name"] == "fake-colour"
+    assert body["classes"] == CLASSES
+    assert body["threshold"] == 0.4
+    assert body["versions"]["maskwatch"]
+    assert body["limits"]["max_upload_mb"] == 10.0
+
+
+def test_healthz(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_page_and_static_files(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert 'id="cam-start"' in r.text and "/static/app.js" in r.text
+    js = client.get("/static/app.js")
+    assert js.status_code == 200 and "getUserMedia" in js.text
+    assert client.get("/static/style.css").status_code == 200
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_classify_face_crop(client):
+    green = np.full((40, 30, 3), (20, 200, 30), np.uint8)
+    r = client.post("/api/classify", **upload(png(green)))
+    assert r.status_code == 200
+    body = r.json()
+    assert body["label"] == "with_mask" and body["score"] == body["scores"]["with_mask"]
+    red = np.full((40, 30, 3), (200, 20, 30), np.uint8)
+    assert client.post("/api/classify", **upload(png(red))).json()["label"] == "without_mask"
+    assert client.post("/api/classify", **upload(b"x", "a.txt", "text/plain")).status_code == 415
+
+
+def test_openapi_lists_routes(client):
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    for path in ("/api/detect", "/api/classify", "/api/video", "/api/jobs/{job_id}",
+                 "/api/jobs/{job_id}/video", "/api/model", "/healthz"):
+        assert path in paths, path
+    detect = paths["/api/detect"]["post"]
+    assert "multipart/form-data" in detect["requestBody"]["content"]
+    assert detect["summary"] and "413" in detect["responses"]
+    assert "/" not in paths  # the page is not part of the API
+
+
+# ---------------------------------------------------------------- video jobs
+
+
+def write_video(path: Path, frames: int = 8, w: int = 96, h: int = 64) -> None:
+    import imageio_ffmpeg
+
+    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=10, codec="libx264",
+                                         macro_block_size=1, ffmpeg_log_level="error")
+    writer.send(None)
+    for i in range(frames):
+        rgb = np.zeros((h, w, 3), np.uint8)
+        rgb[20:44, 5 + 6 * i:29 + 6 * i] = (230, 40, 40)
+        writer.send(rgb)
+    writer.close()
+
+
+def wait_job(c: TestClient, url: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = c.get(url).json()
+        if body["status"] not in ("queued", "running"):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"job did not finish: {body}")
+
+
+def test_video_job_end_to_end(tmp_path):
+    import cv2
+
+    src = tmp_path / "clip.mp4"
+    write_video(src)
+    with client_for() as c:
+        jobs_root = c.app.state.maskwatch.jobs.root
+        r = c.post("/api/video", files={"file": ("clip.mp4", src.read_bytes(), "video/mp4")})
+        assert r.status_code == 202, r.text
+        job = r.json()
+        body = wait_job(c, job["url"])
+        assert body["status"] == "done", body
+        assert body["progress"] == 1.0 and body["frames_done"] == 8
+        assert (body["width"], body["height"]) == (96, 64)
+        assert [f["frame"] for f in body["frames"]] == list(range(8))
+        lefts = [f["faces"][0]["box"][0] for f in body["frames"]]
+        assert all(len(f["faces"]) == 1 for f in body["frames"])
+        assert lefts == sorted(lefts) and lefts[-1] - lefts[0] >= 35  # the face moves right
+        assert body["counts"] == {"without_mask": 8, "max_faces_in_frame": 1}
+        v = c.get(body["video_url"])
+        assert v.status_code == 200 and v.headers["content-type"] == "video/mp4"
+        out = tmp_path / "out.mp4"
+        out.write_bytes(v.content)
+        cap = cv2.VideoCapture(str(out))
+        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode(errors="replace")
+        n = 0
+        while cap.read()[0]:
+            n += 1
+        cap.release()
+        assert fourcc.lower() in ("avc1", "h264") and n == 8
+        assert jobs_root.is_dir()
+    assert not jobs_root.exists()  # temp files are removed on shutdown
+
+
+def test_video_job_errors(tmp_path):
+    with client_for(max_video_jobs=1) as c:
+        r = c.post("/api/video", files={"file": ("a.txt", b"text", "text/plain")})
+        assert r.status_code == 415
+        r = c.post("/api/video", files={"file": ("broken.mp4", b"not a video", "video/mp4")})
+        assert r.status_code == 202
+        body = wait_job(c, r.json()["url"])
+        assert body["status"] == "error" and "broken.mp4" in body["error"]
+        assert c.get(f"/api/jobs/{body['id']}/video").status_code == 409
+        assert c.get("/api/jobs/nope").status_code == 404
+
+
+def test_video_size_cap(tmp_path):
+    with client_for(max_video_mb=0.001) as c:
+        r = c.post("/api/video", files={"file": ("big.mp4", b"\0" * 5000, "video/mp4")})
+        assert r.status_code == 413
+
+
+def test_video_job_limit_gives_503(tmp_path):
+    src = tmp_path / "clip.mp4"
+    write_video(src, frames=4)
+    with client_for(FakeDetector(delay=0.3), max_video_jobs=1) as c:
+        files = {"file": ("clip.mp4", src.read_bytes(), "video/mp4")}
+        first = c.post("/api/video", files=files)
+        second = c.post("/api/video", files=files)
+        assert first.status_code == 202 and second.status_code == 503
+        assert wait_job(c, first.json()["url"])["status"] == "done"
+        assert c.post("/api/video", files=files).status_code == 202
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_refuses_public_host_without_key(capsys):
+    from maskwatch.cli import build_parser, main
+    from maskwatch.cli.serve import check_args
+
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "without --api-key" in capsys.readouterr().err
+    parser = build_parser()
+    check_args(parser.parse_args(["serve", "--host", "0.0.0.0", "--api-key", "k"]))
+    check_args(parser.parse_args(["serve", "--host", "0.0.0.0", "--insecure-no-key"]))
+    check_args(parser.parse_args(["serve"]))
+    assert main(["serve", "--max-concurrency", "0"]) == 2
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("127.0.0.5")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
+
+
+# ---------------------------------------------------------------- the real models, if present
+
+
+def test_real_detector_end_to_end():
+    """One request through the real Detector (and the bundled classifier when it is there)
+    on a real photo, with the real drawing code on a video job."""
+    import matplotlib.cbook
+
+    try:
+        from maskwatch.detection.pipeline import Detector
+        from maskwatch.errors import ModelError
+    except ImportError as exc:
+        pytest.skip(f"maskwatch.detection.pipeline not available yet: {exc}")
+    real_classifier = True
+    try:
+        detector = Detector(face_detector="yunet", threads=1)
+    except ModelError:  # the bundled classifier is built by the training run
+        detector = Detector(face_detector="yunet", classifier=FakeClassifier(), threads=1)
+        real_classifier = False
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        data = f.read()
+    with TestClient(create_app(detector=detector)) as c:
+        r = c.post("/api/detect", **upload(data, "grace_hopper.jpg", "image/jpeg"))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["width"], body["height"]) == (512, 600)
+        assert len(body["faces"]) == 1
+        face = body["faces"][0]
+        assert face["label"] == "without_mask" or not real_classifier
+        assert set(face) >= {"box", "label", "score", "face_score", "scores"}
+        x1, y1, x2, y2 = face["box"]
+        assert 100 < x1 < x2 < 420 and 50 < y1 < y2 < 450
+        model = c.get("/api/model").json()
+        assert model["detector"] == "yunet" and "without_mask" in model["classes"]
+        # a short video of the same photo through the real detector and drawing code
+        import imageio_ffmpeg
+
+        rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((256, 300)))
+        buf = io.BytesIO()
+        path = Path(c.app.state.maskwatch.jobs.root) / "src.mp4"
+        writer = imageio_ffmpeg.write_frames(str(path), (256, 300), fps=5, codec="libx264",
+                                             macro_block_size=1, ffmpeg_log_level="error")
+        writer.send(None)
+        for _ in range(3):
+            writer.send(rgb)
+        writer.close()
+        buf.write(path.read_bytes())
+        r = c.post("/api/video", files={"file": ("gh.mp4", buf.getvalue(), "video/mp4")})
+        job = wait_job(c, r.json()["url"])
+        assert job["status"] == "done", job
+        assert [len(f["faces"]) for f in job["frames"]] == [1, 1, 1]
+        assert c.get(job["video_url"]).status_code == 200
+
+
+# ---------------------------------------------------------------- load test helper
+
+
+def test_run_load_against_a_live_server():
+    import socket
+
+    import uvicorn
+
+    from maskwatch.errors import MaskwatchError
+    from maskwatch.serving.loadtest import run_load
+
+    with pytest.raises(MaskwatchError, match="this machine"):
+        run_load("http://192.0.2.1:8000/", b"x", clients=1, seconds=0.1)
+    det = FakeDetector(delay=0.05)
+    app = create_app(detector=det, settings=Settings(max_concurrency=1, queue_wait_s=5))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not srv.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        result = run_load(f"http://127.0.0.1:{port}", png(scene()), clients=3, seconds=1.0)
+        bad = run_load(f"http://127.0.0.1:{port}/api/detect", b"junk", clients=1, seconds=0.3,
+                       content_type="text/plain")
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()
+    assert result["errors"] == 0 and result["requests"] >= 5
+    assert result["requests"] == det.calls == result["status"]["200"]
+    # one request at a time on the server, 3 clients: each waits for about two others
+    assert result["p95_ms"] >= result["p50_ms"] >= 45
+    assert 2 <= result["rps"] <= 21  # at most 1 / 0.05 s
+    assert bad["errors"] == bad["requests"] > 0 and set(bad["status"]) == {"415"}
+
+
+def test_detector_is_loaded_at_startup_from_settings(tmp_path):
+    """create_app() without a detector builds the real pipeline from Settings (lifespan)."""
+    onnx = pytest.importorskip("onnx")
+    try:
+        from maskwatch.detection.pipeline import Detector  # noqa: F401
+        from maskwatch.inference.modelfile import ModelInfo
+    except ImportError as exc:
+        pytest.skip(f"pipeline not available yet: {exc}")
+    from onnx import TensorProto, helper, numpy_helper
+
+    # a tiny classifier: mean colour -> 2 logits, "with_mask" when green dominates
+    weights = np.array([[-4.0, 6.0, 0.0], [4.0, -6.0, 0.0]], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("Gemm", ["f", "W", "B"], ["y"], transB=1)],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(weights, "W"),
+         numpy_helper.from_array(np.zeros(2, np.float32), "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "tiny.onnx")
+    ModelInfo(name="tiny", classes=CLASSES, input_size=16).save_json(tmp_path / "tiny.json")
+    settings = Settings(model=str(tmp_path / "tiny.onnx"), detector="yunet", threads=1)
+    with TestClient(create_app(settings=settings)) as c:
+        info = c.get("/api/model").json()
+        assert info["name"] == "tiny" and info["detector"] == "yunet"
+        green = np.full((32, 32, 3), (20, 200, 30), np.uint8)
+        r = c.post("/api/classify", **upload(png(green)))
+        assert r.json()["label"] == "with_mask"
+        assert c.post("/api/detect", **upload(png(np.zeros((40, 40, 3), np.uint8)))).json()[
+            "faces"] == []
