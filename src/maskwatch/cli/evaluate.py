@@ -1,0 +1,203 @@
+"""``maskwatch evaluate`` (metrics on a labelled dataset) and ``maskwatch classify``."""
+
+from __future__ import annotations
+
+import sys
+
+ORDER = 30
+
+
+def register(subparsers) -> None:
+    from maskwatch.cli.common import add_command, add_model_argument, add_threads_argument
+
+    p = add_command(
+        subparsers, "evaluate", help="measure a classifier on a labelled dataset",
+        description="Measure a classifier on a labelled dataset: accuracy, balanced accuracy, "
+        "per-class precision/recall/F1, specificity and ROC-AUC (without_mask vs rest).",
+    )
+    p.add_argument("--data", required=True, help="dataset folder, CSV or manifest")
+    add_model_argument(p)
+    p.add_argument("--split", default="test",
+                   help="split to score: train, val, test or all (data without splits: all)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="grow face boxes by this fraction per side (default: the model's, "
+                   "else 0.1)")
+    p.add_argument("--mapping", default=None, help="dataset class name -> label mapping")
+    p.add_argument("--incorrect", choices=("drop", "merge"), default="drop",
+                   help="incorrect_mask faces for a 2-class model: drop them, or count them "
+                   "as without_mask")
+    p.add_argument("--out", default=None,
+                   help="folder for confusion/ROC plots and a gallery of the mistakes")
+    p.add_argument("--target-recall", type=float, default=None,
+                   help="choose the without_mask threshold reaching this recall (e.g. 0.98)")
+    p.add_argument("--write-threshold", action="store_true",
+                   help="store the chosen threshold in a copy of the model beside it "
+                   "(<name>.recallR.*), or in the model itself with --force")
+    p.add_argument("--force", action="store_true",
+                   help="allow overwriting the model (--write-threshold) or files in --out")
+    p.add_argument("--batch-size", type=int, default=64, help="faces per inference batch")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_threads_argument(p)
+    p.set_defaults(func=run_evaluate)
+
+    c = add_command(
+        subparsers, "classify", help="label face images (mask / no mask)",
+        description="Label face crops: each image is taken as one face.",
+    )
+    c.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
+    add_model_argument(c)
+    c.add_argument("--json", action="store_true",
+                   help="one JSON object per image: path, label, score, scores")
+    c.add_argument("--batch-size", type=int, default=32, help="faces per inference batch")
+    add_threads_argument(c)
+    c.set_defaults(func=run_classify)
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _human(m: dict, threshold_info: dict | None, failed: int, dropped: int) -> str:
+    lines = [
+        f"faces: {m['n']}" + (f" ({failed} unreadable skipped)" if failed else "")
+        + (f" ({dropped} of classes the model lacks dropped)" if dropped else ""),
+        f"threshold (without_mask): {m['threshold']:.4f}",
+        f"accuracy:          {_fmt(m['accuracy'])}",
+        f"balanced accuracy: {_fmt(m['balanced_accuracy'])}",
+        f"recall without_mask: {_fmt(m['recall_positive'])}   "
+        f"specificity: {_fmt(m['specificity'])}   ROC-AUC: {_fmt(m['roc_auc'])}",
+        "",
+        f"{'class':16s} {'precision':>9s} {'recall':>7s} {'f1':>7s} {'support':>8s}",
+    ]
+    for name, r in m["classes"].items():
+        lines.append(f"{name:16s} {r['precision']:9.4f} {r['recall']:7.4f} {r['f1']:7.4f} "
+                     f"{r['support']:8d}")
+    lines += ["", "confusion matrix (rows true, columns predicted):",
+              " " * 16 + "".join(f"{c[:14]:>15s}" for c in m["labels"])]
+    for name, row in zip(m["labels"], m["confusion_matrix"]):
+        lines.append(f"{name:16s}" + "".join(f"{v:15d}" for v in row))
+    if threshold_info:
+        t = threshold_info
+        lines += ["", f"threshold for recall >= {t['target_recall']}: {t['threshold']:.4f} "
+                  f"(was {t['previous']:.4f}): recall {t['recall']:.4f}, "
+                  f"specificity {_fmt(t['specificity'])}"]
+        if t.get("written_to"):
+            lines.append(f"written to {t['written_to']}")
+    return "\n".join(lines)
+
+
+def run_evaluate(args) -> int:
+    from pathlib import Path
+
+    from maskwatch.cli.common import print_json
+    from maskwatch.errors import MaskwatchError
+    from maskwatch.evaluation.evaluate import (
+        choose_threshold,
+        map_labels,
+        score_samples,
+        select_split,
+        write_threshold,
+    )
+    from maskwatch.inference.classifier import Classifier
+    from maskwatch.training.data import dataset_api
+
+    if args.write_threshold and args.target_recall is None:
+        raise MaskwatchError("--write-threshold needs --target-recall")
+    if args.write_threshold and not args.model:
+        raise MaskwatchError("--write-threshold needs --model (the bundled model is read-only)")
+    if args.target_recall is not None and not 0 < args.target_recall <= 1:
+        raise MaskwatchError("--target-recall must be between 0 and 1")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and any(out.iterdir()) and not args.force:
+        raise MaskwatchError(f"{out}: folder is not empty; choose another --out or pass --force")
+    load_dataset, read_face = dataset_api()
+    ds = load_dataset(args.data, mapping=args.mapping)
+    clf = Classifier(args.model, threads=args.threads, batch_size=args.batch_size)
+    samples = select_split(ds.samples, args.split)
+    samples, labels, dropped = map_labels(samples, clf.classes, args.incorrect)
+    if not samples:
+        raise MaskwatchError(f"{args.data}: no face of the model's classes {clf.classes}")
+    margin = args.margin
+    if margin is None:
+        margin = float(clf.info.extra.get("margin", 0.1))
+    result = score_samples(clf, samples, labels, margin, args.batch_size,
+                           progress=not args.json or sys.stderr.isatty())
+    result.dropped = dropped
+    for err in result.failed[:5]:
+        print(f"maskwatch: skipped {err}", file=sys.stderr)
+    if not len(result.y_true):
+        raise MaskwatchError("no face could be read")
+    metrics = result.metrics()
+    tinfo = None
+    if args.target_recall is not None:
+        tinfo = choose_threshold(result, args.target_recall)
+        if args.write_threshold:
+            tag = f"recall{args.target_recall:g}"
+            tinfo["written_to"] = str(write_threshold(args.model, tinfo["threshold"], tag,
+                                                      args.force))
+    if out is not None:
+        from maskwatch.evaluation.report import plot_confusion, plot_roc, write_gallery
+        from maskwatch.labels import WITHOUT_MASK
+
+        out.mkdir(parents=True, exist_ok=True)
+        plot_confusion(out / "confusion_matrix.png", metrics["confusion_matrix"], clf.classes)
+        if WITHOUT_MASK in clf.classes:
+            p = clf.classes.index(WITHOUT_MASK)
+            plot_roc(out / "roc.png", result.y_true == p, result.probs[:, p], result.threshold)
+        write_gallery(out, result, read_face, margin)
+        import json
+
+        (out / "metrics.json").write_text(json.dumps({**metrics, "threshold_choice": tinfo},
+                                                     indent=2) + "\n")
+    if args.json:
+        obj = {**metrics, "model": str(clf.path), "data": str(args.data), "split": args.split,
+               "unreadable": len(result.failed), "dropped": dropped}
+        if tinfo:
+            obj["threshold_choice"] = tinfo
+        print_json(obj)
+    else:
+        print(_human(metrics, tinfo, len(result.failed), dropped))
+    return 0
+
+
+def run_classify(args) -> int:
+    from pathlib import Path
+
+    from maskwatch.cli.common import expand_inputs, print_json
+    from maskwatch.errors import ImageError
+    from maskwatch.imaging import IMAGE_SUFFIXES, load_rgb
+    from maskwatch.inference.classifier import Classifier
+
+    clf = Classifier(args.model, threads=args.threads, batch_size=args.batch_size)
+    failed = 0
+    paths, faces = [], []
+
+    def flush() -> None:
+        if not faces:
+            return
+        for path, pred in zip(paths, clf.classify(faces)):
+            if args.json:
+                print_json({"path": str(path), **pred.to_dict()})
+            else:
+                print(f"{str(path):60s} {pred.label:15s} {pred.score:.4f}", flush=True)
+        paths.clear()
+        faces.clear()
+
+    if not args.json:
+        print(f"{'path':60s} {'label':15s} score")
+    folders = [Path(p) for p in args.paths if Path(p).is_dir()]
+    for path in expand_inputs(args.paths, suffixes=None, keep_unmatched=True):
+        if path.suffix.lower() not in IMAGE_SUFFIXES and any(
+            path.is_relative_to(f) for f in folders
+        ):
+            continue  # other files inside a folder are not errors
+        try:
+            faces.append(load_rgb(path))
+            paths.append(path)
+        except ImageError as exc:
+            failed += 1
+            print(f"maskwatch: error: {exc}", file=sys.stderr)
+        if len(faces) >= args.batch_size:
+            flush()
+    flush()
+    return 1 if failed else 0

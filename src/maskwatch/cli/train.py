@@ -1,0 +1,43 @@
+"""``maskwatch train``: train a face classifier."""
+
+from __future__ import annotations
+
+ORDER = 20
+
+DESCRIPTION = """Train a face-mask classifier on any dataset layout maskwatch reads.
+
+Faces are decoded once into a cache; each epoch augments them on the fly. The run folder
+gets best.safetensors (lowest validation loss), last.safetensors + last_state.safetensors
+(for --resume), metrics.csv/json, curves.png and config.json.
+
+example:
+  maskwatch train --data faces.csv --out runs/mnv2 --model mobilenet_v2 --weights imagenet \\
+      --input-size 128 --epochs 15"""
+
+
+def register(subparsers) -> None:
+    from maskwatch.cli.common import add_command
+    from maskwatch.training.options import add_train_arguments
+
+    p = add_command(subparsers, "train", help="train a face classifier", description=DESCRIPTION)
+    add_train_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.list_models:
+        from maskwatch.models import list_models, model_spec
+
+        for name in list_models():
+            spec = model_spec(name)
+            print(f"{name:20s} {spec.input_size:4d} px  {spec.description}")
+        return 0
+    from maskwatch.training.train import main
+
+    summary = main(args)
+    loss = summary["best_val_loss"]
+    print(
+        f"best checkpoint: {summary['best']} (epoch {summary['best_epoch']}, "
+        f"loss {loss:.4f})" if loss is not None else f"run folder: {summary['run']}"
+    )
+    return 0

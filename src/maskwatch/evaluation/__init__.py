@@ -1,0 +1,1 @@
+"""Evaluation: metrics (numpy only), threshold choice, plots and error galleries."""

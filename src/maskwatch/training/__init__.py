@@ -1,0 +1,1 @@
+"""Training: data cache, augmentation, the training loop and safetensors checkpoints."""

@@ -1,0 +1,134 @@
+"""Model checkpoints as safetensors with a JSON header; loaded without unpickling.
+
+The safetensors metadata key ``maskwatch`` holds ``ModelInfo.to_dict()`` plus
+``arch`` (registry name), ``num_outputs`` and ``arch_args`` (builder options).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from maskwatch.errors import ModelError
+from maskwatch.inference.modelfile import ModelInfo
+
+FORMAT_VERSION = 1
+HEADER_KEY = "maskwatch"
+
+
+def _atomic_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def model_arch(model) -> dict:
+    """The registry name, output count and builder options recorded by ``create_model``."""
+    arch = getattr(model, "maskwatch_arch", None)
+    if not arch:
+        raise ModelError("model was not built by maskwatch.models.create_model")
+    return arch
+
+
+def save_state(path: str | Path, tensors: dict, header: dict) -> None:
+    """Write tensors + a JSON header to a safetensors file atomically (tmp + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _atomic_path(path)
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    save_file(clean, str(tmp), metadata={HEADER_KEY: json.dumps(header)})
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | Path, model, info: ModelInfo) -> None:
+    """Save ``model``'s weights and ``info`` (plus its architecture) to ``path``."""
+    arch = model_arch(model)
+    header = dict(info.to_dict())
+    header.update(
+        format=FORMAT_VERSION,
+        arch=arch["name"],
+        num_outputs=arch["num_classes"],
+        arch_args=arch.get("args", {}),
+    )
+    save_state(path, model.state_dict(), header)
+
+
+def read_state(path: str | Path) -> tuple[dict, dict]:
+    """Read (tensors, header) from a safetensors file written by ``save_state``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:  # SafetensorError, OSError, ...
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not a readable safetensors file ({first})") from None
+    if HEADER_KEY not in meta:
+        raise ModelError(f"{path}: not a maskwatch checkpoint (no '{HEADER_KEY}' header)")
+    try:
+        header = json.loads(meta[HEADER_KEY])
+    except json.JSONDecodeError:
+        raise ModelError(f"{path}: checkpoint header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise ModelError(f"{path}: checkpoint header is not a JSON object")
+    return tensors, header
+
+
+def read_header(path: str | Path) -> dict:
+    """Only the JSON header of a checkpoint."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
+    if HEADER_KEY not in meta:
+        raise ModelError(f"{path}: not a maskwatch checkpoint (no '{HEADER_KEY}' header)")
+    return json.loads(meta[HEADER_KEY])
+
+
+def build_from_header(header: dict, source: str = "checkpoint"):
+    """An untrained model with the architecture a checkpoint header describes."""
+    from maskwatch.models import create_model
+
+    try:
+        name, outputs, args = header["arch"], int(header["num_outputs"]), header["arch_args"]
+    except (KeyError, TypeError, ValueError):
+        raise ModelError(f"{source}: checkpoint header lacks its architecture") from None
+    return create_model(name, outputs, **args)
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu"):
+    """Load a checkpoint -> (model in eval mode on ``device``, ModelInfo)."""
+    tensors, header = read_state(path)
+    info = ModelInfo.from_dict(header)
+    model = build_from_header(header, str(path))
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:2])[:200]
+        raise ModelError(f"{path}: weights do not match {header['arch']} ({detail})") from None
+    return model.to(device).eval(), info
+
+
+def rewrite_info(src: str | Path, dst: str | Path, info: ModelInfo, force: bool = False) -> None:
+    """Copy checkpoint ``src`` to ``dst`` with new metadata ``info`` (weights unchanged).
+
+    Refuses to overwrite an existing ``dst`` unless ``force``.
+    """
+    dst = Path(dst)
+    if dst.exists() and not force:
+        raise ModelError(f"{dst}: exists; pass --force to overwrite it")
+    tensors, header = read_state(src)
+    header.update(info.to_dict())
+    save_state(dst, tensors, header)

@@ -1,0 +1,81 @@
+"""Command-line options of ``maskwatch train`` (no heavy imports here)."""
+
+from __future__ import annotations
+
+import argparse
+
+#: Options that may differ when a run is resumed (they do not change the results).
+RUNTIME_OPTIONS = ("device", "threads", "workers", "cache_dir", "no_progress", "resume")
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add every ``maskwatch train`` option to ``p``."""
+    d = p.add_argument_group("data")
+    d.add_argument("--data", help="dataset folder, CSV or manifest (any layout maskwatch reads)")
+    d.add_argument("--val-data", default=None, help="separate validation dataset (optional)")
+    d.add_argument(
+        "--val-fraction", type=float, default=0.1,
+        help="share of train carved out for validation, by sample group, when the data has "
+        "no val split (0: no validation)",
+    )
+    d.add_argument("--classes", type=int, choices=(2, 3), default=2,
+                   help="2: with/without mask; 3: adds incorrect_mask")
+    d.add_argument("--merge-incorrect", action="store_true",
+                   help="with --classes 2, count incorrect_mask faces as without_mask "
+                   "(default: drop them)")
+    d.add_argument("--margin", type=float, default=0.1,
+                   help="grow face boxes by this fraction per side (datasets with boxes)")
+    d.add_argument("--mapping", default=None,
+                   help="dataset class name -> label, e.g. 'masked=with_mask,bare=without_mask'")
+    d.add_argument("--cache-dir", default=None,
+                   help="where decoded faces are cached (default: ~/.cache/maskwatch)")
+    d.add_argument("--no-cache", action="store_true", help="decode images without caching")
+    d.add_argument("--workers", type=int, default=0,
+                   help="processes that decode images (0: one per CPU core)")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default="mobilenet_v2",
+                   help="architecture from the registry (see --list-models)")
+    m.add_argument("--list-models", action="store_true", help="list the architectures and exit")
+    m.add_argument("--weights", default=None,
+                   help="initial weights: a .pth/.safetensors file, an https URL, or "
+                   "'imagenet' (the published weights; installed copy used when present)")
+    m.add_argument("--init-from", default=None,
+                   help="fine-tune from a maskwatch checkpoint (.safetensors)")
+    m.add_argument("--freeze-backbone", action="store_true",
+                   help="train only the classifier head (frozen-base recipe)")
+    m.add_argument("--input-size", type=int, default=None,
+                   help="face size in pixels (default: the model's)")
+    m.add_argument("--dropout", type=float, default=None,
+                   help="dropout before the classifier (default: the model's)")
+    m.add_argument("--loss", choices=("softmax", "sigmoid"), default="softmax",
+                   help="softmax + cross-entropy, or one logit + sigmoid/BCE (2 classes)")
+
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=10, help="number of epochs")
+    o.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    o.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw", help="optimiser")
+    o.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    o.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
+    o.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="linear warm-up length in epochs, then cosine decay")
+    o.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="label smoothing (softmax loss)")
+    o.add_argument("--balance", choices=("weights", "sampler", "none"), default="weights",
+                   help="counter class imbalance with loss weights or a balanced sampler")
+    o.add_argument("--augment", choices=("none", "light", "standard", "strong"),
+                   default="standard", help="augmentation strength")
+    o.add_argument("--patience", type=int, default=5,
+                   help="stop after this many epochs without a lower validation loss (0: never)")
+    o.add_argument("--seed", type=int, default=0, help="random seed (split, order, augmentation)")
+
+    r = p.add_argument_group("run")
+    r.add_argument("--out", default=None, help="run folder for checkpoints, metrics and plots")
+    r.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run from its last checkpoint")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: CUDA when available")
+    r.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: default)")
+    r.add_argument("--eval-batch-size", type=int, default=128, help="validation batch size")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p

@@ -1,0 +1,206 @@
+"""Metrics against hand-computed values, threshold choice and `maskwatch evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maskwatch.evaluation.metrics import (
+    confusion_matrix,
+    evaluate_predictions,
+    roc_auc,
+    roc_curve,
+    threshold_for_recall,
+)
+
+CLASSES = ["with_mask", "without_mask", "incorrect_mask"]
+
+
+def test_confusion_and_per_class_metrics_by_hand():
+    y_true = [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    y_pred = [0, 0, 1, 2, 1, 1, 0, 2, 1, 2]
+    cm = confusion_matrix(y_true, y_pred, 3)
+    assert cm.tolist() == [[2, 1, 1], [1, 2, 0], [0, 1, 2]]
+    probs = np.eye(3)[y_pred] * 0.8 + 0.2 / 3
+    m = evaluate_predictions(y_true, probs, CLASSES, y_pred)
+    assert m["n"] == 10
+    assert m["accuracy"] == pytest.approx(0.6)
+    # recalls 2/4, 2/3, 2/3
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 2 / 3 + 2 / 3) / 3)
+    w = m["classes"]["with_mask"]
+    assert (w["precision"], w["recall"], w["support"]) == (pytest.approx(2 / 3), 0.5, 4)
+    assert w["f1"] == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+    wo = m["classes"]["without_mask"]
+    assert wo["precision"] == pytest.approx(0.5) and wo["recall"] == pytest.approx(2 / 3)
+    # without_mask positive: negatives are the 7 others, 2 of them flagged
+    assert m["specificity"] == pytest.approx(5 / 7)
+    assert m["confusion_matrix"] == cm.tolist()
+
+
+def test_class_with_no_support_is_left_out_of_balanced_accuracy():
+    m = evaluate_predictions([0, 0, 1], np.array([[.9, .1], [.4, .6], [.2, .8]]),
+                             ["with_mask", "without_mask"])
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
+    m3 = evaluate_predictions([0, 1], np.array([[.9, .1, 0], [.2, .8, 0]]), CLASSES)
+    assert m3["balanced_accuracy"] == 1.0
+    assert m3["classes"]["incorrect_mask"]["support"] == 0
+
+
+def test_roc_auc_counts_ties_as_half():
+    assert roc_auc([1, 0, 1, 0], [0.9, 0.9, 0.2, 0.1]) == pytest.approx(0.625)
+    assert roc_auc([1, 1, 0, 0], [0.8, 0.7, 0.3, 0.1]) == 1.0
+    assert roc_auc([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4]) == 0.0
+    assert roc_auc([1, 1], [0.1, 0.2]) is None
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300).astype(bool)
+    s = rng.random(300) + y * 0.3
+    pairs = (s[y][:, None] > s[~y][None, :]).mean()
+    assert roc_auc(y, s) == pytest.approx(pairs)
+
+
+def test_roc_curve_points():
+    fpr, tpr, thr = roc_curve([1, 0, 1, 0], [0.9, 0.8, 0.4, 0.1])
+    assert fpr.tolist() == [0, 0, 0.5, 0.5, 1.0]
+    assert tpr.tolist() == [0, 0.5, 0.5, 1.0, 1.0]
+    assert thr[1:].tolist() == [0.9, 0.8, 0.4, 0.1]
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc([1, 0, 1, 0], [0.9, 0.8, 0.4, 0.1]))
+
+
+def test_threshold_for_recall():
+    y = [1, 1, 1, 1, 0, 0]
+    s = [0.9, 0.6, 0.4, 0.3, 0.35, 0.1]
+    # 0.75 recall needs 3 of 4 positives: the highest such threshold is 0.4 (< 0.5)
+    assert threshold_for_recall(y, s, 0.75, current=0.5) == (0.4, 0.75)
+    # already reached at the current threshold: no change
+    assert threshold_for_recall(y, s, 0.5, current=0.5) == (0.5, 0.5)
+    assert threshold_for_recall(y, s, 1.0, current=0.5) == (0.3, 1.0)
+    with pytest.raises(ValueError):
+        threshold_for_recall([0, 0], [0.1, 0.2], 0.9)
+
+
+# ---------------------------------------------------------------- the CLI
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("safetensors")
+
+from maskwatch.cli import main as cli_main  # noqa: E402
+
+
+def _faces(root: Path, per_class: int = 6) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for label in ("with_mask", "without_mask"):
+        d = root / "test" / label
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)
+            if label == "with_mask":
+                img[20:] = 230
+            Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    from maskwatch.inference.modelfile import ModelInfo
+    from maskwatch.models import create_model
+    from maskwatch.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(3)
+    model = create_model("seed_cnn128", 2, input_size=32)
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, model, ModelInfo("seed_cnn128", ["with_mask", "without_mask"], 32,
+                                           [0.5] * 3, [0.5] * 3, extra={"margin": 0.0}))
+    return path
+
+
+def _independent_scores(model_path, data: Path):
+    """P(without_mask) and labels computed with the Classifier directly."""
+    from maskwatch.imaging import load_rgb
+    from maskwatch.inference.classifier import Classifier
+
+    clf = Classifier(model_path)
+    files = sorted(data.rglob("*.png"))
+    probs = clf.predict_proba([load_rgb(f) for f in files])
+    y = np.array([1 if f.parent.name == "without_mask" else 0 for f in files])
+    return probs[:, 1], y
+
+
+def test_evaluate_json_matches_direct_scoring(tmp_path, checkpoint, capsys):
+    data = _faces(tmp_path / "ds")
+    rc = cli_main(["evaluate", "--data", str(data), "--model", str(checkpoint), "--json",
+                   "--threads", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    m = json.loads(out[0])
+    p, y = _independent_scores(checkpoint, data)
+    pred = (p >= 0.5).astype(int)
+    assert m["n"] == 12
+    assert m["accuracy"] == pytest.approx((pred == y).mean())
+    tn = int(((pred == 0) & (y == 0)).sum())
+    assert m["specificity"] == pytest.approx(tn / 6)
+    assert m["roc_auc"] == pytest.approx(roc_auc(y, p))
+    assert np.array(m["confusion_matrix"]).sum() == 12
+    for key in ("balanced_accuracy", "classes"):
+        assert key in m
+    assert set(m["classes"]["with_mask"]) >= {"precision", "recall", "f1", "support"}
+
+
+def test_target_recall_written_beside_the_model(tmp_path, checkpoint, capsys):
+    from maskwatch.training.checkpoint import read_header
+
+    data = _faces(tmp_path / "ds")
+    original = checkpoint.read_bytes()
+    argv = ["evaluate", "--data", str(data), "--model", str(checkpoint), "--json",
+            "--target-recall", "1.0", "--write-threshold", "--threads", "1"]
+    assert cli_main(argv) == 0
+    m = json.loads(capsys.readouterr().out)
+    choice = m["threshold_choice"]
+    p, y = _independent_scores(checkpoint, data)
+    assert choice["threshold"] == pytest.approx(min(0.5, p[y == 1].min()), abs=1e-6)
+    assert choice["recall"] == 1.0
+    written = Path(choice["written_to"])
+    assert written.name == "model.recall1.safetensors"
+    assert checkpoint.read_bytes() == original  # the model itself is untouched
+    assert read_header(written)["threshold"] == pytest.approx(choice["threshold"])
+    # evaluating the new file at its own threshold reaches the recall
+    assert cli_main(["evaluate", "--data", str(data), "--model", str(written), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recall_positive"] == 1.0
+    # a second write would replace the copy: refused without --force
+    assert cli_main(argv) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_evaluate_out_folder_has_plots_and_gallery(tmp_path, checkpoint, capsys):
+    data = _faces(tmp_path / "ds")
+    out = tmp_path / "report"
+    assert cli_main(["evaluate", "--data", str(data), "--model", str(checkpoint),
+                     "--out", str(out), "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "balanced accuracy" in text and "confusion matrix" in text
+    for name in ("confusion_matrix.png", "roc.png", "errors.png", "errors.html",
+                 "metrics.json"):
+        assert (out / name).is_file(), name
+    html = (out / "errors.html").read_text()
+    wrong = json.loads((out / "metrics.json").read_text())
+    n_wrong = wrong["n"] - int(np.trace(np.array(wrong["confusion_matrix"])))
+    thumbs = sorted((out / "errors").glob("*.jpg"))
+    assert len(thumbs) == n_wrong
+    for t in thumbs:
+        assert f"errors/{t.name}" in html
+    # the folder now has files: a second run needs --force
+    assert cli_main(["evaluate", "--data", str(data), "--model", str(checkpoint),
+                     "--out", str(out)]) == 2
+
+
+def test_evaluate_split_errors(tmp_path, checkpoint, capsys):
+    data = _faces(tmp_path / "ds")
+    assert cli_main(["evaluate", "--data", str(data), "--model", str(checkpoint),
+                     "--split", "val"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("maskwatch: error:") and "test" in err and err.count("\n") == 1

