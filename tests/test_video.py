@@ -204,3 +204,62 @@ def test_cli_detect_truncated_video_and_absent_camera(clip, tmp_path, capsys, mo
     assert code == 1
     assert "camera 97: cannot open" in captured.err and "cut.mp4" in captured.err
     assert "3 video frame(s)" in captured.out  # the good clip still ran (3 frames)
+
+
+def test_prefetch_keeps_order_and_raises_producer_errors():
+    from maskwatch.detection.video import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise RuntimeError("decoder failed")
+
+    got = []
+    with pytest.raises(RuntimeError, match="decoder failed"):
+        for item in prefetch(broken()):
+            got.append(item)
+    assert got == [1]
+
+
+def test_prefetch_stops_the_producer_when_the_consumer_leaves():
+    import threading
+
+    from maskwatch.detection.video import prefetch
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    for item in prefetch(endless(), depth=2):
+        if item == 5:
+            break
+    alive = [t for t in threading.enumerate() if t.name == "maskwatch-decode"]
+    assert not alive and len(produced) < 20
+
+
+def test_background_writer_writes_every_frame_in_order(tmp_path):
+    import cv2
+
+    from maskwatch.detection.video import BackgroundWriter, VideoWriter
+
+    out = tmp_path / "bg.mp4"
+    writer = BackgroundWriter(VideoWriter(out, 10, (64, 48)), lambda f, faces: f, depth=2)
+    for i in range(12):
+        writer.write(np.full((48, 64, 3), i * 20, np.uint8), [])
+    assert writer.close() == out
+    cap = cv2.VideoCapture(str(out))
+    means = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        means.append(float(frame.mean()))
+    cap.release()
+    assert len(means) == 12
+    assert means == sorted(means)  # frames kept their order

