@@ -324,7 +324,7 @@ def save_bundled(model: nn.Module, threshold: float, result: dict, out: Path,
         extra={"recipe": "scripts/train_bundled.py", "trained_on": [
             "face-mask-12k (train part)", "face-mask-7553 (train part)",
             "face-mask-detection-853 (train scenes)"],
-            "validation": result["val"], "face_margin": MARGIN_SCENES},
+            "validation": result["val"], "margin": MARGIN_SCENES},
     )
     model.eval()
     save_checkpoint(out / "bundled.safetensors", model, info)

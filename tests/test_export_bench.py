@@ -76,7 +76,8 @@ def test_bench_json_has_every_section(checkpoint, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
-    for key in ("classifier", "pipeline", "cold_start", "training", "serve", "memory"):
+    for key in ("classifier", "pipeline", "cold_start", "training", "distributed", "serve",
+                "memory"):
         assert key in report, key
     for batch in ("batch_1", "batch_32"):
         row = report["classifier"][batch]
@@ -85,6 +86,7 @@ def test_bench_json_has_every_section(checkpoint, tmp_path):
     assert report["pipeline"]["centerface"]["fps"] > 0
     assert report["cold_start"]["seconds_median"] > 0
     assert report["training"]["images_per_s"] > 0
+    assert report["distributed"]["processes_1"] > 0 and report["distributed"]["processes_2"] > 0
     assert report["serve"]["requests"] > 0 and report["serve"]["p95_ms"] >= report["serve"][
         "p50_ms"]
     assert report["memory"]["peak_rss_mb"] > 0

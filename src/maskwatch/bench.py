@@ -10,6 +10,7 @@ Sections (each a function returning a dict):
 - ``cold_start``: seconds for ``maskwatch classify one.jpg`` in a fresh process.
 - ``training``: training images/s and the implied epoch time for the bundled recipe's
   architecture, with ``maskwatch train``'s own loop on generated images.
+- ``distributed``: training images/s under torchrun with 1 and with 2 processes.
 - ``serve``: requests/s and p50/p95 latency of ``POST /api/detect`` under a bounded local
   load (loopback only).
 - ``memory``: peak resident memory of this process.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-SECTIONS = ("classifier", "pipeline", "cold_start", "training", "serve", "memory")
+SECTIONS = ("classifier", "pipeline", "cold_start", "training", "distributed", "serve", "memory")
 REFERENCE_SIZE = 224
 
 
@@ -304,6 +305,12 @@ def bench_serve(model: Path, threads: int, seconds: float, clients: int) -> dict
     return result
 
 
+def _bench_distributed(seconds: float) -> dict:
+    from maskwatch.training.distributed import bench_distributed
+
+    return bench_distributed(seconds)
+
+
 def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
@@ -332,6 +339,7 @@ def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
             "pipeline": lambda: bench_pipeline(model_path, threads, seconds, tmp),
             "cold_start": lambda: bench_cold_start(model_path, tmp),
             "training": lambda: bench_training(threads, seconds, size),
+            "distributed": lambda: _bench_distributed(seconds),
             "serve": lambda: bench_serve(model_path, threads, serve_seconds, clients),
         }
         for name in sections:

@@ -13,7 +13,25 @@ from maskwatch.errors import MaskwatchError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default and keeps descriptions' line breaks."""
+    """Shows every option's default and keeps descriptions' line breaks.
+
+    Required options, flags and options whose help already names the default say nothing
+    more; an option with no default says "default: none".
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text.lower()
+            or action.required
+            or action.default is argparse.SUPPRESS
+            or not action.option_strings
+            or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        ):
+            return text
+        if action.default is None:
+            return text + " (default: none)"
+        return text + " (default: %(default)s)"
 
 
 def add_command(subparsers, name: str, help: str, description: str | None = None):

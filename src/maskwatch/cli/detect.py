@@ -47,7 +47,12 @@ def register(subparsers) -> None:
         help="find faces in images, videos, cameras or streams and label each one's mask",
         description="Find faces and label each: with_mask, without_mask (or incorrect_mask).\n"
         "INPUT: image files, folders (recursive), globs, video files, a camera index (0) or\n"
-        "a stream URL (rtsp://, http://). Exit status 1 if an input failed.",
+        "a stream URL (rtsp://, http://). Exit status 1 if an input failed.\n\n"
+        "Large collections: --workers N spreads the images over N processes (own detector,\n"
+        "1 thread each unless --threads); results are recorded in input order. Videos are\n"
+        "not split: each runs in the main process, frame by frame, after the images.\n"
+        "--output FILE.jsonl|.csv appends each image's (or frame's) result, flushed;\n"
+        "--resume skips what FILE holds; --shard I/N takes part I of N of the inputs.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, globs, videos, "
                    "camera index or stream URL")
@@ -82,6 +87,9 @@ def register(subparsers) -> None:
     alert.add_argument("--alert-interval", type=float, default=60.0, metavar="SECONDS",
                        help="at most one alert per this many seconds")
     add_threads_argument(p)
+    from maskwatch.cli.evaluate import add_batch_arguments
+
+    add_batch_arguments(p)  # --workers, --output, --resume, --shard
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_detect)
 

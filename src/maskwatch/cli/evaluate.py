@@ -42,7 +42,11 @@ def register(subparsers) -> None:
 
     c = add_command(
         subparsers, "classify", help="label face images (mask / no mask)",
-        description="Label face crops: each image is taken as one face.",
+        description="Label face crops: each image is taken as one face.\n\n"
+        "Large collections: --workers N runs N processes (own model, 1 thread each unless\n"
+        "--threads); results keep the input order. --output FILE.jsonl|.csv appends each\n"
+        "result as it comes (flushed, so a crash keeps what was written); --resume skips\n"
+        "images already in FILE; --shard I/N spreads one job over N machines.",
     )
     c.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
     add_model_argument(c)
@@ -50,7 +54,24 @@ def register(subparsers) -> None:
                    help="one JSON object per image: path, label, score, scores")
     c.add_argument("--batch-size", type=int, default=32, help="faces per inference batch")
     add_threads_argument(c)
+    add_batch_arguments(c)
     c.set_defaults(func=run_classify)
+
+
+def add_batch_arguments(p) -> None:
+    """--workers, --output, --resume and --shard (classify and detect)."""
+    from maskwatch.inference.batch import parse_shard
+
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes, each with its own model (1: this process)")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="append results to FILE (.jsonl or .csv) as they come, one flushed "
+                   "record per input; an existing FILE needs --resume")
+    p.add_argument("--resume", action="store_true",
+                   help="with --output: skip inputs already recorded in FILE and append")
+    p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                   help="only part I of N (0-based) of the inputs: the k-th file by sorted "
+                   "path goes to part k mod N")
 
 
 def _fmt(v) -> str:
@@ -161,43 +182,71 @@ def run_evaluate(args) -> int:
 
 
 def run_classify(args) -> int:
-    from pathlib import Path
+    import math
 
-    from maskwatch.cli.common import expand_inputs, print_json
-    from maskwatch.errors import ImageError
-    from maskwatch.imaging import IMAGE_SUFFIXES, load_rgb
-    from maskwatch.inference.classifier import Classifier
+    from maskwatch.cli.common import print_json
+    from maskwatch.errors import MaskwatchError
+    from maskwatch.inference import batch
 
-    clf = Classifier(args.model, threads=args.threads, batch_size=args.batch_size)
-    failed = 0
-    paths, faces = [], []
-
-    def flush() -> None:
-        if not faces:
-            return
-        for path, pred in zip(paths, clf.classify(faces)):
-            if args.json:
-                print_json({"path": str(path), **pred.to_dict()})
-            else:
-                print(f"{str(path):60s} {pred.label:15s} {pred.score:.4f}", flush=True)
-        paths.clear()
-        faces.clear()
-
-    if not args.json:
+    if args.resume and not args.output:
+        raise MaskwatchError("--resume needs --output FILE")
+    if args.workers < 1:
+        raise MaskwatchError("--workers must be at least 1")
+    files = batch.select_shard(batch.list_images(args.paths), args.shard)
+    # the model is loaded here too: a bad --model fails once, with one line, before any
+    # worker starts, and the CSV columns need its classes
+    threads = args.threads if args.workers == 1 else (args.threads or 1)
+    batch.init_classifier(args.model, threads, args.batch_size)
+    classes = batch.loaded_classifier().classes
+    writer, skipped = None, 0
+    if args.output:
+        done = batch.read_done(args.output) if args.resume else {}
+        writer = batch.AppendWriter(args.output, ["path", "label", "score",
+                                                  *[f"p_{c}" for c in classes]], args.resume)
+        before = len(files)
+        files = [f for f in files if batch.same_file_key(f) not in done]
+        skipped = before - len(files)
+    size = args.batch_size
+    if args.workers > 1:  # small tasks so results stream and the workers stay busy
+        size = max(1, min(size, math.ceil(len(files) / (4 * args.workers))))
+    tasks = batch.chunks([str(f) for f in files], size)
+    table = not args.json and writer is None
+    if table:
         print(f"{'path':60s} {'label':15s} score")
-    folders = [Path(p) for p in args.paths if Path(p).is_dir()]
-    for path in expand_inputs(args.paths, suffixes=None, keep_unmatched=True):
-        if path.suffix.lower() not in IMAGE_SUFFIXES and any(
-            path.is_relative_to(f) for f in folders
-        ):
-            continue  # other files inside a folder are not errors
-        try:
-            faces.append(load_rgb(path))
-            paths.append(path)
-        except ImageError as exc:
-            failed += 1
-            print(f"maskwatch: error: {exc}", file=sys.stderr)
-        if len(faces) >= args.batch_size:
-            flush()
-    flush()
+    failed = done_count = 0
+    bar = None
+    if writer is not None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), desc="classify", unit="img", file=sys.stderr)
+    try:
+        results = batch.ordered_map(batch.classify_chunk, tasks, args.workers,
+                                    batch.init_classifier, (args.model, threads, size))
+        for chunk in results:
+            for path, pred, err in chunk:
+                if bar is not None:
+                    bar.update(1)
+                if pred is None:
+                    failed += 1
+                    print(f"maskwatch: error: {err}", file=sys.stderr, flush=True)
+                    continue
+                done_count += 1
+                record = {"path": path, **pred}
+                if writer is not None:
+                    writer.write(record, [[path, pred["label"], f"{pred['score']:.6f}",
+                                           *[f"{pred['scores'].get(c, 0.0):.6f}"
+                                             for c in classes]]])
+                if args.json:
+                    print_json(record)
+                elif table:
+                    print(f"{path:60s} {pred['label']:15s} {pred['score']:.4f}", flush=True)
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+    if writer is not None:
+        print(f"maskwatch: {done_count} image(s) written to {args.output}"
+              + (f", {skipped} already there" if skipped else "")
+              + (f", {failed} unreadable" if failed else ""), file=sys.stderr)
     return 1 if failed else 0

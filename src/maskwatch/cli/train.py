@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 ORDER = 20
 
 DESCRIPTION = """Train a face-mask classifier on any dataset layout maskwatch reads.
@@ -10,9 +12,13 @@ Faces are decoded once into a cache; each epoch augments them on the fly. The ru
 gets best.safetensors (lowest validation loss), last.safetensors + last_state.safetensors
 (for --resume), metrics.csv/json, curves.png and config.json.
 
+Several GPUs or machines: start the same command with torchrun (DistributedDataParallel,
+NCCL on GPUs, gloo on CPU). --batch-size is per process; only rank 0 writes files.
+
 example:
   maskwatch train --data faces.csv --out runs/mnv2 --model mobilenet_v2 --weights imagenet \\
-      --input-size 128 --epochs 15"""
+      --input-size 128 --epochs 15
+  torchrun --nproc_per_node 4 -m maskwatch train --data faces.csv --out runs/mnv2 ..."""
 
 
 def register(subparsers) -> None:
@@ -35,6 +41,8 @@ def run(args) -> int:
     from maskwatch.training.train import main
 
     summary = main(args)
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return 0  # under torchrun only rank 0 reports
     loss = summary["best_val_loss"]
     print(
         f"best checkpoint: {summary['best']} (epoch {summary['best_epoch']}, "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,9 @@ class FaceDetector:
         return f"{type(self).__name__}(threshold={self.threshold}, detect_size={self.detect_size})"
 
 
+_YUFACE_LOCK = threading.Lock()
+
+
 class YuNetDetector(FaceDetector):
     """YuNet (libfacedetection) via ``yuface``: fast, but misses many masked faces."""
 
@@ -133,8 +137,10 @@ class YuNetDetector(FaceDetector):
         self._yuface = yuface
 
     def _detect(self, bgr):
-        # yuface returns confidences 0..100; filter ourselves so no size warning is printed
-        result = self._yuface.c_detect(np.ascontiguousarray(bgr))
+        # yuface returns confidences 0..100; filter ourselves so no size warning is printed.
+        # libfacedetection keeps internal buffers: one call at a time (the server is threaded).
+        with _YUFACE_LOCK:
+            result = self._yuface.c_detect(np.ascontiguousarray(bgr))
         out = []
         rows = np.asarray(result)
         rows = rows.reshape(len(rows), -1) if rows.size else np.zeros((0, 5))

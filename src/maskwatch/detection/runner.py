@@ -72,6 +72,29 @@ class OutputNamer:
         return candidate
 
 
+def process_image(detector, spec: str, out) -> tuple[list | None, str | None, Path | None]:
+    """Read, detect and (when ``out`` is a path, or a callable giving one) save an
+    annotated copy: (faces, None, written) or (None, error, None) when unreadable;
+    (faces, error, None) when only the copy could not be written."""
+    try:
+        rgb = load_rgb(spec)
+    except MaskwatchError as exc:
+        return None, str(exc), None
+    faces = detector.detect(rgb)
+    if out is None:
+        return faces, None, None
+    path = out() if callable(out) else out
+    try:
+        save_rgb(path, draw_faces(rgb, faces))
+    except (OSError, ValueError) as exc:
+        return faces, f"{path}: cannot write ({exc})", None
+    return faces, None, path
+
+
+CSV_COLUMNS = ["path", "frame", "face", "x1", "y1", "x2", "y2", "label", "score", "face_score",
+               "track_id"]
+
+
 class Run:
     """State of one `detect` run: outputs, counts, failures."""
 
@@ -97,8 +120,18 @@ class Run:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._csv_file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
             self._csv = csv.writer(self._csv_file)
-            self._csv.writerow(["path", "frame", "face", "x1", "y1", "x2", "y2", "label", "score",
-                                "face_score", "track_id", *[f"p_{c}" for c in self.classes]])
+            self._csv.writerow([*CSV_COLUMNS, *[f"p_{c}" for c in self.classes]])
+        # --output FILE (.jsonl/.csv), appended per input; --resume: what it already holds
+        self.output = None
+        self.done: dict[str, int] = {}
+        if getattr(args, "output", None):
+            from maskwatch.inference.batch import AppendWriter, read_done
+
+            if args.resume:
+                self.done = read_done(args.output)
+            self.output = AppendWriter(args.output,
+                                       [*CSV_COLUMNS, *[f"p_{c}" for c in self.classes]],
+                                       args.resume)
         self.alert = None
         if args.alert_command or args.alert_url:
             from maskwatch.detection.alerts import AlertHook
@@ -115,41 +148,60 @@ class Run:
         sys.stderr.write(f"maskwatch: {msg}\n")
         sys.stderr.flush()
 
+    def _rows(self, path: str, frame: int | None, faces) -> list[list]:
+        return [[
+            path, "" if frame is None else frame, i, *f.box, f.label or "",
+            "" if f.score is None else f"{f.score:.4f}", f"{f.face_score:.4f}",
+            "" if f.track_id is None else f.track_id,
+            *[f"{f.scores[c]:.4f}" if c in f.scores else "" for c in self.classes],
+        ] for i, f in enumerate(faces)]
+
     def emit(self, path: str, frame: int | None, faces) -> None:
         for f in faces:
             self.face_counts[f.label or "face"] += 1
+        record = {"path": path, "frame": frame, "faces": [f.to_dict() for f in faces]}
         if self.args.json:
-            print_json({"path": path, "frame": frame, "faces": [f.to_dict() for f in faces]},
-                       self.stdout)
+            print_json(record, self.stdout)
         if self._csv is not None:
-            for i, f in enumerate(faces):
-                self._csv.writerow([
-                    path, "" if frame is None else frame, i, *f.box, f.label or "",
-                    "" if f.score is None else f"{f.score:.4f}", f"{f.face_score:.4f}",
-                    "" if f.track_id is None else f.track_id,
-                    *[f"{f.scores[c]:.4f}" if c in f.scores else "" for c in self.classes],
-                ])
+            self._csv.writerows(self._rows(path, frame, faces))
+        if self.output is not None:
+            # a face-less input still gets a row (no face fields), so --resume sees it
+            rows = self._rows(path, frame, faces) or [
+                [path, "" if frame is None else frame] + [""] * (len(CSV_COLUMNS) - 2
+                                                                 + len(self.classes))]
+            self.output.write(record, rows)
+
+    def recorded(self, spec: str) -> int | None:
+        """With --resume: the last frame of ``spec`` already in --output (-1: an image)."""
+        if not self.done:
+            return None
+        from maskwatch.inference.batch import same_file_key
+
+        return self.done.get(same_file_key(spec))
+
+    def out_path(self, spec: str) -> Path | None:
+        return self.namer.path(Path(spec).name, spec) if self.namer is not None else None
 
     def image(self, spec: str) -> None:
-        try:
-            rgb = load_rgb(spec)
-        except MaskwatchError as exc:
-            self.fail(str(exc))
+        out = None
+        if self.namer is not None:
+            out = lambda: self.out_path(spec)  # noqa: E731 - named only once it is read
+        self.image_done(spec, *process_image(self.detector, spec, out))
+
+    def image_done(self, spec: str, faces, error: str | None, written) -> None:
+        """Count, report and record one image's result (from here or a worker)."""
+        if faces is None:
+            self.fail(error)
             return
-        faces = self.detector.detect(rgb)
         self.images += 1
         if not faces:
             self.images_without_face += 1
             self.note(f"{spec}: no face found")
         self.emit(spec, None, faces)
-        if self.namer is not None:
-            out = self.namer.path(Path(spec).name, spec)
-            try:
-                save_rgb(out, draw_faces(rgb, faces))
-            except (OSError, ValueError) as exc:
-                self.fail(f"{out}: cannot write ({exc})")
-                return
-            self.outputs.append(out)
+        if error:
+            self.fail(error)
+        elif written is not None:
+            self.outputs.append(Path(written))
 
     def video(self, spec: str) -> None:
         from tqdm import tqdm
@@ -164,6 +216,16 @@ class Run:
         tracker = IoUTracker()
         if self.alert:
             self.alert.reset()
+        # --resume: frames already in --output are detected again (the tracker needs
+        # them) but not written twice; a video recorded to its end is skipped
+        last = self.recorded(spec)
+        last = -1 if last is None else last
+        end = min(n for n in (src.frame_count, self.args.max_frames, float("inf"))
+                  if n is not None)
+        if last >= 0 and last + 1 >= end:
+            self.note(f"{spec}: already in {self.args.output}")
+            src.close()
+            return
         writer = None
         frames = 0
         bar = tqdm(total=self.args.max_frames or src.frame_count, desc=src.name, unit="frame",
@@ -173,11 +235,12 @@ class Run:
             # thread) overlap, so the CPU does not sit idle waiting for video I/O
             for rgb in prefetch(src.frames(self.args.max_frames)):
                 faces = tracker.update(self.detector.detect(rgb))
-                if self.alert:
+                if self.alert and frames > last:
                     event = self.alert.update(faces, spec, frames)
                     if event:
                         self.note(f"alert: unmasked face in {spec} at frame {frames}")
-                self.emit(spec, frames, faces)
+                if frames > last:
+                    self.emit(spec, frames, faces)
                 if self.namer is not None:
                     if writer is None:
                         h, w = rgb.shape[:2]
@@ -206,6 +269,8 @@ class Run:
     def close(self) -> None:
         if self._csv_file is not None:
             self._csv_file.close()
+        if self.output is not None:
+            self.output.close()
         if self.alert:
             self.alert.wait(10)
 
@@ -228,9 +293,17 @@ class Run:
 
 
 def run_detect(args) -> int:
+    """Images go to ``--workers`` processes (results recorded in input order); videos,
+    cameras and streams always run here, one after the other, frame by frame."""
     from maskwatch.detection.pipeline import Detector
+    from maskwatch.inference import batch
 
-    detector = Detector(
+    workers = getattr(args, "workers", 1) or 1
+    if getattr(args, "resume", False) and not getattr(args, "output", None):
+        raise MaskwatchError("--resume needs --output FILE")
+    if workers < 1:
+        raise MaskwatchError("--workers must be at least 1")
+    options = dict(
         face_detector=args.detector,
         classifier=False if args.faces_only else args.model,
         threads=args.threads,
@@ -240,16 +313,36 @@ def run_detect(args) -> int:
         min_face=args.min_face,
         upscale=args.upscale,
     )
+    detector = Detector(**options)
     run = Run(args, detector)
     sources = list(iter_sources(args.inputs, run.fail))
+    sources = batch.select_shard(sources, getattr(args, "shard", None), key=lambda s: s[1])
     images = [s for kind, s in sources if kind == "image"]
+    if run.done:
+        before = len(images)
+        images = [s for s in images if run.recorded(s) is None]
+        if before > len(images):
+            run.note(f"{before - len(images)} image(s) already in {args.output}")
     interrupted = False
     try:
         from tqdm import tqdm
 
-        for spec in tqdm(images, desc="images", unit="img", file=sys.stderr,
-                         disable=args.quiet or len(images) < 2):
-            run.image(spec)
+        bar = tqdm(total=len(images), desc="images", unit="img", file=sys.stderr,
+                   disable=args.quiet or len(images) < 2)
+        if workers <= 1:
+            for spec in images:
+                run.image(spec)
+                bar.update(1)
+        else:
+            # output names are chosen here, in input order, so they never depend on timing
+            jobs = ((s, None if run.namer is None else str(run.out_path(s))) for s in images)
+            options["threads"] = args.threads or 1
+            for spec, faces, error, written in batch.ordered_map(
+                batch.detect_image, jobs, workers, batch.init_detector, (options,)
+            ):
+                run.image_done(spec, faces, error, written)
+                bar.update(1)
+        bar.close()
         for kind, spec in sources:
             if kind == "video":
                 run.video(spec)

@@ -5,6 +5,9 @@ pass, ``main`` ties them together with checkpoints, early stopping, metrics and 
 Model, optimiser, criterion and sample order are built by separate functions so a
 distributed launcher can replace them one by one.
 
+Under ``torchrun`` (WORLD_SIZE > 1) the same loop runs data-parallel: see
+``maskwatch.training.distributed``. Only rank 0 writes files, logs and progress bars.
+
 Set ``MASKWATCH_STEP_DELAY`` (seconds) to sleep after every step (used by the tests that
 interrupt a run).
 """
@@ -39,29 +42,30 @@ from maskwatch.training.data import (
     group_split,
     relabel,
 )
+from maskwatch.training.distributed import DistEnv, shard_order, wrap_model
 from maskwatch.training.options import RUNTIME_OPTIONS
 
 STATE_FILE = "last_state.safetensors"
 
+_LOGGING = {"enabled": True}  # off on ranks other than 0
+
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    if _LOGGING["enabled"]:
+        print(msg, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------- setup
 
 
-def setup_runtime(args) -> torch.device:
-    """Threads, determinism and the device."""
+def setup_runtime(args) -> DistEnv:
+    """Determinism, then threads, the device and (under torchrun) the process group."""
+    from maskwatch.training import distributed
+
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if args.threads and args.threads > 0:
-        torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise MaskwatchError("--device cuda: no CUDA device is available")
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if use_cuda else "cpu")
+    return distributed.init(args.device, args.threads)
 
 
 def resolve_input_size(args) -> int:
@@ -313,13 +317,20 @@ class Schedule:
 
 def train_one_epoch(
     model, criterion, optimizer, loader, device, epoch: int, args, schedule: Schedule,
-    mean, std,
+    mean, std, env: DistEnv | None = None,
 ) -> dict:
-    """One pass over ``loader`` with augmentation; returns loss, accuracy and speed."""
+    """One pass over ``loader`` with augmentation; returns loss, accuracy and speed.
+
+    Under DDP ``model`` is the wrapper, ``loader`` this rank's shard, and the returned
+    figures are summed over all ranks.
+    """
+    env = env or DistEnv()
     aug = PRESETS[args.augment]
-    g = torch.Generator().manual_seed(args.seed * 7_919 + epoch)
-    torch.manual_seed(args.seed * 104_729 + epoch)  # dropout
-    set_train_mode(model, args.freeze_backbone)
+    rank_seed = 1_000_003 * env.rank  # 0 on one process: unchanged streams
+    g = torch.Generator().manual_seed(args.seed * 7_919 + epoch + rank_seed)
+    torch.manual_seed(args.seed * 104_729 + epoch + rank_seed)  # dropout
+    model.train()
+    set_train_mode(getattr(model, "module", model), args.freeze_backbone)
     delay = float(os.environ.get("MASKWATCH_STEP_DELAY", "0") or 0)
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
@@ -347,6 +358,8 @@ def train_one_epoch(
         if delay:
             time.sleep(delay)
     elapsed = time.perf_counter() - start
+    if env.distributed:
+        total_loss, correct, seen = env.all_reduce_sum([total_loss, correct, seen]).tolist()
     return {
         "train_loss": total_loss / max(seen, 1),
         "train_acc": correct / max(seen, 1),
@@ -357,27 +370,39 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model, criterion, split: Split, device, args, mean, std) -> dict:
-    """Loss, accuracy and balanced accuracy on a split (no augmentation)."""
+def evaluate(model, criterion, split: Split, device, args, mean, std,
+             env: DistEnv | None = None) -> dict:
+    """Loss, accuracy and balanced accuracy on a split (no augmentation).
+
+    Under DDP each rank scores every W-th batch (the same batches one process would
+    use) and the sums are reduced, so the figures equal a one-process evaluation.
+    ``model`` is the plain model, not the DDP wrapper.
+    """
+    env = env or DistEnv()
     model.eval()
-    total_loss, preds = 0.0, []
+    classes = int(split.labels.max()) + 1 if len(split) else 1
+    total_loss = 0.0
+    hits, counts = np.zeros(classes), np.zeros(classes)
     n = len(split)
-    for start in range(0, n, args.eval_batch_size):
+    starts = range(0, n, args.eval_batch_size)[env.rank::env.world_size]
+    for start in starts:
         batch = np.asarray(split.images[start : start + args.eval_batch_size])
-        labels = torch.from_numpy(split.labels[start : start + len(batch)]).to(device)
+        y = split.labels[start : start + len(batch)]
+        labels = torch.from_numpy(y).to(device)
         x = torch.from_numpy(to_input(batch, mean, std)).to(device)
         logits = model(x)
         total_loss += float(criterion(logits, labels)) * len(batch)
-        preds.append(predicted(logits, args.loss).cpu().numpy())
-    pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
-    recalls = [
-        float((pred[split.labels == c] == c).mean())
-        for c in np.unique(split.labels)
-    ]
+        pred = predicted(logits, args.loss).cpu().numpy()
+        hits += np.bincount(y[pred == y], minlength=classes)[:classes]
+        counts += np.bincount(y, minlength=classes)[:classes]
+    sums = env.all_reduce_sum([total_loss, *hits, *counts])
+    total_loss, hits, counts = sums[0], sums[1 : 1 + classes], sums[1 + classes :]
+    present = counts > 0
+    recalls = hits[present] / counts[present]
     return {
-        "val_loss": total_loss / max(n, 1),
-        "val_acc": float((pred == split.labels).mean()) if n else 0.0,
-        "val_balanced_acc": float(np.mean(recalls)) if recalls else 0.0,
+        "val_loss": float(total_loss / max(n, 1)),
+        "val_acc": float(hits.sum() / n) if n else 0.0,
+        "val_balanced_acc": float(np.mean(recalls)) if len(recalls) else 0.0,
     }
 
 
@@ -478,8 +503,12 @@ def _jsonable(args) -> dict:
     return {k: v for k, v in vars(args).items() if k != "func"}
 
 
-def prepare_run_dir(args) -> tuple[argparse.Namespace, Path, bool]:
-    """(effective args, run folder, resuming?); refuses to reuse a finished run's folder."""
+def prepare_run_dir(args, create: bool = True) -> tuple[argparse.Namespace, Path, bool]:
+    """(effective args, run folder, resuming?); refuses to reuse a finished run's folder.
+
+    ``create=False`` (ranks other than 0, after rank 0 made the folder) skips the
+    emptiness check and the mkdir.
+    """
     if args.resume:
         out = Path(args.resume)
         cfg_path = out / "config.json"
@@ -494,6 +523,8 @@ def prepare_run_dir(args) -> tuple[argparse.Namespace, Path, bool]:
     if not args.data or not args.out:
         raise MaskwatchError("--data and --out are required (or --resume RUN_DIR)")
     out = Path(args.out)
+    if not create:
+        return args, out, False
     if out.exists() and any(out.iterdir()):
         raise MaskwatchError(
             f"{out}: folder exists and is not empty; choose a new --out or --resume it"
@@ -506,55 +537,86 @@ def prepare_run_dir(args) -> tuple[argparse.Namespace, Path, bool]:
 
 
 def main(args) -> dict:
-    """Train a model as ``args`` says; returns the final summary (also in summary.json)."""
-    args, out, resuming = prepare_run_dir(args)
-    device = setup_runtime(args)
+    """Train a model as ``args`` says; returns the final summary (also in summary.json).
+
+    Under torchrun every rank calls this; all return the same summary.
+    """
+    env = setup_runtime(args)
+    try:
+        return _main(args, env)
+    finally:
+        _LOGGING["enabled"] = True
+        env.close()
+
+
+def _main(args, env: DistEnv) -> dict:
+    if not env.is_main:
+        _LOGGING["enabled"] = False
+        args.no_progress = True
+    args, out, resuming = env.main_first(lambda first: prepare_run_dir(args, create=first))
+    device = env.device
     from maskwatch.models import model_spec
 
     spec = model_spec(args.model)
     input_size = resolve_input_size(args)
     mean, std = list(spec.mean), list(spec.std)
-    data = load_data(args, input_size)
+    # rank 0 decodes (and caches) first; the others then read the cache
+    data = env.main_first(lambda first: load_data(args, input_size))
     classes = data.classes
     num_outputs = 1 if args.loss == "sigmoid" else len(classes)
     if resuming:  # weights come from the state file; do not download them again
         args.weights, args.init_from = None, None
-    torch.manual_seed(args.seed)  # model initialisation
-    model = create_model(args, num_outputs, input_size).to(device)
+
+    def build(first: bool) -> nn.Module:
+        torch.manual_seed(args.seed)  # model initialisation, the same on every rank
+        return create_model(args, num_outputs, input_size)
+
+    model = env.main_first(build).to(device)  # rank 0 fetches any weights first
     optimizer = create_optimizer(args, model)
     criterion = create_criterion(args, data.train.labels, len(classes), device)
-    steps = len(BatchLoader(data.train, np.arange(len(data.train)), args.batch_size))
+    shard_size = len(shard_order(np.arange(len(data.train)), env.rank, env.world_size))
+    steps = len(BatchLoader(data.train, np.arange(shard_size), args.batch_size))
     if steps == 0:
         raise MaskwatchError("too few training samples for one batch")
     schedule = Schedule(steps, steps * args.epochs, int(round(args.warmup_epochs * steps)),
                         args.lr)
     state = {"epoch": 0, "history": [], "best_val_loss": None, "best_epoch": None,
              "bad_epochs": 0, "stopped_early": False}
-    if resuming:
+    if resuming:  # every rank loads the same last state
         state.update(load_training_state(out / STATE_FILE, model, optimizer))
         state.pop("optimizer", None)
+        saved_world = state.pop("world_size", 1)
         log(f"resuming {out} after epoch {state['epoch']}")
-    else:
+        if saved_world != env.world_size:
+            log(f"note: the run used {saved_world} process(es), now {env.world_size}: "
+                "the shards and per-process batches differ from the interrupted run")
+    elif env.is_main:
         config = {"args": _jsonable(args), "input_size": input_size, "mean": mean, "std": std,
                   "model": {"arch": args.model, "outputs": num_outputs,
                             "arch_args": model.maskwatch_arch["args"]},
                   "augment": (PRESETS[args.augment].to_dict() if PRESETS[args.augment] else None),
-                  "device": str(device), "torch": torch.__version__, **data.summary}
+                  "device": str(device), "torch": torch.__version__,
+                  "world_size": env.world_size, **data.summary}
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         log(f"training {args.model} on {len(data.train)} faces "
             f"({data.summary['train_counts']}), validating on "
-            f"{len(data.val) if data.val else 0} ({data.summary['validation']}), {device}")
+            f"{len(data.val) if data.val else 0} ({data.summary['validation']}), {device}"
+            + (f", {env.world_size} processes x batch {args.batch_size}"
+               if env.distributed else ""))
+    net = wrap_model(model, env)  # DDP when distributed; ``model`` stays the plain one
 
     for epoch in range(state["epoch"], args.epochs):
         if state["stopped_early"]:
             break
-        order = epoch_order(data.train.labels, args.balance, args.seed, epoch)
+        order = epoch_order(data.train.labels, args.balance, args.seed, epoch)  # same seed
+        order = shard_order(order, env.rank, env.world_size)  # on every rank; disjoint parts
         loader = BatchLoader(data.train, order, args.batch_size)
         row = {"epoch": epoch + 1}
-        row.update(train_one_epoch(model, criterion, optimizer, loader, device, epoch, args,
-                                   schedule, mean, std))
+        row.update(train_one_epoch(net, criterion, optimizer, loader, device, epoch, args,
+                                   schedule, mean, std, env))
+        env.sync_buffers(model)  # batch-norm statistics: the mean over the ranks
         if data.val is not None:
-            row.update(evaluate(model, criterion, data.val, device, args, mean, std))
+            row.update(evaluate(model, criterion, data.val, device, args, mean, std, env))
         state["history"].append(row)
         state["epoch"] = epoch + 1
         monitored = row.get("val_loss", row["train_loss"])
@@ -564,14 +626,19 @@ def main(args) -> dict:
         info = model_info(args, classes, input_size, mean, std, extra)
         if improved:
             state.update(best_val_loss=monitored, best_epoch=epoch + 1, bad_epochs=0)
-            ckpt.save_checkpoint(out / "best.safetensors", model, info)
         else:
             state["bad_epochs"] += 1
         if args.patience and data.val is not None and state["bad_epochs"] >= args.patience:
             state["stopped_early"] = True
-        ckpt.save_checkpoint(out / "last.safetensors", model, info)
-        save_training_state(out / STATE_FILE, model, optimizer, state)
-        write_metrics(out, state["history"])
+        env.barrier()  # every rank finished the epoch
+        if env.is_main:
+            if improved:
+                ckpt.save_checkpoint(out / "best.safetensors", model, info)
+            ckpt.save_checkpoint(out / "last.safetensors", model, info)
+            save_training_state(out / STATE_FILE, model, optimizer,
+                                {**state, "world_size": env.world_size})
+            write_metrics(out, state["history"])
+        env.barrier()  # the epoch's files are complete before any rank goes on
         log(
             f"epoch {epoch + 1}/{args.epochs}: train loss {row['train_loss']:.4f} "
             f"acc {row['train_acc']:.3f}"
@@ -587,5 +654,6 @@ def main(args) -> dict:
         "best": str(out / "best.safetensors"), "last": str(out / "last.safetensors"),
         "final": state["history"][-1] if state["history"] else {},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if env.is_main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,0 +1,247 @@
+"""Batch inference: worker processes, streamed output, kill + --resume, and --shard."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+from maskwatch.cli import main as cli_main  # noqa: E402
+from maskwatch.errors import MaskwatchError  # noqa: E402
+from maskwatch.inference import batch  # noqa: E402
+from maskwatch.inference.modelfile import ModelInfo  # noqa: E402
+
+
+def _tiny_onnx(path: Path) -> Path:
+    """16 px ONNX classifier: logit with_mask = 8 x mean blue, without_mask = 8 x mean red."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.asarray([[0, 8], [0, 0], [8, 0]], np.float32), "W")
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    ModelInfo("tiny", ["with_mask", "without_mask"], 16, mean=[0.5] * 3,
+              std=[0.5] * 3).save_json(path.with_suffix(".json"))
+    return path
+
+
+@pytest.fixture
+def model(tmp_path) -> Path:
+    return _tiny_onnx(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture
+def folder(tmp_path, make_face) -> Path:
+    root = tmp_path / "faces"
+    for i in range(40):
+        make_face(root / ("a" if i % 2 else "b") / f"face{i:02d}.png", seed=i,
+                  masked=i % 3 == 0, size=24)
+    (root / "a" / "readme.txt").write_text("not an image")
+    return root
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _children(pid: int) -> list[int]:
+    """Live child process ids of ``pid`` (Linux /proc; empty elsewhere)."""
+    out = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _env(**extra: str) -> dict:
+    return dict(os.environ, OMP_WAIT_POLICY="PASSIVE", **extra)
+
+
+def test_kill_halfway_then_resume_has_no_gaps_or_duplicates(tmp_path, model, folder):
+    out = tmp_path / "out.jsonl"
+    argv = [sys.executable, "-m", "maskwatch", "classify", str(folder), "--model", str(model),
+            "--output", str(out), "--workers", "2"]
+    proc = subprocess.Popen(argv, env=_env(MASKWATCH_TEST_DELAY="0.1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not out.exists() or out.read_text().count("\n") < 8:
+            assert proc.poll() is None, "classify ended before it was killed"
+            assert time.time() < deadline, "no results within a minute"
+            time.sleep(0.02)
+        workers = _children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    first = _records(out)
+    assert 8 <= len(first) < 40  # killed halfway; every line written is a whole record
+    everything = sorted(str(p) for p in folder.rglob("*.png"))
+    # the output keeps the input order (folder listing order), with no hole
+    assert [r["path"] for r in first] == everything[: len(first)]
+    if Path("/proc/self/stat").exists():  # its worker processes do not outlive it
+        assert len(workers) >= 2
+        deadline = time.time() + 10
+        while any(_alive(pid) for pid in workers):
+            assert time.time() < deadline, "worker processes outlived the killed run"
+            time.sleep(0.1)
+
+    # without --resume an existing output file is never touched
+    before = out.read_bytes()
+    assert cli_main(["classify", str(folder), "--model", str(model), "--output", str(out)]) == 2
+    assert out.read_bytes() == before
+    rc = subprocess.run(argv + ["--resume"], env=_env(), capture_output=True, text=True,
+                        timeout=60)
+    assert rc.returncode == 0, rc.stderr
+    assert f"{40 - len(first)} image(s) written" in rc.stderr
+    final = _records(out)
+    assert [r["path"] for r in final] == everything  # each file exactly once, in order
+    assert final[: len(first)] == first  # what was there is kept as it was
+    from maskwatch.imaging import load_rgb
+    from maskwatch.inference.classifier import Classifier
+
+    clf = Classifier(model)
+    for r in final[:: 7]:
+        expected = clf.classify([load_rgb(r["path"])])[0]
+        assert r["label"] == expected.label and r["score"] == pytest.approx(expected.score)
+
+
+def test_classify_shards_cover_every_file_once(tmp_path, model, folder, capsys):
+    parts = []
+    for i in range(3):
+        path = tmp_path / f"part{i}.csv"
+        assert cli_main(["classify", str(folder), "--model", str(model), "--shard", f"{i}/3",
+                         "--output", str(path)]) == 0
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert list(rows[0]) == ["path", "label", "score", "p_with_mask", "p_without_mask"]
+        parts.append([r["path"] for r in rows])
+    assert sorted(len(p) for p in parts) == [13, 13, 14]
+    joined = [p for part in parts for p in part]
+    assert sorted(joined) == sorted(str(p) for p in folder.rglob("*.png"))
+    capsys.readouterr()
+    # the same split whatever order the inputs are named in
+    assert cli_main(["classify", str(folder / "b"), str(folder / "a"), "--model", str(model),
+                     "--shard", "1/3", "--json"]) == 0
+    again = [json.loads(x)["path"] for x in capsys.readouterr().out.splitlines()]
+    assert sorted(again) == sorted(parts[1])
+    # a CSV output resumes too: nothing is added twice
+    assert cli_main(["classify", str(folder), "--model", str(model), "--output",
+                     str(tmp_path / "part0.csv"), "--resume"]) == 0
+    with open(tmp_path / "part0.csv", newline="") as f:
+        paths = [r["path"] for r in csv.DictReader(f)]
+    assert sorted(paths) == sorted(joined)
+
+
+def test_bad_shard_and_output_arguments(tmp_path, model, folder, capsys):
+    with pytest.raises(SystemExit) as stop:  # argparse rejects it
+        cli_main(["classify", str(folder), "--model", str(model), "--shard", "3/3"])
+    assert stop.value.code == 2 and "0 <= I < N" in capsys.readouterr().err
+    assert cli_main(["classify", str(folder), "--model", str(model), "--resume"]) == 2
+    assert "--resume needs --output" in capsys.readouterr().err
+    assert cli_main(["classify", str(folder), "--model", str(model), "--output",
+                     str(tmp_path / "x.txt")]) == 2
+    assert "must end in .jsonl or .csv" in capsys.readouterr().err
+
+
+def test_writer_cuts_a_half_written_record(tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"path":"a.png","label":"with_mask"}\n{"path":"b.p')
+    assert batch.read_done(out) == {os.path.abspath("a.png"): -1}
+    with pytest.raises(MaskwatchError, match="already exists"):
+        batch.AppendWriter(out)
+    w = batch.AppendWriter(out, resume=True)
+    w.write({"path": "b.png"})
+    w.close()
+    assert [r["path"] for r in _records(out)] == ["a.png", "b.png"]
+    (tmp_path / "bad.jsonl").write_text("hello\n")
+    with pytest.raises(MaskwatchError, match="not a JSON line"):
+        batch.read_done(tmp_path / "bad.jsonl")
+
+
+def test_ordered_map_keeps_order_with_bounded_workers():
+    tasks = [3, 1, 2, 0, 5, 4]
+    assert list(batch.ordered_map(_slow_square, tasks, workers=2, max_in_flight=3)) == [
+        9, 1, 4, 0, 25, 16]
+    assert list(batch.ordered_map(_slow_square, tasks, workers=1)) == [9, 1, 4, 0, 25, 16]
+    assert batch.select_shard(list("dcba"), (0, 2)) == ["c", "a"]
+
+
+def _slow_square(x: int) -> int:
+    time.sleep(0.02 * x)
+    return x * x
+
+
+def test_detect_shards_resume_and_workers(tmp_path, make_face):
+    pytest.importorskip("cv2")
+    from detection_helpers import scene, write_image
+
+    root = tmp_path / "scenes"
+    img, _ = scene(width=320, height=240, faces=((20, 30, 110, False), (180, 30, 110, True)))
+    for i in range(3):
+        write_image(root / f"people{i}.jpg", img)
+    for i in range(5):
+        make_face(root / f"crop{i}.png", seed=i, size=32)
+    common = ["--faces-only", "--detect-size", "320", "--threads", "1", "--quiet"]
+    parts = []
+    for i in range(2):
+        out = tmp_path / f"d{i}.jsonl"
+        assert cli_main(["detect", str(root), "--shard", f"{i}/2", "--output", str(out),
+                         *common]) == 0
+        parts.append(_records(out))
+    names = sorted(Path(r["path"]).name for part in parts for r in part)
+    assert names == sorted(p.name for p in root.iterdir())  # each image once, faces or not
+    # resume shard 0's file over the whole folder: only the other shard's images are added
+    merged = tmp_path / "d0.jsonl"
+    assert cli_main(["detect", str(root), "--output", str(merged), "--resume", *common]) == 0
+    records = _records(merged)
+    assert sorted(Path(r["path"]).name for r in records) == names
+    # worker processes give the same results as this process, in the same order
+    pooled = tmp_path / "pooled.csv"
+    assert cli_main(["detect", str(root), "--output", str(pooled), "--workers", "2",
+                     *common]) == 0
+    with open(pooled, newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_path = {r["path"]: r["faces"] for r in records}
+    seen = []
+    for row in rows:
+        if row["path"] not in seen:
+            seen.append(row["path"])
+    assert seen == sorted(by_path)  # one or more rows per image, input order
+    for path, faces in by_path.items():
+        boxes = [[int(r[k]) for k in ("x1", "y1", "x2", "y2")] for r in rows
+                 if r["path"] == path and r["face"] != ""]
+        assert boxes == [f["box"] for f in faces]
+    assert sum(len(f) for f in by_path.values()) >= 6  # the scenes' faces were found
