@@ -1,7 +1,8 @@
 """Train the bundled classifier and measure it across datasets.
 
 Recipe: torchvision's ImageNet MobileNetV2 at 96 px; blocks 0-13 frozen, their outputs
-computed once per image for a few augmented views and cached; blocks 14-18 and the head
+computed once per image for a few augmented views ("scene" preset: strong augmentation
+plus low-resolution round trips, as distant faces look) and cached; blocks 14-18 and the head
 fine-tuned on the cache (AdamW, cosine schedule, class weights, early stopping on
 validation loss). The same cache serves every cross-dataset experiment:
 
@@ -36,7 +37,7 @@ from maskwatch.data import load_dataset, split_dataset, write_manifest  # noqa: 
 from maskwatch.inference.modelfile import ModelInfo  # noqa: E402
 from maskwatch.labels import WITH_MASK, WITHOUT_MASK  # noqa: E402
 from maskwatch.models import create_model  # noqa: E402
-from maskwatch.training.augment import AugmentConfig, augment_batch  # noqa: E402
+from maskwatch.training.augment import PRESETS, augment_batch  # noqa: E402
 from maskwatch.training.data import decode_faces  # noqa: E402
 
 CLASSES = [WITH_MASK, WITHOUT_MASK]
@@ -45,7 +46,6 @@ SIZE = 96
 MARGIN_SCENES = 0.15  # matches the detector's crop margin
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
-VIEWS = 4  # view 0: plain; 1..: augmented
 
 
 def log(msg: str) -> None:
@@ -100,9 +100,10 @@ def base_model() -> nn.Module:
 
 
 @torch.inference_mode()
-def features(frozen: nn.Module, faces: np.ndarray, view: int, seed: int) -> torch.Tensor:
-    """Block-13 outputs (fp16) for one view of every face."""
-    cfg = None if view == 0 else AugmentConfig()
+def features(frozen: nn.Module, faces: np.ndarray, view: int, seed: int,
+             augment: str) -> torch.Tensor:
+    """Block-13 outputs (fp16) for one view of every face (view 0: not augmented)."""
+    cfg = None if view == 0 else PRESETS[augment]
     g = torch.Generator().manual_seed(seed * 1000 + view)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
@@ -113,7 +114,7 @@ def features(frozen: nn.Module, faces: np.ndarray, view: int, seed: int) -> torc
     return torch.cat(out)
 
 
-def build_cache(sets: dict, out: Path, seed: int) -> dict:
+def build_cache(sets: dict, out: Path, seed: int, augment: str, views: int) -> dict:
     """Decode faces once per set and compute the frozen features of every view."""
     model = base_model().eval()
     frozen = nn.Sequential(*list(model.features.children())[:FROZEN_BLOCKS]).eval()
@@ -123,13 +124,14 @@ def build_cache(sets: dict, out: Path, seed: int) -> dict:
         margin = MARGIN_SCENES if name == "s853" else 0.0
         faces = decode_faces(samples, SIZE, margin, cache_dir=out / "cache", desc=name)
         keep = np.flatnonzero(faces.ok)
-        path = out / "cache" / f"feat-{name}-{SIZE}-{VIEWS}-{seed}.pt"
+        path = out / "cache" / f"feat-{name}-{SIZE}-{augment}-{views}-{seed}.pt"
         if path.is_file():
             feats = torch.load(path, weights_only=True)
         else:
-            log(f"{name}: frozen features for {len(keep)} faces x {VIEWS} views")
+            log(f"{name}: frozen features for {len(keep)} faces x {views} views")
             imgs = np.asarray(faces.images)[keep]
-            feats = torch.stack([features(frozen, imgs, v, seed) for v in range(VIEWS)], 1)
+            feats = torch.stack([features(frozen, imgs, v, seed, augment)
+                                 for v in range(views)], 1)
             torch.save(feats, path)
         kept = [samples[i] for i in keep]
         cache[name] = {
@@ -143,14 +145,18 @@ def build_cache(sets: dict, out: Path, seed: int) -> dict:
 
 
 def select(cache: dict, parts: list[tuple[str, str | None]]):
-    """Concatenate (features, labels) of (set, split) parts; split None = all of the set."""
-    xs, ys = [], []
+    """Concatenate (features, labels, face sides) of (set, split) parts; split None = all.
+
+    The face side (the shorter side of the box, in pixels) is 0 for face-crop datasets."""
+    xs, ys, sides = [], [], []
     for name, split in parts:
         c = cache[name]
         idx = np.arange(len(c["y"])) if split is None else np.flatnonzero(c["split"] == split)
         xs.append(c["feats"][idx])
         ys.append(c["y"][idx])
-    return torch.cat(xs), torch.cat(ys)
+        sides.append(np.array([min(b[2] - b[0], b[3] - b[1]) if b else 0
+                               for b in (c["samples"][i].box for i in idx)]))
+    return torch.cat(xs), torch.cat(ys), np.concatenate(sides)
 
 
 def select_published(cache: dict, sets: dict, split: str):
@@ -158,7 +164,7 @@ def select_published(cache: dict, sets: dict, split: str):
     c = cache["k12"]
     idx = [c["path"][str(s.path) + str(s.box)] for s in sets["k12"]["published"]
            if s.split == split and str(s.path) + str(s.box) in c["path"]]
-    return c["feats"][idx], c["y"][idx]
+    return c["feats"][idx], c["y"][idx], np.zeros(len(idx))
 
 
 def run_epoch(tail, x, y, opt, sched, weights, batch, g) -> float:
@@ -213,7 +219,7 @@ def train_tail(train, val, epochs: int, seed: int, lr: float = 1e-3, batch: int 
     torch.manual_seed(seed)
     model = base_model()
     tail = Tail(model)
-    x, y = train
+    x, y = train[0], train[1]
     counts = torch.bincount(y, minlength=2).float()
     weights = counts.sum() / (2 * counts.clamp(min=1))
     opt = torch.optim.AdamW(tail.parameters(), lr=lr, weight_decay=0.02)
@@ -256,6 +262,13 @@ def experiment(name, cache, train_parts, val_parts, tests, epochs, seed, target)
         probs = predict(tail, test[0])
         result["test"][test_name] = {"at_0.5": metrics(probs, test[1], 0.5),
                                      "at_val_threshold": metrics(probs, test[1], thr)}
+        sides = test[2]
+        if sides.any():  # faces cut from scenes: how accuracy depends on face size
+            result["test"][test_name]["by_face_side_at_val_threshold"] = {
+                f"{lo}-{hi}px": metrics(probs[m], test[1][m], thr)
+                for lo, hi in ((0, 16), (16, 32), (32, 64), (64, 10_000))
+                if (m := torch.from_numpy((sides >= lo) & (sides < hi))).any()
+            }
         log(f"  {test_name}: {result['test'][test_name]}")
     return {"result": result, "model": model, "threshold": thr}
 
@@ -269,6 +282,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed for splits and training")
     ap.add_argument("--target-recall", type=float, default=0.98,
                     help="without_mask recall the threshold is chosen for (on validation)")
+    ap.add_argument("--augment", default="scene", choices=sorted(PRESETS),
+                    help="augmentation preset of the cached views 1..N-1")
+    ap.add_argument("--views", type=int, default=4, help="cached views per face (view 0 plain)")
+    ap.add_argument("--results", default="results.json", help="results file name in --out")
     ap.add_argument("--only", nargs="*", default=None, help="experiments to run")
     ap.add_argument("--install", action="store_true",
                     help="write the bundled model to src/maskwatch/assets/")
@@ -277,7 +294,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sets = load_all(Path(args.datasets), out, args.seed)
-    cache = build_cache(sets, out, args.seed)
+    cache = build_cache(sets, out, args.seed, args.augment, args.views)
     everything = lambda name: select(cache, [(name, None)])  # noqa: E731
     plan = {
         "x1_train_12k_7553_test_853": ([("k12", "train"), ("d7553", "train")],
@@ -297,7 +314,7 @@ def main() -> int:
                     [("k12", "val"), ("d7553", "val"), ("s853", "val")],
                     {"853_test_scenes": select(cache, [("s853", "test")])}),
     }
-    results_path = out / "results.json"
+    results_path = out / args.results
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for name, (train_parts, val_parts, tests) in plan.items():
         if args.only and name not in args.only:
@@ -307,13 +324,14 @@ def main() -> int:
         results[name] = exp["result"]
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         if name == "bundled":
-            save_bundled(exp["model"], exp["threshold"], exp["result"], out, args.install)
+            save_bundled(exp["model"], exp["threshold"], exp["result"], out, args.install,
+                         args.augment)
     log(f"results in {results_path}")
     return 0
 
 
 def save_bundled(model: nn.Module, threshold: float, result: dict, out: Path,
-                 install: bool) -> None:
+                 install: bool, augment: str) -> None:
     """Checkpoint (safetensors) and ONNX of the assembled network (Tail shares its modules)."""
     from maskwatch.export import export_onnx
     from maskwatch.training.checkpoint import save_checkpoint
@@ -326,6 +344,7 @@ def save_bundled(model: nn.Module, threshold: float, result: dict, out: Path,
             "face-mask-detection-853 (train scenes)"],
             "validation": result["val"], "margin": MARGIN_SCENES},
     )
+    info.extra["augment"] = augment
     model.eval()
     save_checkpoint(out / "bundled.safetensors", model, info)
     export_onnx(model, info, out / "mask_classifier.onnx")

@@ -185,3 +185,14 @@ def test_cli_demo(tmp_path, capsys, fake_classifier):
 
 def test_head_fixture_is_the_sample_photo():
     assert head().shape == (300, 270, 3)
+
+
+def test_box_calibration_moves_boxes_onto_annotation_style():
+    from maskwatch.detection.faces import CenterFaceDetector, calibrate_box
+
+    assert calibrate_box((0, 0, 100, 100), (1.0, 1.0, 0.0, 0.0)) == (0, 0, 100, 100)
+    x1, y1, x2, y2 = calibrate_box((0, 0, 100, 200), (1.0, 0.9, 0.0, 0.11))
+    assert (x1, x2) == (0, 100)
+    assert y2 - y1 == pytest.approx(180)  # 0.9 of the height
+    assert (y1 + y2) / 2 == pytest.approx(100 + 22)  # centre 0.11 heights lower
+    assert CenterFaceDetector.box_calibration is not None

@@ -63,14 +63,28 @@ def _check_rgb(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def calibrate_box(box, calibration: tuple[float, float, float, float]):
+    """Scale a box's width and height and shift its centre (shifts in box widths/heights)."""
+    x1, y1, x2, y2 = box
+    ws, hs, dx, dy = calibration
+    w, h = x2 - x1, y2 - y1
+    cx, cy = (x1 + x2) / 2 + dx * w, (y1 + y2) / 2 + dy * h
+    return cx - ws * w / 2, cy - hs * h / 2, cx + ws * w / 2, cy + hs * h / 2
+
+
 class FaceDetector:
     """Finds faces in an RGB image. Subclasses implement :meth:`_detect` on a resized image."""
 
     name = "base"
+    #: (width scale, height scale, centre x shift in widths, centre y shift in heights) that
+    #: moves this detector's boxes onto the eyebrows-to-chin boxes people annotate (and that
+    #: the classifier's training crops were cut from); None leaves boxes as they come.
+    box_calibration: tuple[float, float, float, float] | None = None
 
     def __init__(self, threshold: float | None = None, detect_size: int = DEFAULT_DETECT_SIZE,
-                 upscale: bool = False):
+                 upscale: bool = False, calibrate: bool = True):
         self.upscale = bool(upscale)
+        self.calibration = self.box_calibration if calibrate else None
         self.threshold = DEFAULT_THRESHOLDS.get(self.name, 0.5) if threshold is None else threshold
         if not 0.0 <= self.threshold <= 1.0:
             raise MaskwatchError(f"face threshold must be in [0, 1], got {self.threshold}")
@@ -103,6 +117,8 @@ class FaceDetector:
         sx = w / small.shape[1]
         out: list[Box] = []
         for x1, y1, x2, y2, score in raw:
+            if self.calibration is not None:
+                x1, y1, x2, y2 = calibrate_box((x1, y1, x2, y2), self.calibration)
             bx1 = int(np.clip(np.floor(x1 * sx), 0, w - 1))
             by1 = int(np.clip(np.floor(y1 * sy), 0, h - 1))
             bx2 = int(np.clip(np.ceil(x2 * sx), bx1 + 1, w))
@@ -292,6 +308,9 @@ class CenterFaceDetector(FaceDetector):
     """CenterFace (anchor-free, 4x down-sampled heat map) run with onnxruntime."""
 
     name = "centerface"
+    # Measured on 843 matched faces of the 853-scene set's training scenes (median of
+    # annotation / detection): same width, 0.90 of the height, centre 0.11 heights lower.
+    box_calibration = (1.0, 0.90, 0.0, 0.11)
 
     def __init__(
         self,
@@ -301,8 +320,9 @@ class CenterFaceDetector(FaceDetector):
         nms_iou: float = 0.3,
         model_path: str | Path | None = None,
         upscale: bool = False,
+        calibrate: bool = True,
     ):
-        super().__init__(threshold, detect_size, upscale)
+        super().__init__(threshold, detect_size, upscale, calibrate)
         import onnxruntime as ort
 
         path = Path(model_path) if model_path else centerface_path()

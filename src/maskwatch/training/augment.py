@@ -27,6 +27,8 @@ class AugmentConfig:
     saturation: float = 0.25
     colour: float = 0.05  # per-channel gain jitter
     blur: float = 0.2  # probability of a 3x3 Gaussian blur
+    lowres: float = 0.0  # probability of a down-and-up resize (faces far from the camera)
+    lowres_size: tuple[int, int] = (12, 40)  # side, in pixels, the face is shrunk to
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,6 +41,9 @@ PRESETS = {
     "standard": AugmentConfig(),
     "strong": AugmentConfig(rotate=15.0, scale=(0.6, 1.0), ratio=(0.75, 1.33), brightness=0.4,
                             contrast=0.4, saturation=0.4, colour=0.1, blur=0.3),
+    # strong + low resolution: for faces cropped from scene photos and video
+    "scene": AugmentConfig(rotate=15.0, scale=(0.6, 1.0), ratio=(0.75, 1.33), brightness=0.4,
+                           contrast=0.4, saturation=0.4, colour=0.1, blur=0.2, lowres=0.5),
 }
 
 
@@ -108,6 +113,21 @@ def blur(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
     return torch.where(pick, blurred, x)
 
 
+def low_resolution(x: torch.Tensor, p: float, sizes: tuple[int, int],
+                   g: torch.Generator) -> torch.Tensor:
+    """Shrink a random fraction ``p`` of the batch to a random side in ``sizes`` and
+    enlarge it back, as a small, distant face looks once resized to the model's input."""
+    n, _, h, w = x.shape
+    pick = torch.rand(n, generator=g) < p
+    side = torch.randint(sizes[0], sizes[1] + 1, (n,), generator=g)
+    out = x.clone()
+    for s in side[pick].unique().tolist():
+        idx = torch.nonzero(pick & (side == s)).flatten().to(x.device)
+        small = F.interpolate(x[idx], size=(min(s, h), min(s, w)), mode="area")
+        out[idx] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return out
+
+
 def augment_batch(
     batch: torch.Tensor, cfg: AugmentConfig | None, g: torch.Generator
 ) -> torch.Tensor:
@@ -119,4 +139,6 @@ def augment_batch(
     x = photometric(x, cfg, g)
     if cfg.blur > 0:
         x = blur(x, cfg.blur, g)
-    return x
+    if cfg.lowres > 0:
+        x = low_resolution(x, cfg.lowres, cfg.lowres_size, g)
+    return x.clamp_(0.0, 1.0)

@@ -63,7 +63,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="label smoothing (softmax loss)")
     o.add_argument("--balance", choices=("weights", "sampler", "none"), default="weights",
                    help="counter class imbalance with loss weights or a balanced sampler")
-    o.add_argument("--augment", choices=("none", "light", "standard", "strong"),
+    o.add_argument("--augment", choices=("none", "light", "standard", "strong", "scene"),
                    default="standard", help="augmentation strength")
     o.add_argument("--patience", type=int, default=5,
                    help="stop after this many epochs without a lower validation loss (0: never)")
