@@ -144,17 +144,10 @@ def run_demo(args) -> int:
 def run_evaluate(args) -> int:
     from maskwatch.detection.evaluate import evaluate_detection, load_scenes
     from maskwatch.detection.pipeline import Detector
+    from maskwatch.detection.runner import detector_options
 
     scenes = load_scenes(args.data, args.limit)
-    detector = Detector(
-        face_detector=args.detector,
-        classifier=False if args.faces_only else args.model,
-        threads=args.threads,
-        face_threshold=args.face_threshold,
-        margin=args.margin,
-        detect_size=args.detect_size,
-        upscale=args.upscale,
-    )
+    detector = Detector(**detector_options(args))
     report = evaluate_detection(
         scenes, detector.detect, recall_iou=args.recall_iou, progress=not args.quiet,
         on_error=lambda msg: print(f"maskwatch: error: {msg}", file=sys.stderr),

@@ -38,8 +38,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _faces(path: str | None, limit: int, seed: int):
-    """Up to ``limit`` face crops and their labels from a dataset, picked at random."""
+def _faces(path: str | None, limit: int, seed: int, margin: float = 0.0):
+    """Up to ``limit`` face crops and their labels from a dataset, picked at random
+    (boxes grown by ``margin``, as the model's training crops were)."""
     import numpy as np
 
     if path is None:
@@ -52,7 +53,7 @@ def _faces(path: str | None, limit: int, seed: int):
     faces, labels = [], []
     for i in order:
         try:
-            faces.append(read_face(samples[i]))
+            faces.append(read_face(samples[i], margin))
             labels.append(samples[i].label)
         except Exception as exc:  # a bad file is reported and skipped
             print(f"maskwatch: skipping {samples[i].path}: {exc}", file=sys.stderr)
@@ -84,7 +85,8 @@ def run(args) -> int:
 
     model, info = load_checkpoint(src, device="cpu")
     export_onnx(model, info, out, opset=args.opset)
-    faces, _ = _faces(args.check_data, args.limit, args.seed)
+    margin = float(info.extra.get("margin", 0.0))
+    faces, _ = _faces(args.check_data, args.limit, args.seed, margin)
     ref = torch_probabilities(model, info, faces)
     fp32 = onnx_probabilities(out, faces)
     report = {
@@ -93,7 +95,7 @@ def run(args) -> int:
         "check_data": args.check_data or "random noise images",
         "max_prob_diff": float(np.abs(ref - fp32).max()) if len(faces) else 0.0,
     }
-    eval_faces, eval_labels = _faces(args.eval_data, args.limit, args.seed + 1)
+    eval_faces, eval_labels = _faces(args.eval_data, args.limit, args.seed + 1, margin)
     if args.eval_data:
         report["eval_images"] = len(eval_faces)
         report["accuracy_torch"] = accuracy(torch_probabilities(model, info, eval_faces),

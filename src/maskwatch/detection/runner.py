@@ -292,6 +292,20 @@ class Run:
         return "\n".join(parts)
 
 
+def detector_options(args) -> dict:
+    """Detector keyword arguments from the options `detect` and `evaluate-detection` share."""
+    return dict(
+        face_detector=args.detector,
+        classifier=False if args.faces_only else args.model,
+        threads=args.threads,
+        face_threshold=args.face_threshold,
+        margin=args.margin,
+        detect_size=args.detect_size,
+        min_face=getattr(args, "min_face", 0),
+        upscale=args.upscale,
+    )
+
+
 def run_detect(args) -> int:
     """Images go to ``--workers`` processes (results recorded in input order); videos,
     cameras and streams always run here, one after the other, frame by frame."""
@@ -303,16 +317,7 @@ def run_detect(args) -> int:
         raise MaskwatchError("--resume needs --output FILE")
     if workers < 1:
         raise MaskwatchError("--workers must be at least 1")
-    options = dict(
-        face_detector=args.detector,
-        classifier=False if args.faces_only else args.model,
-        threads=args.threads,
-        face_threshold=args.face_threshold,
-        margin=args.margin,
-        detect_size=args.detect_size,
-        min_face=args.min_face,
-        upscale=args.upscale,
-    )
+    options = detector_options(args)
     detector = Detector(**options)
     run = Run(args, detector)
     sources = list(iter_sources(args.inputs, run.fail))
