@@ -6,6 +6,8 @@ import os
 
 # OpenMP busy-waiting makes torch and yuface many times slower on a busy machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# maskwatch reports unreadable cameras and files itself, in one line each.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 __version__ = "0.1.0"
 
