@@ -55,3 +55,20 @@ def test_classify_runs_without_torch(tmp_path):
     assert record["label"] in ("with_mask", "without_mask")
     assert set(record["scores"]) == {"with_mask", "without_mask"}
     assert record["score"] == pytest.approx(record["scores"][record["label"]], abs=1e-3)
+
+
+def test_threshold_option_overrides_the_models(tmp_path, capsys):
+    """--threshold 0 calls every face unmasked; --threshold 1 only certain ones."""
+    from maskwatch.cli import main
+    from maskwatch.imaging import save_rgb
+
+    image = tmp_path / "grey.jpg"
+    save_rgb(image, np.full((64, 64, 3), 128, np.uint8))
+    assert main(["classify", str(image), "--json", "--threshold", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] == "without_mask"
+    assert main(["classify", str(image), "--json", "--threshold", "1"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["label"] == "with_mask" or record["scores"]["without_mask"] == 1.0
+    assert Classifier(threshold=0.25).threshold == 0.25
+    assert main(["classify", str(image), "--threshold", "2"]) == 2
+    assert "threshold" in capsys.readouterr().err

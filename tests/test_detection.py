@@ -131,7 +131,7 @@ def test_draw_colours_and_sizes():
 @pytest.fixture
 def fake_classifier(monkeypatch):
     fake = SkinClassifier()
-    monkeypatch.setattr(pipeline, "_load_classifier", lambda c, t: fake)
+    monkeypatch.setattr(pipeline, "_load_classifier", lambda c, t, threshold=None: fake)
     return fake
 
 

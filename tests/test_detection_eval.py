@@ -83,7 +83,7 @@ def test_parse_voc_and_bad_xml(voc_dir, tmp_path):
 
 
 def test_cli_evaluate_detection_json(voc_dir, capsys, monkeypatch):
-    monkeypatch.setattr(pipeline, "_load_classifier", lambda c, t: SkinClassifier())
+    monkeypatch.setattr(pipeline, "_load_classifier", lambda c, t, threshold=None: SkinClassifier())
     assert main(["evaluate-detection", "--data", str(voc_dir), "--json", "--quiet",
                  "--threads", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -14,8 +14,10 @@ from maskwatch.models import create_model, freeze_backbone, list_models, model_s
 
 torch.set_num_threads(1)
 
-SIZE = {"seed_cnn224": 32, "seed_cnn128": 32, "mobilenet_v3_large": 64, "mobilenet_v3_small": 64}
-HEAVY = {"vgg16", "resnet50"}  # forward pass only: too slow to train on 2 shared cores
+SIZE = {"seed_cnn224": 32, "seed_cnn128": 32, "mobilenet_v3_large": 64, "mobilenet_v3_small": 64,
+        "inception_v3": 75}
+# forward pass only: too slow to train on 2 shared cores
+HEAVY = {"vgg16", "resnet50", "inception_v3"}
 
 
 def build(name: str, num_classes: int = 3, **kw):
@@ -135,6 +137,37 @@ def test_vgg16_names():
     assert tuple(sd["features.28.weight"].shape) == (512, 512, 3, 3)
     assert tuple(sd["classifier.0.weight"].shape) == (4096, 25088)
     assert tuple(sd["classifier.6.weight"].shape) == (10, 4096)
+
+
+def test_inception_v3_names_and_aux_head():
+    from maskwatch.models.weights import apply_state
+
+    plain = create_model("inception_v3", 1000)
+    sd = plain.state_dict()
+    assert sum(p.numel() for p in plain.parameters()) == 23_834_568  # torchvision, no aux
+    assert tuple(sd["Conv2d_1a_3x3.conv.weight"].shape) == (32, 3, 3, 3)
+    assert tuple(sd["Conv2d_4a_3x3.bn.running_mean"].shape) == (192,)
+    assert tuple(sd["Mixed_5b.branch_pool.conv.weight"].shape) == (32, 192, 1, 1)
+    assert tuple(sd["Mixed_6e.branch7x7dbl_5.conv.weight"].shape) == (192, 192, 1, 7)
+    assert tuple(sd["Mixed_7c.branch3x3dbl_3b.conv.weight"].shape) == (384, 384, 3, 1)
+    assert tuple(sd["fc.weight"].shape) == (1000, 2048)
+    assert plain.Conv2d_1a_3x3.bn.eps == 0.001
+    assert not any(k.startswith("AuxLogits.") for k in sd)
+    aux = create_model("inception_v3", 1000, aux_logits=True)
+    full = aux.state_dict()
+    assert sum(p.numel() for p in aux.parameters()) == 27_161_264  # torchvision with aux
+    assert tuple(full["AuxLogits.conv1.conv.weight"].shape) == (768, 128, 5, 5)
+    assert tuple(full["AuxLogits.fc.weight"].shape) == (1000, 768)
+    keys = list(full)  # torchvision's order: AuxLogits sits between Mixed_6e and Mixed_7a
+    assert keys.index("AuxLogits.conv0.conv.weight") > keys.index("Mixed_6e.branch_pool.bn.bias")
+    assert keys.index("AuxLogits.fc.bias") < keys.index("Mixed_7a.branch3x3_1.conv.weight")
+    # a published (aux) state dict fits the aux-less model: its AuxLogits are dropped
+    small = create_model("inception_v3", 2)
+    assert not any(k.startswith("AuxLogits.") for k in small.adapt_pretrained(full))
+    out = apply_state(small, full, "inception_v3", "aux")
+    assert out["skipped"] == ["fc.weight", "fc.bias"]
+    assert torch.equal(small.state_dict()["Mixed_7b.branch1x1.conv.weight"],
+                       full["Mixed_7b.branch1x1.conv.weight"])
 
 
 def test_freeze_backbone_leaves_only_the_head_trainable():

@@ -171,7 +171,7 @@ def test_alert_fires_after_n_frames_and_is_rate_limited(tmp_path):
 
 
 def test_cli_detect_video(clip, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(pipeline, "_load_classifier", lambda c, t: SkinClassifier())
+    monkeypatch.setattr(pipeline, "_load_classifier", lambda c, t, threshold=None: SkinClassifier())
     out = tmp_path / "out"
     code = main(["detect", str(clip), "--out", str(out), "--json", "--quiet", "--threads", "1",
                  "--alert-after", "4", "--alert-command",
@@ -194,7 +194,7 @@ def test_cli_detect_video(clip, tmp_path, capsys, monkeypatch):
 
 
 def test_cli_detect_truncated_video_and_absent_camera(clip, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(pipeline, "_load_classifier", lambda c, t: SkinClassifier())
+    monkeypatch.setattr(pipeline, "_load_classifier", lambda c, t, threshold=None: SkinClassifier())
     cut = tmp_path / "cut.mp4"
     data = clip.read_bytes()
     cut.write_bytes(data[: len(data) // 3])

@@ -50,6 +50,15 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_threshold_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threshold", type=float, default=None,
+        help="call a face without_mask when its probability reaches this (0-1); lower misses "
+        "fewer unmasked faces and raises more false alarms (default: the model's, see "
+        "MODEL_CARD.md)",
+    )
+
+
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="CPU threads for inference (0: all cores)"

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from maskwatch.cli.common import add_command, add_model_argument, add_threads_argument, print_json
+from maskwatch.cli.common import (
+    add_command,
+    add_model_argument,
+    add_threads_argument,
+    add_threshold_argument,
+    print_json,
+)
 
 ORDER = 40
 
@@ -23,6 +29,7 @@ def _add_detector_arguments(p: argparse.ArgumentParser) -> None:
         help="face score threshold (default: 0.4 for centerface, 0.5 for yunet); lower finds "
         "more faces and more false boxes",
     )
+    add_threshold_argument(p)
     p.add_argument(
         "--detect-size", type=int, default=960,
         help="long side, in pixels, images are shrunk to for face detection; boxes are "

@@ -8,7 +8,12 @@ ORDER = 30
 
 
 def register(subparsers) -> None:
-    from maskwatch.cli.common import add_command, add_model_argument, add_threads_argument
+    from maskwatch.cli.common import (
+        add_command,
+        add_model_argument,
+        add_threads_argument,
+        add_threshold_argument,
+    )
 
     p = add_command(
         subparsers, "evaluate", help="measure a classifier on a labelled dataset",
@@ -53,6 +58,7 @@ def register(subparsers) -> None:
     c.add_argument("--json", action="store_true",
                    help="one JSON object per image: path, label, score, scores")
     c.add_argument("--batch-size", type=int, default=32, help="faces per inference batch")
+    add_threshold_argument(c)
     add_threads_argument(c)
     add_batch_arguments(c)
     c.set_defaults(func=run_classify)
@@ -196,7 +202,7 @@ def run_classify(args) -> int:
     # the model is loaded here too: a bad --model fails once, with one line, before any
     # worker starts, and the CSV columns need its classes
     threads = args.threads if args.workers == 1 else (args.threads or 1)
-    batch.init_classifier(args.model, threads, args.batch_size)
+    batch.init_classifier(args.model, threads, args.batch_size, args.threshold)
     classes = batch.loaded_classifier().classes
     writer, skipped = None, 0
     if args.output:
@@ -221,7 +227,8 @@ def run_classify(args) -> int:
         bar = tqdm(total=len(files), desc="classify", unit="img", file=sys.stderr)
     try:
         results = batch.ordered_map(batch.classify_chunk, tasks, args.workers,
-                                    batch.init_classifier, (args.model, threads, size))
+                                    batch.init_classifier,
+                                    (args.model, threads, size, args.threshold))
         for chunk in results:
             for path, pred, err in chunk:
                 if bar is not None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 import sys
 
-from maskwatch.cli.common import add_command, add_model_argument, add_threads_argument
+from maskwatch.cli.common import (
+    add_command,
+    add_model_argument,
+    add_threads_argument,
+    add_threshold_argument,
+)
 from maskwatch.errors import MaskwatchError
 
 ORDER = 60
@@ -38,6 +43,7 @@ def register(subparsers) -> None:
         "--insecure-no-key", action="store_true",
         help="allow a non-loopback --host without --api-key (anyone who can reach it may use it)",
     )
+    add_threshold_argument(p)
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload, MB")
     p.add_argument("--max-video-mb", type=float, default=100.0, help="largest video upload, MB")
     p.add_argument(
@@ -93,9 +99,10 @@ def run(args) -> int:
         model=args.model,
         detector=args.detector,
         threads=args.threads,
+        threshold=args.threshold,
     )
     # Load the models before binding, so a bad --model is one clear error, not a traceback.
-    kwargs = {"classifier": args.model, "threads": args.threads}
+    kwargs = {"classifier": args.model, "threads": args.threads, "threshold": args.threshold}
     if args.detector:
         kwargs["face_detector"] = args.detector
     detector = Detector(**kwargs)

@@ -54,13 +54,13 @@ def crop_face(rgb: np.ndarray, box, margin: float = DEFAULT_MARGIN) -> np.ndarra
     return rgb[cy1:cy2, cx1:cx2]
 
 
-def _load_classifier(classifier, threads: int):
+def _load_classifier(classifier, threads: int, threshold: float | None = None):
     if classifier is False:
         return None
     if classifier is None or isinstance(classifier, (str, Path)):
         from maskwatch.inference.classifier import Classifier
 
-        return Classifier(classifier, threads=threads)
+        return Classifier(classifier, threads=threads, threshold=threshold)
     if not hasattr(classifier, "classify"):
         raise MaskwatchError(f"classifier must be a path or a Classifier, got {classifier!r}")
     return classifier
@@ -84,6 +84,7 @@ class Detector:
         detect_size: int = DEFAULT_DETECT_SIZE,
         min_face: int = 0,
         upscale: bool = False,
+        threshold: float | None = None,
     ):
         if not 0.0 <= margin <= 1.0:
             raise MaskwatchError(f"margin must be in [0, 1], got {margin}")
@@ -91,7 +92,7 @@ class Detector:
             face_detector, threshold=face_threshold, detect_size=detect_size, threads=threads,
             upscale=upscale,
         )
-        self.classifier = _load_classifier(classifier, threads)
+        self.classifier = _load_classifier(classifier, threads, threshold)
         self.margin = float(margin)
         self.min_face = int(min_face)
 

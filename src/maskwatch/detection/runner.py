@@ -303,6 +303,7 @@ def detector_options(args) -> dict:
         detect_size=args.detect_size,
         min_face=getattr(args, "min_face", 0),
         upscale=args.upscale,
+        threshold=getattr(args, "threshold", None),
     )
 
 

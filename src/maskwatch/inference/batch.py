@@ -279,13 +279,15 @@ def _test_delay() -> float:
 _STATE: dict[str, Any] = {}
 
 
-def init_classifier(model: str | None, threads: int, batch_size: int) -> None:
+def init_classifier(model: str | None, threads: int, batch_size: int,
+                    threshold: float | None = None) -> None:
     """Load the classifier once per process (kept for ``classify_chunk``)."""
     from maskwatch.inference.classifier import Classifier
 
-    key = (model, threads, batch_size)
+    key = (model, threads, batch_size, threshold)
     if _STATE.get("classifier_key") != key:
-        _STATE["classifier"] = Classifier(model, threads=threads, batch_size=batch_size)
+        _STATE["classifier"] = Classifier(model, threads=threads, batch_size=batch_size,
+                                          threshold=threshold)
         _STATE["classifier_key"] = key
 
 

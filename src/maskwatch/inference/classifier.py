@@ -7,7 +7,7 @@ ONNX models run on onnxruntime (no torch needed); ``.safetensors`` checkpoints f
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -88,7 +88,9 @@ class _TorchBackend:
 class Classifier:
     """Scores face crops: ``predict_proba`` gives probabilities, ``classify`` labels."""
 
-    def __init__(self, model: str | Path | None = None, threads: int = 0, batch_size: int = 32):
+    def __init__(self, model: str | Path | None = None, threads: int = 0, batch_size: int = 32,
+                 threshold: float | None = None):
+        """``threshold`` overrides the model's without_mask decision threshold."""
         path = Path(model) if model else bundled_model_path()
         if not path.is_file():
             if model is None:
@@ -105,6 +107,10 @@ class Classifier:
             raise ModelError(f"{path}: unknown model format (expected .onnx or .safetensors)")
         self.path = path
         self.info: ModelInfo = self._backend.info
+        if threshold is not None:
+            if not 0.0 <= threshold <= 1.0:
+                raise ModelError(f"threshold must be in [0, 1], got {threshold}")
+            self.info = replace(self.info, threshold=float(threshold))
         self.classes: list[str] = list(self.info.classes)
         self.batch_size = batch_size
 

@@ -57,7 +57,7 @@ def register_model(
 
 def _load_builtin() -> None:
     # Importing the modules fills the registry.
-    from maskwatch.models import mobilenet, resnet, seed, vgg  # noqa: F401
+    from maskwatch.models import inception, mobilenet, resnet, seed, vgg  # noqa: F401
 
 
 def list_models() -> list[str]:

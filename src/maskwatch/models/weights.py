@@ -81,6 +81,8 @@ def apply_state(model, state: dict, name: str, source: str) -> dict:
 
     Returns a summary (loaded / skipped keys). Any other mismatch is a ModelError.
     """
+    if hasattr(model, "adapt_pretrained"):  # e.g. drop heads the model was built without
+        state = model.adapt_pretrained(state)
     own = model.state_dict()
     head = model.classifier_prefix()
     loaded, skipped, problems = {}, [], []

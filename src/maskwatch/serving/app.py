@@ -58,6 +58,7 @@ class Settings:
     model: str | None = None
     detector: str | None = None
     threads: int = 0
+    threshold: float | None = None  # overrides the model's without_mask threshold
     jobs_dir: Path | None = None
 
     @property
@@ -334,7 +335,8 @@ def _load_detector(settings: Settings, classifier: Any) -> Any:
     from maskwatch.detection.pipeline import Detector
 
     chosen = classifier if classifier is not None else settings.model
-    kwargs: dict[str, Any] = {"classifier": chosen, "threads": settings.threads}
+    kwargs: dict[str, Any] = {"classifier": chosen, "threads": settings.threads,
+                              "threshold": settings.threshold}
     if settings.detector:
         kwargs["face_detector"] = settings.detector
     return Detector(**kwargs)
