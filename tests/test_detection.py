@@ -9,7 +9,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest
-from detection_helpers import SkinClassifier, head, iou, scene, write_image
+from detection_helpers import SkinClassifier, head, scene, write_image
 
 from maskwatch.cli import main
 from maskwatch.detection import faces as faces_mod
@@ -17,6 +17,7 @@ from maskwatch.detection import pipeline
 from maskwatch.detection.draw import COLOURS, draw_faces
 from maskwatch.detection.faces import decode_centerface, make_face_detector, nms
 from maskwatch.detection.pipeline import Detector, Face, crop_face
+from maskwatch.detection.tracker import box_iou as iou
 from maskwatch.errors import MaskwatchError, ModelError
 
 

@@ -6,7 +6,6 @@ import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +17,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from maskwatch.detection.pipeline import Face  # noqa: E402
 from maskwatch.serving.app import Settings, create_app, is_loopback  # noqa: E402
 
 CLASSES = ["with_mask", "without_mask"]
@@ -26,18 +26,7 @@ CLASSES = ["with_mask", "without_mask"]
 # ---------------------------------------------------------------- fakes
 
 
-@dataclass
-class FakeFace:
-    box: list[int]
-    face_score: float
-    label: str | None = None
-    score: float | None = None
-    scores: dict[str, float] = field(default_factory=dict)
-    track_id: int | None = None
-
-    def to_dict(self) -> dict:
-        return {"box": self.box, "label": self.label, "score": self.score,
-                "face_score": self.face_score, "scores": self.scores}
+FakeFace = Face  # the pipeline's own record, built by hand in these fakes
 
 
 class FakeClassifier:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from maskwatch.labels import WITHOUT_MASK, sort_classes
 
 
-def _iou(a, b) -> float:
+def box_iou(a, b) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
     w = min(a[2], b[2]) - max(a[0], b[0])
     h = min(a[3], b[3]) - max(a[1], b[1])
     if w <= 0 or h <= 0:
@@ -70,7 +71,7 @@ class IoUTracker:
         pairs = []
         for ti, track in enumerate(live):
             for fi, face in enumerate(faces):
-                iou = _iou(track.box, face.box)
+                iou = box_iou(track.box, face.box)
                 if iou >= self.iou_threshold:
                     pairs.append((iou, ti, fi))
         pairs.sort(key=lambda p: -p[0])
