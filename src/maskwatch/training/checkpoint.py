@@ -54,17 +54,19 @@ def save_checkpoint(path: str | Path, model, info: ModelInfo) -> None:
     save_state(path, model.state_dict(), header)
 
 
-def read_state(path: str | Path) -> tuple[dict, dict]:
-    """Read (tensors, header) from a safetensors file written by ``save_state``."""
+def _read(path: str | Path, with_tensors: bool) -> tuple[dict, dict]:
+    """(tensors or {}, header) of a checkpoint; every problem is one ModelError line."""
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found")
+    tensors: dict = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            if with_tensors:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:  # SafetensorError, OSError, ...
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: not a readable safetensors file ({first})") from None
@@ -79,21 +81,14 @@ def read_state(path: str | Path) -> tuple[dict, dict]:
     return tensors, header
 
 
-def read_header(path: str | Path) -> dict:
-    """Only the JSON header of a checkpoint."""
-    from safetensors import safe_open
+def read_state(path: str | Path) -> tuple[dict, dict]:
+    """Read (tensors, header) from a safetensors file written by ``save_state``."""
+    return _read(path, with_tensors=True)
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: checkpoint not found")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:
-        raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
-    if HEADER_KEY not in meta:
-        raise ModelError(f"{path}: not a maskwatch checkpoint (no '{HEADER_KEY}' header)")
-    return json.loads(meta[HEADER_KEY])
+
+def read_header(path: str | Path) -> dict:
+    """Only the JSON header of a checkpoint (no tensors are read)."""
+    return _read(path, with_tensors=False)[1]
 
 
 def build_from_header(header: dict, source: str = "checkpoint"):
