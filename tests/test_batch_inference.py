@@ -11,44 +11,22 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnx")
+
+from onnx_helpers import write_tiny_onnx  # noqa: E402
 
 from maskwatch.cli import main as cli_main  # noqa: E402
 from maskwatch.errors import MaskwatchError  # noqa: E402
 from maskwatch.inference import batch  # noqa: E402
-from maskwatch.inference.modelfile import ModelInfo  # noqa: E402
-
-
-def _tiny_onnx(path: Path) -> Path:
-    """16 px ONNX classifier: logit with_mask = 8 x mean blue, without_mask = 8 x mean red."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.asarray([[0, 8], [0, 0], [8, 0]], np.float32), "W")
-    nodes = [
-        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "W"], ["logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
-        initializer=[w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    ModelInfo("tiny", ["with_mask", "without_mask"], 16, mean=[0.5] * 3,
-              std=[0.5] * 3).save_json(path.with_suffix(".json"))
-    return path
 
 
 @pytest.fixture
 def model(tmp_path) -> Path:
-    return _tiny_onnx(tmp_path / "tiny.onnx")
+    # with_mask follows the mean blue, without_mask the mean red
+    return write_tiny_onnx(tmp_path / "tiny.onnx", [[0, 8], [0, 0], [8, 0]],
+                           mean=[0.5] * 3, std=[0.5] * 3)
 
 
 @pytest.fixture

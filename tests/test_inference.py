@@ -14,6 +14,8 @@ from maskwatch.inference.preprocess import decide, prepare, probabilities, resiz
 
 onnx = pytest.importorskip("onnx")
 
+from onnx_helpers import write_tiny_onnx  # noqa: E402
+
 
 def test_resize_and_normalise():
     face = np.full((50, 70, 3), 255, np.uint8)
@@ -53,34 +55,10 @@ def test_model_info_round_trip_and_validation(tmp_path):
         ModelInfo.load_json(tmp_path / "bad.json")
 
 
-def _tiny_onnx(path, weights):
-    """An ONNX model whose logits are the mean of each input channel times ``weights``."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.asarray(weights, np.float32), "W")
-    nodes = [
-        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "W"], ["logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
-        initializer=[w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
 def test_onnx_classifier_scores_red_vs_blue(tmp_path):
     # logit0 follows the red channel, logit1 the blue channel
-    _tiny_onnx(tmp_path / "m.onnx", [[8.0, 0.0], [0.0, 0.0], [0.0, 8.0]])
-    ModelInfo("tiny", ["with_mask", "without_mask"], 16, mean=[0, 0, 0], std=[1, 1, 1]).save_json(
-        tmp_path / "m.json"
-    )
+    write_tiny_onnx(tmp_path / "m.onnx", [[8.0, 0.0], [0.0, 0.0], [0.0, 8.0]],
+                    mean=[0, 0, 0], std=[1, 1, 1])
     clf = Classifier(tmp_path / "m.onnx", threads=1, batch_size=2)
     red = np.zeros((20, 30, 3), np.uint8)
     red[..., 0] = 255

@@ -532,28 +532,15 @@ def test_run_load_against_a_live_server():
 
 def test_detector_is_loaded_at_startup_from_settings(tmp_path):
     """create_app() without a detector builds the real pipeline from Settings (lifespan)."""
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     try:
         from maskwatch.detection.pipeline import Detector  # noqa: F401
-        from maskwatch.inference.modelfile import ModelInfo
     except ImportError as exc:
         pytest.skip(f"pipeline not available yet: {exc}")
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx_helpers import write_tiny_onnx
 
     # a tiny classifier: mean colour -> 2 logits, "with_mask" when green dominates
-    weights = np.array([[-4.0, 6.0, 0.0], [4.0, -6.0, 0.0]], np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["x"], ["p"]),
-         helper.make_node("Flatten", ["p"], ["f"]),
-         helper.make_node("Gemm", ["f", "W", "B"], ["y"], transB=1)],
-        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
-        [numpy_helper.from_array(weights, "W"),
-         numpy_helper.from_array(np.zeros(2, np.float32), "B")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "tiny.onnx")
-    ModelInfo(name="tiny", classes=CLASSES, input_size=16).save_json(tmp_path / "tiny.json")
+    write_tiny_onnx(tmp_path / "tiny.onnx", [[-4.0, 4.0], [6.0, -6.0], [0.0, 0.0]])
     settings = Settings(model=str(tmp_path / "tiny.onnx"), detector="yunet", threads=1)
     with TestClient(create_app(settings=settings)) as c:
         info = c.get("/api/model").json()
