@@ -438,6 +438,9 @@ def create_app(
         return data, Path(upload.filename).name
 
     api = APIRouter(prefix="/api", dependencies=[Depends(check_key)], tags=["api"])
+    # the error answers both image routes document
+    image_errors = {413: {"description": "too large"}, 415: {"description": "not an image"},
+                    422: {"description": "cannot decode"}, 503: {"description": "busy"}}
     image_media = ["image/jpeg", "image/png", "image/webp"]
 
     @api.post(
@@ -447,8 +450,7 @@ def create_app(
         description="Send an image as multipart field `file`, or as the raw body with an "
         "image content type. Returns every face with box, label and scores.",
         openapi_extra=_multipart_schema("the image", image_media),
-        responses={413: {"description": "too large"}, 415: {"description": "not an image"},
-                   422: {"description": "cannot decode"}, 503: {"description": "busy"}},
+        responses=image_errors,
     )
     async def detect(request: Request) -> dict:
         data, name = await read_image(request)
@@ -468,8 +470,7 @@ def create_app(
         description="Send an image that is a single face (already cropped); returns whether it "
         "wears a mask. No face detection is done.",
         openapi_extra=_multipart_schema("a face crop", image_media),
-        responses={413: {"description": "too large"}, 415: {"description": "not an image"},
-                   422: {"description": "cannot decode"}, 503: {"description": "busy"}},
+        responses=image_errors,
     )
     async def classify(request: Request) -> dict:
         data, name = await read_image(request)
