@@ -249,20 +249,17 @@ def train_tail(train, val, epochs: int, seed: int, lr: float = 1e-3, batch: int 
     return model, tail, history
 
 
-def experiment(name, cache, train_parts, val_parts, tests, epochs, seed, target,
-               threshold_parts=None) -> dict:
+def experiment(name, cache, train_parts, val_parts, tests, epochs, seed, target) -> dict:
     """Train on ``train_parts``, stop early on ``val_parts``, choose the without_mask
-    threshold for ``target`` recall on ``threshold_parts`` (default: the validation parts)
-    and score every test set."""
+    threshold for ``target`` recall on the same validation faces, score every test set."""
     log(f"experiment {name}")
     train = select(cache, train_parts) if isinstance(train_parts, list) else train_parts
     val = select(cache, val_parts) if isinstance(val_parts, list) else val_parts
     model, tail, history = train_tail(train, val, epochs, seed)
     val_probs = predict(tail, val[0])
-    tune = select(cache, threshold_parts) if threshold_parts else val
-    thr = threshold_for_recall(predict(tail, tune[0]), tune[1], target)
+    thr = threshold_for_recall(val_probs, val[1], target)
     result = {"history": history, "threshold": thr, "val": metrics(val_probs, val[1], thr),
-              "threshold_chosen_on": threshold_parts or "validation", "test": {}}
+              "threshold_chosen_on": "validation", "test": {}}
     for test_name, test in tests.items():
         probs = predict(tail, test[0])
         result["test"][test_name] = {"at_0.5": metrics(probs, test[1], 0.5),
@@ -321,14 +318,13 @@ def main() -> int:
                     [("s853", "val")],
                     {"853_test_scenes": select(cache, [("s853", "test")])}),
     }
-    threshold_parts: dict = {}
     results_path = out / args.results
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for name, (train_parts, val_parts, tests) in plan.items():
         if args.only and name not in args.only:
             continue
         exp = experiment(name, cache, train_parts, val_parts, tests, args.epochs, args.seed,
-                         args.target_recall, threshold_parts.get(name))
+                         args.target_recall)
         results[name] = exp["result"]
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         if name == "bundled":

@@ -326,7 +326,7 @@ def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
     from maskwatch.inference.classifier import Classifier, bundled_model_path
 
     model_path = Path(model) if model else bundled_model_path()
-    Classifier(model_path)  # fails early with a clear message
+    size = Classifier(model_path).info.input_size  # also fails early with a clear message
     report: dict = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "onnxruntime": onnxruntime.__version__,
@@ -335,7 +335,6 @@ def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
     }
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        size = Classifier(model_path).info.input_size
         jobs = {
             "classifier": lambda: bench_classifier(model_path, threads, seconds, tmp),
             "pipeline": lambda: bench_pipeline(model_path, threads, seconds, tmp),
