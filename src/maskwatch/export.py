@@ -46,12 +46,6 @@ def torch_probabilities(model, info: ModelInfo, faces: list[np.ndarray]) -> np.n
         return probabilities(model(torch.from_numpy(x)).numpy(), info.head)
 
 
-def onnx_probabilities(path: Path, faces: list[np.ndarray], threads: int = 0) -> np.ndarray:
-    from maskwatch.inference.classifier import Classifier
-
-    return Classifier(path, threads=threads).predict_proba(faces)
-
-
 class _Calibration:
     """Feeds preprocessed face batches to onnxruntime's static quantiser."""
 

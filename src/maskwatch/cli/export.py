@@ -69,10 +69,10 @@ def run(args) -> int:
     from maskwatch.export import (
         accuracy,
         export_onnx,
-        onnx_probabilities,
         quantise_int8,
         torch_probabilities,
     )
+    from maskwatch.inference.classifier import Classifier
     from maskwatch.training.checkpoint import load_checkpoint
 
     src = Path(args.model)
@@ -88,7 +88,8 @@ def run(args) -> int:
     margin = float(info.extra.get("margin", 0.0))
     faces, _ = _faces(args.check_data, args.limit, args.seed, margin)
     ref = torch_probabilities(model, info, faces)
-    fp32 = onnx_probabilities(out, faces)
+    fp32_model = Classifier(out)
+    fp32 = fp32_model.predict_proba(faces)
     report = {
         "onnx": str(out),
         "checked_images": len(faces),
@@ -100,15 +101,17 @@ def run(args) -> int:
         report["eval_images"] = len(eval_faces)
         report["accuracy_torch"] = accuracy(torch_probabilities(model, info, eval_faces),
                                             eval_labels, info)
-        report["accuracy_fp32"] = accuracy(onnx_probabilities(out, eval_faces), eval_labels, info)
+        report["accuracy_fp32"] = accuracy(fp32_model.predict_proba(eval_faces), eval_labels,
+                                           info)
     if args.int8:
         quantise_int8(out, int8_out, info, faces)
-        q = onnx_probabilities(int8_out, faces)
+        int8_model = Classifier(int8_out)
+        q = int8_model.predict_proba(faces)
         report["int8"] = str(int8_out)
         report["int8_max_prob_diff"] = float(np.abs(ref - q).max()) if len(faces) else 0.0
         if args.eval_data:
             report["accuracy_int8"] = accuracy(
-                onnx_probabilities(int8_out, eval_faces), eval_labels, info
+                int8_model.predict_proba(eval_faces), eval_labels, info
             )
             report["accuracy_change_int8"] = report["accuracy_int8"] - report["accuracy_fp32"]
     if args.json:
