@@ -338,7 +338,7 @@ def save_bundled(model: nn.Module, threshold: float, result: dict, out: Path,
                  install: bool, augment: str) -> None:
     """Checkpoint (safetensors) and ONNX of the assembled network (Tail shares its modules)."""
     from maskwatch.export import export_onnx
-    from maskwatch.training.checkpoint import save_checkpoint
+    from maskwatch.models.checkpoint import save_checkpoint
 
     info = ModelInfo(
         name="mobilenet_v2", classes=list(CLASSES), input_size=SIZE, mean=MEAN, std=STD,

@@ -18,8 +18,6 @@ pytest.importorskip("onnx")
 from onnx_helpers import write_tiny_onnx  # noqa: E402
 
 from maskwatch.cli import main as cli_main  # noqa: E402
-from maskwatch.errors import MaskwatchError  # noqa: E402
-from maskwatch.inference import batch  # noqa: E402
 
 
 @pytest.fixture
@@ -152,34 +150,6 @@ def test_bad_shard_and_output_arguments(tmp_path, model, folder, capsys):
     assert cli_main(["classify", str(folder), "--model", str(model), "--output",
                      str(tmp_path / "x.txt")]) == 2
     assert "must end in .jsonl or .csv" in capsys.readouterr().err
-
-
-def test_writer_cuts_a_half_written_record(tmp_path):
-    out = tmp_path / "r.jsonl"
-    out.write_text('{"path":"a.png","label":"with_mask"}\n{"path":"b.p')
-    assert batch.read_done(out) == {os.path.abspath("a.png"): -1}
-    with pytest.raises(MaskwatchError, match="already exists"):
-        batch.AppendWriter(out)
-    w = batch.AppendWriter(out, resume=True)
-    w.write({"path": "b.png"})
-    w.close()
-    assert [r["path"] for r in _records(out)] == ["a.png", "b.png"]
-    (tmp_path / "bad.jsonl").write_text("hello\n")
-    with pytest.raises(MaskwatchError, match="not a JSON line"):
-        batch.read_done(tmp_path / "bad.jsonl")
-
-
-def test_ordered_map_keeps_order_with_bounded_workers():
-    tasks = [3, 1, 2, 0, 5, 4]
-    assert list(batch.ordered_map(_slow_square, tasks, workers=2, max_in_flight=3)) == [
-        9, 1, 4, 0, 25, 16]
-    assert list(batch.ordered_map(_slow_square, tasks, workers=1)) == [9, 1, 4, 0, 25, 16]
-    assert batch.select_shard(list("dcba"), (0, 2)) == ["c", "a"]
-
-
-def _slow_square(x: int) -> int:
-    time.sleep(0.02 * x)
-    return x * x
 
 
 def test_detect_shards_resume_and_workers(tmp_path, make_face):

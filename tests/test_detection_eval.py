@@ -15,7 +15,6 @@ from maskwatch.cli import main
 from maskwatch.detection import pipeline
 from maskwatch.detection.evaluate import (
     average_precision,
-    iou_matrix,
     load_voc,
     parse_voc_xml,
     voc_ap,
@@ -42,11 +41,6 @@ def test_ap_matches_hand_computed_example():
     # a difficult box neither helps nor hurts
     ap_d, _, n_d = average_precision(dets, truths, 0.5, {0: [False, True], 1: [False]})
     assert n_d == 2 and ap_d == pytest.approx(0.5 + 0.5 * 0.5)
-
-
-def test_iou_matrix():
-    m = iou_matrix([(0, 0, 10, 10)], [(0, 0, 10, 10), (5, 0, 15, 10), (20, 20, 30, 30)])
-    assert m[0].tolist() == pytest.approx([1.0, 1 / 3, 0.0])
 
 
 def _voc_xml(name: str, objects) -> str:

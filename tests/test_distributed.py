@@ -114,7 +114,7 @@ def _weights(path: Path) -> dict:
 
 
 def test_torchrun_two_processes_metrics_files_and_resume(tmp_path, faces):
-    from maskwatch.training.checkpoint import load_checkpoint, read_header
+    from maskwatch.models.checkpoint import load_checkpoint, read_header
     from maskwatch.training.train import create_criterion, evaluate, load_data
 
     cache = tmp_path / "cache"

@@ -108,7 +108,7 @@ def _faces(root: Path, per_class: int = 6) -> Path:
 def checkpoint(tmp_path):
     from maskwatch.inference.modelfile import ModelInfo
     from maskwatch.models import create_model
-    from maskwatch.training.checkpoint import save_checkpoint
+    from maskwatch.models.checkpoint import save_checkpoint
 
     torch.manual_seed(3)
     model = create_model("seed_cnn128", 2, input_size=32)
@@ -152,7 +152,7 @@ def test_evaluate_json_matches_direct_scoring(tmp_path, checkpoint, capsys):
 
 
 def test_target_recall_written_beside_the_model(tmp_path, checkpoint, capsys):
-    from maskwatch.training.checkpoint import read_header
+    from maskwatch.models.checkpoint import read_header
 
     data = _faces(tmp_path / "ds")
     original = checkpoint.read_bytes()

@@ -15,7 +15,7 @@ from maskwatch.cli import main  # noqa: E402
 from maskwatch.inference.classifier import Classifier  # noqa: E402
 from maskwatch.inference.modelfile import ModelInfo  # noqa: E402
 from maskwatch.models import create_model  # noqa: E402
-from maskwatch.training.checkpoint import save_checkpoint  # noqa: E402
+from maskwatch.models.checkpoint import save_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

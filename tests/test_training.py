@@ -22,8 +22,8 @@ from maskwatch.cli import main as cli_main  # noqa: E402
 from maskwatch.errors import MaskwatchError, ModelError  # noqa: E402
 from maskwatch.inference.modelfile import ModelInfo  # noqa: E402
 from maskwatch.models import create_model  # noqa: E402
+from maskwatch.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from maskwatch.training import augment  # noqa: E402
-from maskwatch.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from maskwatch.training.data import decode_faces, group_split, relabel  # noqa: E402
 from maskwatch.training.train import epoch_order, lr_at  # noqa: E402
 

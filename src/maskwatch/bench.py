@@ -18,9 +18,11 @@ Sections (each a function returning a dict):
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from maskwatch.errors import MaskwatchError
 
 SECTIONS = ("classifier", "pipeline", "cold_start", "training", "distributed", "serve", "memory")
 REFERENCE_SIZE = 224
@@ -307,10 +311,70 @@ def bench_serve(model: Path, threads: int, seconds: float, clients: int) -> dict
     return result
 
 
-def _bench_distributed(seconds: float) -> dict:
-    from maskwatch.training.distributed import bench_distributed
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    return bench_distributed(seconds)
+
+def _bench_data(root: Path, per_class: int = 64, size: int = 48) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("with_mask", "without_mask"):
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            if label == "with_mask":
+                img[size // 2:] = 220
+            Image.fromarray(img).save(folder / f"{i}.png")
+    return root
+
+
+def bench_distributed(seconds: float = 10.0, model: str = "seed_cnn128", input_size: int = 64,
+                      batch: int = 32) -> dict:
+    """Training images/s of ``maskwatch train`` under torchrun with 1 and with 2 processes.
+
+    Same generated data and per-process batch in both; the run's own epoch timing is used
+    (decoding and process start-up excluded). ``seconds`` sets roughly how long each run
+    trains. On CPU the machine's threads are split between the processes.
+    """
+    rates: dict = {}
+    with tempfile.TemporaryDirectory(prefix="maskwatch-ddp-bench-") as tmp:
+        tmp_path = Path(tmp)
+        data = _bench_data(tmp_path / "data")
+        for procs in (1, 2):
+            out = tmp_path / f"run{procs}"
+            epochs = 1 + max(1, round(seconds / 2))
+            cmd = [
+                sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                "-m", "maskwatch", "train", "--data", str(data), "--out", str(out),
+                "--model", model, "--input-size", str(input_size), "--batch-size", str(batch),
+                "--epochs", str(epochs), "--val-fraction", "0", "--patience", "0",
+                "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--workers", "1",
+                "--augment", "standard",
+            ]
+            env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                  timeout=max(120.0, 20 * seconds))
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                raise MaskwatchError(f"torchrun with {procs} process(es) failed: "
+                                     + " | ".join(tail))
+            history = json.loads((out / "metrics.json").read_text())
+            # first epoch includes warm-up (allocations, gloo connection): leave it out
+            timed = history[1:] or history
+            images = sum(r["train_images_per_s"] * r["train_seconds"] for r in timed)
+            secs = sum(r["train_seconds"] for r in timed)
+            rates[f"processes_{procs}"] = round(images / max(secs, 1e-9), 1)
+            rates[f"wall_seconds_{procs}"] = round(time.perf_counter() - start, 1)
+    rates["speedup"] = round(rates["processes_2"] / max(rates["processes_1"], 1e-9), 2)
+    rates.update(model=model, input_size=input_size, batch_per_process=batch,
+                 cpu_count=os.cpu_count())
+    return rates
 
 
 def peak_memory_mb() -> float:
@@ -340,7 +404,7 @@ def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
             "pipeline": lambda: bench_pipeline(model_path, threads, seconds, tmp),
             "cold_start": lambda: bench_cold_start(model_path, tmp),
             "training": lambda: bench_training(threads, seconds, size),
-            "distributed": lambda: _bench_distributed(seconds),
+            "distributed": lambda: bench_distributed(seconds),
             "serve": lambda: bench_serve(model_path, threads, serve_seconds, clients),
         }
         for name in sections:

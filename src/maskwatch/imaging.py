@@ -1,15 +1,17 @@
-"""Safe image reading: one clear error per bad file, upright RGB out."""
+"""Safe image reading (one clear error per bad file, upright RGB out) and input listing."""
 
 from __future__ import annotations
 
+import glob
 import os
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from maskwatch.errors import ImageError
+from maskwatch.errors import ImageError, MaskwatchError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
@@ -19,12 +21,52 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 MAX_PIXELS = int(os.environ.get("MASKWATCH_MAX_PIXELS", 120_000_000))
 
 
-def is_image_path(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
-
-
 def is_video_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def expand_inputs(
+    inputs: Iterable[str], suffixes: set[str] | None = None, keep_unmatched: bool = False
+) -> Iterator[Path]:
+    """Yield files from paths, folders (recursive, sorted) and glob patterns.
+
+    A path that does not exist and matches no glob raises MaskwatchError, unless
+    ``keep_unmatched`` (then it is yielded so the caller can report it and go on).
+    """
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                if suffixes is None or f.suffix.lower() in suffixes:
+                    yield f
+        elif path.is_file():
+            yield path
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches and not keep_unmatched:
+                raise MaskwatchError(f"{item}: no file matches this pattern")
+            for m in matches:
+                if Path(m).is_file() and (suffixes is None or Path(m).suffix.lower() in suffixes):
+                    yield Path(m)
+        elif keep_unmatched:
+            yield path
+        else:
+            raise MaskwatchError(f"{item}: no such file or folder")
+
+
+def list_images(items: Iterable[str]) -> list[Path]:
+    """Files from paths, folders (recursive, sorted) and globs. Non-image files inside
+    folders are left out; named files are kept, even missing ones, so they get reported."""
+    items = list(items)
+    folders = [Path(p) for p in items if Path(p).is_dir()]
+    out = []
+    for path in expand_inputs(items, suffixes=None, keep_unmatched=True):
+        if path.suffix.lower() not in IMAGE_SUFFIXES and any(
+            path.is_relative_to(f) for f in folders
+        ):
+            continue
+        out.append(path)
+    return out
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

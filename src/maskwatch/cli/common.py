@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import sys
-from collections.abc import Iterable, Iterator
-from pathlib import Path
 
-from maskwatch.errors import MaskwatchError
+from maskwatch.batching import json_line
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -68,34 +64,30 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
 def print_json(obj, stream=None) -> None:
     """Print one JSON object on one line."""
     stream = stream or sys.stdout
-    stream.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    stream.write(json_line(obj))
     stream.flush()
 
 
-def expand_inputs(
-    inputs: Iterable[str], suffixes: set[str] | None = None, keep_unmatched: bool = False
-) -> Iterator[Path]:
-    """Yield files from paths, folders (recursive, sorted) and glob patterns.
+def parse_shard(text: str) -> tuple[int, int]:
+    """argparse type for ``I/N`` (0-based part I of N)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"need 0 <= I < N, got {text!r}")
+    return i, n
 
-    A path that does not exist and matches no glob raises MaskwatchError, unless
-    ``keep_unmatched`` (then it is yielded so the caller can report it and go on).
-    """
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for f in sorted(p for p in path.rglob("*") if p.is_file()):
-                if suffixes is None or f.suffix.lower() in suffixes:
-                    yield f
-        elif path.is_file():
-            yield path
-        elif any(ch in item for ch in "*?["):
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches and not keep_unmatched:
-                raise MaskwatchError(f"{item}: no file matches this pattern")
-            for m in matches:
-                if Path(m).is_file() and (suffixes is None or Path(m).suffix.lower() in suffixes):
-                    yield Path(m)
-        elif keep_unmatched:
-            yield path
-        else:
-            raise MaskwatchError(f"{item}: no such file or folder")
+
+def add_batch_arguments(p: argparse.ArgumentParser) -> None:
+    """--workers, --output, --resume and --shard (classify and detect)."""
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes, each with its own model (1: this process)")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="append results to FILE (.jsonl or .csv) as they come, one flushed "
+                   "record per input; an existing FILE needs --resume")
+    p.add_argument("--resume", action="store_true",
+                   help="with --output: skip inputs already recorded in FILE and append")
+    p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                   help="only part I of N (0-based) of the inputs: the k-th file by sorted "
+                   "path goes to part k mod N")

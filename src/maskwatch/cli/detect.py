@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from maskwatch.cli.common import (
+    add_batch_arguments,
     add_command,
     add_model_argument,
     add_threads_argument,
@@ -94,8 +95,6 @@ def register(subparsers) -> None:
     alert.add_argument("--alert-interval", type=float, default=60.0, metavar="SECONDS",
                        help="at most one alert per this many seconds")
     add_threads_argument(p)
-    from maskwatch.cli.evaluate import add_batch_arguments
-
     add_batch_arguments(p)  # --workers, --output, --resume, --shard
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_detect)
@@ -136,22 +135,42 @@ def register(subparsers) -> None:
     d.set_defaults(func=run_demo)
 
 
-def run_detect(args) -> int:
+def detector_options(args: argparse.Namespace) -> dict:
+    """Detector keyword arguments from the options `detect` and `evaluate-detection` share."""
+    return dict(
+        face_detector=args.detector,
+        classifier=False if args.faces_only else args.model,
+        threads=args.threads,
+        face_threshold=args.face_threshold,
+        margin=args.margin,
+        detect_size=args.detect_size,
+        min_face=args.min_face if "min_face" in args else 0,
+        upscale=args.upscale,
+        threshold=args.threshold,
+    )
+
+
+def run_detect(args: argparse.Namespace) -> int:
     from maskwatch.detection.runner import run_detect as _run
 
-    return _run(args)
+    return _run(
+        args.inputs, detector_options(args), out=args.out, json_lines=args.json,
+        csv_path=args.csv, overwrite=args.overwrite, max_frames=args.max_frames,
+        alert_after=args.alert_after, alert_command=args.alert_command,
+        alert_url=args.alert_url, alert_interval=args.alert_interval, workers=args.workers,
+        output=args.output, resume=args.resume, shard=args.shard, quiet=args.quiet,
+    )
 
 
 def run_demo(args) -> int:
     from maskwatch.detection.demo import run_demo as _run
 
-    return _run(args)
+    return _run(args.out, args.detector, args.model, args.threads, args.overwrite)
 
 
 def run_evaluate(args) -> int:
     from maskwatch.detection.evaluate import evaluate_detection, load_scenes
     from maskwatch.detection.pipeline import Detector
-    from maskwatch.detection.runner import detector_options
 
     scenes = load_scenes(args.data, args.limit)
     detector = Detector(**detector_options(args))

@@ -9,6 +9,7 @@ ORDER = 30
 
 def register(subparsers) -> None:
     from maskwatch.cli.common import (
+        add_batch_arguments,
         add_command,
         add_model_argument,
         add_threads_argument,
@@ -64,22 +65,6 @@ def register(subparsers) -> None:
     c.set_defaults(func=run_classify)
 
 
-def add_batch_arguments(p) -> None:
-    """--workers, --output, --resume and --shard (classify and detect)."""
-    from maskwatch.inference.batch import parse_shard
-
-    p.add_argument("--workers", type=int, default=1,
-                   help="worker processes, each with its own model (1: this process)")
-    p.add_argument("--output", default=None, metavar="FILE",
-                   help="append results to FILE (.jsonl or .csv) as they come, one flushed "
-                   "record per input; an existing FILE needs --resume")
-    p.add_argument("--resume", action="store_true",
-                   help="with --output: skip inputs already recorded in FILE and append")
-    p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
-                   help="only part I of N (0-based) of the inputs: the k-th file by sorted "
-                   "path goes to part k mod N")
-
-
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
@@ -117,6 +102,7 @@ def run_evaluate(args) -> int:
     from pathlib import Path
 
     from maskwatch.cli.common import print_json
+    from maskwatch.data import load_dataset, read_face
     from maskwatch.errors import MaskwatchError
     from maskwatch.evaluation.evaluate import (
         choose_threshold,
@@ -126,7 +112,6 @@ def run_evaluate(args) -> int:
         write_threshold,
     )
     from maskwatch.inference.classifier import Classifier
-    from maskwatch.training.data import dataset_api
 
     if args.write_threshold and args.target_recall is None:
         raise MaskwatchError("--write-threshold needs --target-recall")
@@ -137,7 +122,6 @@ def run_evaluate(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and any(out.iterdir()) and not args.force:
         raise MaskwatchError(f"{out}: folder is not empty; choose another --out or pass --force")
-    load_dataset, read_face = dataset_api()
     ds = load_dataset(args.data, mapping=args.mapping)
     clf = Classifier(args.model, threads=args.threads, batch_size=args.batch_size)
     samples = select_split(ds.samples, args.split)
@@ -190,15 +174,17 @@ def run_evaluate(args) -> int:
 def run_classify(args) -> int:
     import math
 
+    from maskwatch import batching
     from maskwatch.cli.common import print_json
     from maskwatch.errors import MaskwatchError
+    from maskwatch.imaging import list_images
     from maskwatch.inference import batch
 
     if args.resume and not args.output:
         raise MaskwatchError("--resume needs --output FILE")
     if args.workers < 1:
         raise MaskwatchError("--workers must be at least 1")
-    files = batch.select_shard(batch.list_images(args.paths), args.shard)
+    files = batching.select_shard(list_images(args.paths), args.shard)
     # the model is loaded here too: a bad --model fails once, with one line, before any
     # worker starts, and the CSV columns need its classes
     threads = args.threads if args.workers == 1 else (args.threads or 1)
@@ -206,16 +192,16 @@ def run_classify(args) -> int:
     classes = batch.loaded_classifier().classes
     writer, skipped = None, 0
     if args.output:
-        done = batch.read_done(args.output) if args.resume else {}
-        writer = batch.AppendWriter(args.output, ["path", "label", "score",
+        done = batching.read_done(args.output) if args.resume else {}
+        writer = batching.AppendWriter(args.output, ["path", "label", "score",
                                                   *[f"p_{c}" for c in classes]], args.resume)
         before = len(files)
-        files = [f for f in files if batch.same_file_key(f) not in done]
+        files = [f for f in files if batching.same_file_key(f) not in done]
         skipped = before - len(files)
     size = args.batch_size
     if args.workers > 1:  # small tasks so results stream and the workers stay busy
         size = max(1, min(size, math.ceil(len(files) / (4 * args.workers))))
-    tasks = batch.chunks([str(f) for f in files], size)
+    tasks = batching.chunks([str(f) for f in files], size)
     table = not args.json and writer is None
     if table:
         print(f"{'path':60s} {'label':15s} score")
@@ -226,7 +212,7 @@ def run_classify(args) -> int:
 
         bar = tqdm(total=len(files), desc="classify", unit="img", file=sys.stderr)
     try:
-        results = batch.ordered_map(batch.classify_chunk, tasks, args.workers,
+        results = batching.ordered_map(batch.classify_chunk, tasks, args.workers,
                                     batch.init_classifier,
                                     (args.model, threads, size, args.threshold))
         for chunk in results:

@@ -73,7 +73,7 @@ def run(args) -> int:
         torch_probabilities,
     )
     from maskwatch.inference.classifier import Classifier
-    from maskwatch.training.checkpoint import load_checkpoint
+    from maskwatch.models.checkpoint import load_checkpoint
 
     src = Path(args.model)
     out = Path(args.out) if args.out else src.with_suffix(".onnx")

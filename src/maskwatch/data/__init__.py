@@ -24,6 +24,7 @@ Stable API (used by training, evaluation and the CLI)::
   make such splits; ``audit_dataset`` reports problems without changing anything.
 """
 
+from maskwatch.boxes import clip_box, expand_box
 from maskwatch.data.audit import audit_dataset, format_report, inspect_image
 from maskwatch.data.layouts import EXPECTED_LAYOUTS, load_dataset, parse_mapping, parse_voc
 from maskwatch.data.model import (
@@ -31,9 +32,6 @@ from maskwatch.data.model import (
     SPLITS,
     Dataset,
     Sample,
-    clip_box,
-    crop_face,
-    expand_box,
     normalise_split,
     read_face,
     read_manifest,
@@ -43,7 +41,7 @@ from maskwatch.data.split import crop_dataset, parse_ratios, split_dataset, writ
 
 __all__ = [
     "EXPECTED_LAYOUTS", "MANIFEST_COLUMNS", "SPLITS", "Dataset", "Sample", "audit_dataset",
-    "clip_box", "crop_dataset", "crop_face", "expand_box", "format_report", "inspect_image",
+    "clip_box", "crop_dataset", "expand_box", "format_report", "inspect_image",
     "load_dataset", "normalise_split", "parse_mapping", "parse_ratios", "parse_voc",
     "read_face", "read_manifest", "split_dataset", "write_manifest", "write_split",
 ]

@@ -7,10 +7,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from maskwatch.boxes import clip_box
 from maskwatch.data.model import (
     Dataset,
     Sample,
-    clip_box,
     is_manifest,
     normalise_split,
     read_manifest,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskwatch.boxes import Box, crop
 from maskwatch.errors import ImageError, LayoutError
 from maskwatch.labels import CANONICAL, sort_classes
 
@@ -23,8 +24,6 @@ _SPLIT_ALIASES = {
 }
 
 MANIFEST_COLUMNS = ("path", "label", "split", "source", "group", "x1", "y1", "x2", "y2")
-
-Box = tuple[int, int, int, int]
 
 
 def normalise_split(name: str | None) -> str | None:
@@ -90,37 +89,6 @@ class Dataset:
         return len(self.samples)
 
 
-def clip_box(box, width: int, height: int) -> Box | None:
-    """Clip a box to the image; None when nothing of it is left."""
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
-    x1, x2 = sorted((x1, x2))
-    y1, y2 = sorted((y1, y2))
-    x1, y1 = max(0, x1), max(0, y1)
-    x2, y2 = min(width, x2), min(height, y2)
-    if x2 <= x1 or y2 <= y1:
-        return None
-    return (x1, y1, x2, y2)
-
-
-def expand_box(box: Box, margin: float, width: int, height: int) -> Box | None:
-    """Grow a box by ``margin`` times its width/height on each side, then clip it."""
-    x1, y1, x2, y2 = box
-    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
-    return clip_box((x1 - dx, y1 - dy, x2 + dx, y2 + dy), width, height)
-
-
-def crop_face(rgb: np.ndarray, box: Box | None, margin: float = 0.0) -> np.ndarray:
-    """Crop ``box`` (grown by ``margin``, clipped) out of an RGB array; whole image if None."""
-    if box is None:
-        return rgb
-    h, w = rgb.shape[:2]
-    grown = expand_box(box, margin, w, h)
-    if grown is None:
-        raise ImageError(f"box {box} lies outside the {w}x{h} image")
-    x1, y1, x2, y2 = grown
-    return np.ascontiguousarray(rgb[y1:y2, x1:x2])
-
-
 def read_face(sample: Sample, margin: float = 0.0) -> np.ndarray:
     """Return the sample's face as an HxWx3 uint8 RGB array.
 
@@ -131,7 +99,7 @@ def read_face(sample: Sample, margin: float = 0.0) -> np.ndarray:
 
     rgb = load_rgb(sample.path)
     try:
-        return crop_face(rgb, sample.box, margin)
+        return crop(rgb, sample.box, margin)
     except ImageError as exc:
         raise ImageError(f"{sample.path}: {exc}") from None
 

@@ -146,7 +146,7 @@ def crop_dataset(
     """
     from tqdm import tqdm
 
-    from maskwatch.data.model import crop_face
+    from maskwatch.boxes import crop
     from maskwatch.errors import ImageError
     from maskwatch.imaging import load_rgb, save_rgb
 
@@ -179,7 +179,7 @@ def crop_dataset(
                 small += 1
                 continue
             try:
-                face = crop_face(rgb, s.box, margin)
+                face = crop(rgb, s.box, margin)
             except ImageError:
                 small += 1
                 continue

@@ -59,22 +59,25 @@ def make_demo_image(face_detector) -> np.ndarray:
     return np.concatenate([rgb, gap, masked], axis=1)
 
 
-def run_demo(args) -> int:
+def run_demo(out: str | Path = ".", face_detector: str = "centerface",
+             model: str | None = None, threads: int = 0, overwrite: bool = False) -> int:
+    """Detect on the demo image and save ``maskwatch-demo.jpg`` in ``out`` (a ``-N``
+    suffix instead of replacing an existing one, unless ``overwrite``)."""
     from maskwatch.detection.draw import draw_faces
     from maskwatch.detection.pipeline import Detector
     from maskwatch.imaging import save_rgb
 
-    detector = Detector(face_detector=args.detector, classifier=args.model, threads=args.threads)
+    detector = Detector(face_detector=face_detector, classifier=model, threads=threads)
     scene = make_demo_image(detector.face_detector)
     faces = detector.detect(scene)
-    out_dir = Path(args.out)
-    out = out_dir / "maskwatch-demo.jpg"
+    out_dir = Path(out)
+    path = out_dir / "maskwatch-demo.jpg"
     n = 0
-    while out.exists() and not args.overwrite:
+    while path.exists() and not overwrite:
         n += 1
-        out = out_dir / f"maskwatch-demo-{n}.jpg"
-    save_rgb(out, draw_faces(scene, faces))
+        path = out_dir / f"maskwatch-demo-{n}.jpg"
+    save_rgb(path, draw_faces(scene, faces))
     for f in faces:
         print(f"face at {f.box}: {f.label} ({f.score:.2f})")
-    print(out)
+    print(path)
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskwatch.boxes import nms
 from maskwatch.errors import MaskwatchError, ModelError
 
 Box = tuple[int, int, int, int, float]
@@ -29,27 +30,6 @@ DEFAULT_DETECTOR = "centerface"
 DEFAULT_THRESHOLDS = {"centerface": 0.4, "yunet": 0.5}
 #: Default long side, in pixels, that images are resized to for detection.
 DEFAULT_DETECT_SIZE = 960
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.4) -> list[int]:
-    """Greedy non-maximum suppression; returns kept indices, best score first."""
-    if len(boxes) == 0:
-        return []
-    x1, y1, x2, y2 = (boxes[:, i].astype(np.float64) for i in range(4))
-    areas = np.maximum(0.0, x2 - x1) * np.maximum(0.0, y2 - y1)
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = w * h
-        union = areas[i] + areas[rest] - inter
-        overlap = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
-        order = rest[overlap <= iou]
-    return keep
 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:

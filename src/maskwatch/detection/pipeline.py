@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from maskwatch.boxes import crop
 from maskwatch.detection.faces import DEFAULT_DETECT_SIZE, DEFAULT_DETECTOR, make_face_detector
 from maskwatch.errors import MaskwatchError
 
@@ -39,19 +40,6 @@ class Face:
         if self.track_id is not None:
             out["track_id"] = int(self.track_id)
         return out
-
-
-def crop_face(rgb: np.ndarray, box, margin: float = DEFAULT_MARGIN) -> np.ndarray:
-    """Crop ``box`` grown by ``margin`` (fraction of its width/height per side), clipped to
-    the image; never empty."""
-    h, w = rgb.shape[:2]
-    x1, y1, x2, y2 = (float(v) for v in box[:4])
-    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
-    cx1 = int(np.clip(np.floor(x1 - mx), 0, w - 1))
-    cy1 = int(np.clip(np.floor(y1 - my), 0, h - 1))
-    cx2 = int(np.clip(np.ceil(x2 + mx), cx1 + 1, w))
-    cy2 = int(np.clip(np.ceil(y2 + my), cy1 + 1, h))
-    return rgb[cy1:cy2, cx1:cx2]
 
 
 def _load_classifier(classifier, threads: int, threshold: float | None = None):
@@ -108,7 +96,7 @@ class Detector:
         ]
         faces = [Face(box=[int(v) for v in b[:4]], face_score=float(b[4])) for b in boxes]
         if faces and self.classifier is not None:
-            crops = [crop_face(rgb, f.box, self.margin) for f in faces]
+            crops = [crop(rgb, f.box, self.margin) for f in faces]
             for face, pred in zip(faces, self.classifier.classify(crops)):
                 face.label = pred.label
                 face.score = float(pred.score)

@@ -8,8 +8,9 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from maskwatch.cli.common import expand_inputs, print_json
+from maskwatch.batching import AppendWriter, json_line, read_done, same_file_key, select_shard
 from maskwatch.detection.draw import draw_faces
+from maskwatch.detection.images import detect_image, init_detector, process_image
 from maskwatch.detection.video import (
     BackgroundWriter,
     VideoSource,
@@ -19,7 +20,7 @@ from maskwatch.detection.video import (
     prefetch,
 )
 from maskwatch.errors import MaskwatchError
-from maskwatch.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_video_path, load_rgb, save_rgb
+from maskwatch.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_inputs, is_video_path
 from maskwatch.labels import CANONICAL, WITHOUT_MASK
 
 
@@ -72,35 +73,30 @@ class OutputNamer:
         return candidate
 
 
-def process_image(detector, spec: str, out) -> tuple[list | None, str | None, Path | None]:
-    """Read, detect and (when ``out`` is a path, or a callable giving one) save an
-    annotated copy: (faces, None, written) or (None, error, None) when unreadable;
-    (faces, error, None) when only the copy could not be written."""
-    try:
-        rgb = load_rgb(spec)
-    except MaskwatchError as exc:
-        return None, str(exc), None
-    faces = detector.detect(rgb)
-    if out is None:
-        return faces, None, None
-    path = out() if callable(out) else out
-    try:
-        save_rgb(path, draw_faces(rgb, faces))
-    except (OSError, ValueError) as exc:
-        return faces, f"{path}: cannot write ({exc})", None
-    return faces, None, path
-
-
 CSV_COLUMNS = ["path", "frame", "face", "x1", "y1", "x2", "y2", "label", "score", "face_score",
                "track_id"]
 
 
 class Run:
-    """State of one `detect` run: outputs, counts, failures."""
+    """State of one `detect` run: outputs, counts, failures.
 
-    def __init__(self, args, detector, stdout=None):
-        self.args = args
+    ``out``: folder for annotated copies; ``csv_path``: one row per face; ``output``: the
+    append-only result file (``resume``: skip what it holds); ``json_lines``: print each
+    record on ``stdout``; ``alert_*``: see :class:`~maskwatch.detection.alerts.AlertHook`.
+    """
+
+    def __init__(self, detector, *, out: str | Path | None = None, json_lines: bool = False,
+                 csv_path: str | Path | None = None, overwrite: bool = False,
+                 output: str | Path | None = None, resume: bool = False,
+                 max_frames: int | None = None, alert_after: int = 10,
+                 alert_command: str | None = None, alert_url: str | None = None,
+                 alert_interval: float = 60.0, quiet: bool = False, stdout=None):
         self.detector = detector
+        self.out = out
+        self.json_lines = json_lines
+        self.output_path = output
+        self.max_frames = max_frames
+        self.quiet = quiet
         self.stdout = stdout or sys.stdout
         self.failures: list[str] = []
         self.face_counts: Counter = Counter()
@@ -109,13 +105,13 @@ class Run:
         self.images_without_face = 0
         self.people: dict[str, dict[str, int]] = {}
         self.outputs: list[Path] = []
-        self.namer = OutputNamer(Path(args.out), args.overwrite) if args.out else None
+        self.namer = OutputNamer(Path(out), overwrite) if out else None
         self.classes = [c for c in CANONICAL if c in detector.classes] or list(detector.classes)
         self._csv_file = None
         self._csv = None
-        if args.csv:
-            path = Path(args.csv)
-            if path.exists() and not args.overwrite:
+        if csv_path:
+            path = Path(csv_path)
+            if path.exists() and not overwrite:
                 raise MaskwatchError(f"{path}: already exists (use --overwrite to replace it)")
             path.parent.mkdir(parents=True, exist_ok=True)
             self._csv_file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
@@ -124,20 +120,16 @@ class Run:
         # --output FILE (.jsonl/.csv), appended per input; --resume: what it already holds
         self.output = None
         self.done: dict[str, int] = {}
-        if getattr(args, "output", None):
-            from maskwatch.inference.batch import AppendWriter, read_done
-
-            if args.resume:
-                self.done = read_done(args.output)
-            self.output = AppendWriter(args.output,
-                                       [*CSV_COLUMNS, *[f"p_{c}" for c in self.classes]],
-                                       args.resume)
+        if output:
+            if resume:
+                self.done = read_done(output)
+            self.output = AppendWriter(output, [*CSV_COLUMNS, *[f"p_{c}" for c in self.classes]],
+                                       resume)
         self.alert = None
-        if args.alert_command or args.alert_url:
+        if alert_command or alert_url:
             from maskwatch.detection.alerts import AlertHook
 
-            self.alert = AlertHook(args.alert_after, args.alert_command, args.alert_url,
-                                   args.alert_interval)
+            self.alert = AlertHook(alert_after, alert_command, alert_url, alert_interval)
 
     def fail(self, msg: str) -> None:
         self.failures.append(msg)
@@ -160,8 +152,9 @@ class Run:
         for f in faces:
             self.face_counts[f.label or "face"] += 1
         record = {"path": path, "frame": frame, "faces": [f.to_dict() for f in faces]}
-        if self.args.json:
-            print_json(record, self.stdout)
+        if self.json_lines:
+            self.stdout.write(json_line(record))
+            self.stdout.flush()
         if self._csv is not None:
             self._csv.writerows(self._rows(path, frame, faces))
         if self.output is not None:
@@ -175,8 +168,6 @@ class Run:
         """With --resume: the last frame of ``spec`` already in --output (-1: an image)."""
         if not self.done:
             return None
-        from maskwatch.inference.batch import same_file_key
-
         return self.done.get(same_file_key(spec))
 
     def out_path(self, spec: str) -> Path | None:
@@ -220,20 +211,20 @@ class Run:
         # them) but not written twice; a video recorded to its end is skipped
         last = self.recorded(spec)
         last = -1 if last is None else last
-        end = min(n for n in (src.frame_count, self.args.max_frames, float("inf"))
+        end = min(n for n in (src.frame_count, self.max_frames, float("inf"))
                   if n is not None)
         if last >= 0 and last + 1 >= end:
-            self.note(f"{spec}: already in {self.args.output}")
+            self.note(f"{spec}: already in {self.output_path}")
             src.close()
             return
         writer = None
         frames = 0
-        bar = tqdm(total=self.args.max_frames or src.frame_count, desc=src.name, unit="frame",
-                   disable=self.args.quiet, file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=self.max_frames or src.frame_count, desc=src.name, unit="frame",
+                   disable=self.quiet, file=sys.stderr, dynamic_ncols=True)
         try:
             # decoding (reader thread), detection (here) and drawing + encoding (writer
             # thread) overlap, so the CPU does not sit idle waiting for video I/O
-            for rgb in prefetch(src.frames(self.args.max_frames)):
+            for rgb in prefetch(src.frames(self.max_frames)):
                 faces = tracker.update(self.detector.detect(rgb))
                 if self.alert and frames > last:
                     event = self.alert.update(faces, spec, frames)
@@ -286,65 +277,76 @@ class Run:
             people = ", ".join(f"{k}: {v}" for k, v in counts.items()) or "nobody tracked"
             parts.append(f"{spec}: people {people}")
         if self.outputs:
-            parts.append(f"annotated output in {self.args.out}")
+            parts.append(f"annotated output in {self.out}")
         if self.failures:
             parts.append(f"{len(self.failures)} input(s) failed")
         return "\n".join(parts)
 
 
-def detector_options(args) -> dict:
-    """Detector keyword arguments from the options `detect` and `evaluate-detection` share."""
-    return dict(
-        face_detector=args.detector,
-        classifier=False if args.faces_only else args.model,
-        threads=args.threads,
-        face_threshold=args.face_threshold,
-        margin=args.margin,
-        detect_size=args.detect_size,
-        min_face=getattr(args, "min_face", 0),
-        upscale=args.upscale,
-        threshold=getattr(args, "threshold", None),
-    )
+def run_detect(
+    inputs: list[str],
+    detector_options: dict,
+    *,
+    out: str | Path | None = None,
+    json_lines: bool = False,
+    csv_path: str | Path | None = None,
+    overwrite: bool = False,
+    max_frames: int | None = None,
+    alert_after: int = 10,
+    alert_command: str | None = None,
+    alert_url: str | None = None,
+    alert_interval: float = 60.0,
+    workers: int = 1,
+    output: str | Path | None = None,
+    resume: bool = False,
+    shard: tuple[int, int] | None = None,
+    quiet: bool = False,
+) -> int:
+    """Detect over ``inputs``; returns the exit status (0, 1 if an input failed, 130 when
+    interrupted).
 
-
-def run_detect(args) -> int:
-    """Images go to ``--workers`` processes (results recorded in input order); videos,
-    cameras and streams always run here, one after the other, frame by frame."""
+    ``detector_options``: keyword arguments of :class:`~maskwatch.detection.pipeline.Detector`.
+    Images go to ``workers`` processes (results recorded in input order); videos, cameras
+    and streams always run here, one after the other, frame by frame.
+    """
     from maskwatch.detection.pipeline import Detector
-    from maskwatch.inference import batch
 
-    workers = getattr(args, "workers", 1) or 1
-    if getattr(args, "resume", False) and not getattr(args, "output", None):
+    if resume and not output:
         raise MaskwatchError("--resume needs --output FILE")
     if workers < 1:
         raise MaskwatchError("--workers must be at least 1")
-    options = detector_options(args)
+    options = dict(detector_options)
     detector = Detector(**options)
-    run = Run(args, detector)
-    sources = list(iter_sources(args.inputs, run.fail))
-    sources = batch.select_shard(sources, getattr(args, "shard", None), key=lambda s: s[1])
+    run = Run(detector, out=out, json_lines=json_lines, csv_path=csv_path, overwrite=overwrite,
+              output=output, resume=resume, max_frames=max_frames, alert_after=alert_after,
+              alert_command=alert_command, alert_url=alert_url,
+              alert_interval=alert_interval, quiet=quiet)
+    sources = list(iter_sources(inputs, run.fail))
+    sources = select_shard(sources, shard, key=lambda s: s[1])
     images = [s for kind, s in sources if kind == "image"]
     if run.done:
         before = len(images)
         images = [s for s in images if run.recorded(s) is None]
         if before > len(images):
-            run.note(f"{before - len(images)} image(s) already in {args.output}")
+            run.note(f"{before - len(images)} image(s) already in {output}")
     interrupted = False
     try:
         from tqdm import tqdm
 
         bar = tqdm(total=len(images), desc="images", unit="img", file=sys.stderr,
-                   disable=args.quiet or len(images) < 2)
+                   disable=quiet or len(images) < 2)
         if workers <= 1:
             for spec in images:
                 run.image(spec)
                 bar.update(1)
         else:
+            from maskwatch.batching import ordered_map
+
             # output names are chosen here, in input order, so they never depend on timing
             jobs = ((s, None if run.namer is None else str(run.out_path(s))) for s in images)
-            options["threads"] = args.threads or 1
-            for spec, faces, error, written in batch.ordered_map(
-                batch.detect_image, jobs, workers, batch.init_detector, (options,)
+            options["threads"] = options.get("threads") or 1
+            for spec, faces, error, written in ordered_map(
+                detect_image, jobs, workers, init_detector, (options,)
             ):
                 run.image_done(spec, faces, error, written)
                 bar.update(1)
@@ -358,7 +360,7 @@ def run_detect(args) -> int:
     finally:
         run.close()
     summary = run.summary()
-    print(summary, file=sys.stderr if args.json else sys.stdout)
+    print(summary, file=sys.stderr if json_lines else sys.stdout)
     if interrupted:
         return 130
     return 1 if run.failures else 0

@@ -5,18 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from maskwatch.boxes import iou_matrix
 from maskwatch.labels import WITHOUT_MASK, sort_classes
-
-
-def box_iou(a, b) -> float:
-    """Intersection over union of two (x1, y1, x2, y2) boxes."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclass
@@ -68,12 +60,8 @@ class IoUTracker:
         ``score`` and ``scores`` on each face (in place) and returns the faces."""
         self.frame += 1
         live = list(self.tracks.values())
-        pairs = []
-        for ti, track in enumerate(live):
-            for fi, face in enumerate(faces):
-                iou = box_iou(track.box, face.box)
-                if iou >= self.iou_threshold:
-                    pairs.append((iou, ti, fi))
+        ious = iou_matrix([t.box for t in live], [f.box for f in faces])
+        pairs = [(ious[ti, fi], ti, fi) for ti, fi in np.argwhere(ious >= self.iou_threshold)]
         pairs.sort(key=lambda p: -p[0])
         used_t, used_f = set(), set()
         for _iou_value, ti, fi in pairs:

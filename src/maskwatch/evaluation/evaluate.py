@@ -78,9 +78,8 @@ def score_samples(
     """Read each face (box grown by ``margin``), score it; unreadable ones are listed."""
     from tqdm import tqdm
 
-    from maskwatch.training.data import dataset_api
+    from maskwatch.data import read_face
 
-    _, read_face = dataset_api()
     kept, y, probs, failed = [], [], [], []
     faces, pending = [], []
     bar = tqdm(total=len(samples), desc="scoring", unit="face", disable=not progress,
@@ -153,7 +152,7 @@ def write_threshold(model: str | Path, threshold: float, tag: str, force: bool =
         info.save_json(dst.with_suffix(".json"))
         return dst
     if suffix == ".safetensors":
-        from maskwatch.training.checkpoint import read_header, rewrite_info
+        from maskwatch.models.checkpoint import read_header, rewrite_info
 
         info = ModelInfo.from_dict(read_header(src))
         info.threshold = float(threshold)

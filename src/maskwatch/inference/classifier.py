@@ -73,7 +73,7 @@ class _TorchBackend:
             raise ModelError(
                 f"{path}: a .safetensors checkpoint needs torch: pip install 'maskwatch[train]'"
             ) from None
-        from maskwatch.training.checkpoint import load_checkpoint
+        from maskwatch.models.checkpoint import load_checkpoint
 
         if threads > 0:
             torch.set_num_threads(threads)

@@ -19,16 +19,6 @@ from maskwatch.labels import INCORRECT_MASK, WITH_MASK, WITHOUT_MASK
 CACHE_VERSION = 1
 
 
-def dataset_api():
-    """(load_dataset, read_face) from maskwatch.data."""
-    try:
-        from maskwatch.data import load_dataset, read_face
-    except ImportError:  # package __init__ not written yet: use the modules directly
-        from maskwatch.data.layouts import load_dataset
-        from maskwatch.data.model import read_face
-    return load_dataset, read_face
-
-
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "maskwatch"
@@ -117,11 +107,7 @@ def cache_key(samples: Sequence, size: int, margin: float) -> str:
     return h.hexdigest()[:24]
 
 
-_WORKER_READ = None
-
-
 def _init_worker() -> None:
-    global _WORKER_READ
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         import cv2
@@ -129,16 +115,15 @@ def _init_worker() -> None:
         cv2.setNumThreads(1)
     except ImportError:  # pragma: no cover
         pass
-    _WORKER_READ = dataset_api()[1]
 
 
 def _decode(job):
     i, sample, size, margin = job
+    from maskwatch.data.model import read_face
     from maskwatch.inference.preprocess import resize_face
 
-    read = _WORKER_READ or dataset_api()[1]
     try:
-        return i, resize_face(read(sample, margin), size), None
+        return i, resize_face(read_face(sample, margin), size), None
     except ImageError as exc:
         return i, None, str(exc)
     except Exception as exc:  # a worker must never take the pool down

@@ -32,11 +32,10 @@ from torch import nn
 from maskwatch.errors import MaskwatchError, ModelError
 from maskwatch.inference.modelfile import ModelInfo
 from maskwatch.inference.preprocess import to_input
-from maskwatch.training import checkpoint as ckpt
+from maskwatch.models import checkpoint as ckpt
 from maskwatch.training.augment import PRESETS, augment_batch, normalise
 from maskwatch.training.data import (
     class_list,
-    dataset_api,
     decode_faces,
     default_cache_dir,
     group_split,
@@ -102,7 +101,8 @@ class TrainData:
 
 
 def _load_split_samples(path: str, args):
-    load_dataset, _ = dataset_api()
+    from maskwatch.data import load_dataset
+
     ds = load_dataset(path, mapping=args.mapping)
     return ds
 

@@ -1,0 +1,239 @@
+"""Large collections, in any order of machines and processes: nothing here knows models.
+
+- ``select_shard``: this machine's part of a file list (``--shard I/N``: file k of the
+  list sorted by path goes to part k mod N).
+- ``read_done`` / ``AppendWriter``: results appended to a JSON-lines or CSV file, one
+  flushed write per input, so a crash keeps every finished record; ``--resume`` reads
+  the file back and skips the inputs already in it.
+- ``ordered_map``: a pool of worker processes (each with its own model) with a bounded
+  number of tasks in flight; results come back in input order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from maskwatch.errors import MaskwatchError
+
+T = TypeVar("T")
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+# -------------------------------------------------------------------------- shards
+
+
+def select_shard(items: Sequence[T], shard: tuple[int, int] | None,
+                 key: Callable[[T], str] = str) -> list[T]:
+    """The items of part I of N: item k of the list sorted by ``key`` goes to part k mod N.
+
+    Deterministic for the same file list on every machine; the result keeps the input
+    order. ``shard=None``: everything.
+    """
+    if shard is None:
+        return list(items)
+    i, n = shard
+    ranked = sorted(range(len(items)), key=lambda j: (key(items[j]), j))
+    keep = {j for pos, j in enumerate(ranked) if pos % n == i}
+    return [item for j, item in enumerate(items) if j in keep]
+
+
+def same_file_key(path: str | Path) -> str:
+    """How inputs are matched against an output file on --resume (absolute path)."""
+    return os.path.abspath(str(path))
+
+
+# ---------------------------------------------------------------------- output file
+
+
+def json_line(obj) -> str:
+    """One JSON object on one line (compact), newline included."""
+    return json.dumps(obj, separators=(",", ":")) + "\n"
+
+
+def output_format(path: str | Path) -> str:
+    """"jsonl" or "csv" from the file name."""
+    suffix = Path(path).suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise MaskwatchError(f"{path}: --output must end in .jsonl or .csv")
+
+
+def read_done(path: str | Path) -> dict[str, int]:
+    """Inputs already in an output file: absolute path -> last frame recorded (-1 for
+    an image). A half-written last line (a crash mid-write) is ignored."""
+    path = Path(path)
+    done: dict[str, int] = {}
+    if not path.is_file():
+        return done
+    fmt = output_format(path)
+    with open(path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # drop the partial record
+    if fmt == "jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise MaskwatchError(f"{path}:{n}: not a JSON line; is this a maskwatch "
+                                     "output file?") from None
+    else:
+        records = list(csv.DictReader(io.StringIO(text, newline="")))
+        if records and "path" not in records[0]:
+            raise MaskwatchError(f"{path}: no 'path' column; is this a maskwatch output file?")
+    for r in records:
+        if not isinstance(r, dict) or not r.get("path"):
+            raise MaskwatchError(f"{path}: a record without 'path'; is this a maskwatch "
+                                 "output file?")
+        frame = r.get("frame")
+        frame = -1 if frame in (None, "") else int(frame)
+        key = same_file_key(r["path"])
+        done[key] = max(done.get(key, -1), frame)
+    return done
+
+
+class AppendWriter:
+    """Appends records to a .jsonl or .csv file, flushing each input's record(s) in one
+    write. Refuses an existing non-empty file unless ``resume``; on resume a half-written
+    last line is cut off (only the bytes after the last newline) and the CSV header must
+    match."""
+
+    def __init__(self, path: str | Path, columns: list[str] | None = None,
+                 resume: bool = False):
+        self.path = Path(path)
+        self.format = output_format(self.path)
+        self.columns = columns
+        exists = self.path.is_file() and self.path.stat().st_size > 0
+        if exists and not resume:
+            raise MaskwatchError(f"{self.path}: already exists; pass --resume to continue it "
+                                 "or choose another --output")
+        if self.path.exists() and not self.path.is_file():
+            raise MaskwatchError(f"{self.path}: not a file")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if exists:
+            self._cut_partial_line()
+            if self.format == "csv" and columns:
+                with open(self.path, encoding="utf-8", newline="") as f:
+                    header = next(csv.reader(f), None)
+                if header != columns:
+                    raise MaskwatchError(f"{self.path}: its CSV columns differ from this "
+                                         "run's (another model or command?)")
+        self._file = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        if self.format == "csv" and columns and self._file.tell() == 0:
+            self._write_text(self._csv_text([columns]))
+
+    def _cut_partial_line(self) -> None:
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                keep = data.rfind(b"\n") + 1
+                f.truncate(keep)
+                print(f"maskwatch: {self.path}: dropped a half-written last record",
+                      file=sys.stderr)
+
+    @staticmethod
+    def _csv_text(rows: list[list]) -> str:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(rows)
+        return buf.getvalue()
+
+    def _write_text(self, text: str) -> None:
+        self._file.write(text)
+        self._file.flush()
+
+    def write(self, record: dict | None = None, rows: list[list] | None = None) -> None:
+        """One input's results: a JSON record (.jsonl) or CSV rows (.csv)."""
+        if self.format == "jsonl":
+            self._write_text(json_line(record))
+        elif rows:
+            self._write_text(self._csv_text(rows))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# ---------------------------------------------------------------------- process pool
+
+
+def _watch_parent(parent: int) -> None:
+    """Worker side: exit when the main process is gone (killed), instead of lingering."""
+    def loop() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def _worker_start(parent: int, init: Callable | None, initargs: tuple) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _watch_parent(parent)
+    if init is not None:
+        init(*initargs)
+
+
+def ordered_map(fn: Callable[[Any], T], tasks: Iterable, workers: int = 1,
+                initializer: Callable | None = None, initargs: tuple = (),
+                max_in_flight: int | None = None) -> Iterator[T]:
+    """``fn(task)`` for every task, results yielded in input order.
+
+    ``workers <= 1``: in this process (``initializer`` runs here once). Otherwise that
+    many spawned worker processes, each running ``initializer`` once (load its model
+    there), with at most ``max_in_flight`` (default 2 per worker) tasks submitted ahead
+    of the result being waited for, so memory stays bounded on any collection size.
+    """
+    if workers <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        for task in tasks:
+            yield fn(task)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    limit = max_in_flight or 2 * workers
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                               initializer=_worker_start,
+                               initargs=(os.getpid(), initializer, initargs))
+    pending: deque = deque()
+    it = iter(tasks)
+    try:
+        for task in it:
+            pending.append(pool.submit(fn, task))
+            if len(pending) >= limit:
+                break
+        while pending:
+            future = pending.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                raise MaskwatchError("a worker process died (out of memory, or its model "
+                                     "could not be loaded)") from None
+            for task in it:
+                pending.append(pool.submit(fn, task))
+                break
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def chunks(items: Sequence[T], size: int) -> list[list[T]]:
+    size = max(1, size)
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]

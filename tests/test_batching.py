@@ -1,0 +1,45 @@
+"""maskwatch.batching: the append writer, the ordered process pool and shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from maskwatch import batching
+from maskwatch.errors import MaskwatchError
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_writer_cuts_a_half_written_record(tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"path":"a.png","label":"with_mask"}\n{"path":"b.p')
+    assert batching.read_done(out) == {os.path.abspath("a.png"): -1}
+    with pytest.raises(MaskwatchError, match="already exists"):
+        batching.AppendWriter(out)
+    w = batching.AppendWriter(out, resume=True)
+    w.write({"path": "b.png"})
+    w.close()
+    assert [r["path"] for r in _records(out)] == ["a.png", "b.png"]
+    (tmp_path / "bad.jsonl").write_text("hello\n")
+    with pytest.raises(MaskwatchError, match="not a JSON line"):
+        batching.read_done(tmp_path / "bad.jsonl")
+
+
+def test_ordered_map_keeps_order_with_bounded_workers():
+    tasks = [3, 1, 2, 0, 5, 4]
+    assert list(batching.ordered_map(_slow_square, tasks, workers=2, max_in_flight=3)) == [
+        9, 1, 4, 0, 25, 16]
+    assert list(batching.ordered_map(_slow_square, tasks, workers=1)) == [9, 1, 4, 0, 25, 16]
+    assert batching.select_shard(list("dcba"), (0, 2)) == ["c", "a"]
+
+
+def _slow_square(x: int) -> int:
+    time.sleep(0.02 * x)
+    return x * x
