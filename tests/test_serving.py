@@ -372,6 +372,7 @@ def test_video_job_end_to_end(tmp_path):
         assert all(len(f["faces"]) == 1 for f in body["frames"])
         assert lefts == sorted(lefts) and lefts[-1] - lefts[0] >= 35  # the face moves right
         assert body["counts"] == {"without_mask": 8, "max_faces_in_frame": 1}
+        assert body["people"] == {"without_mask": 1}  # one person, tracked over 8 frames
         v = c.get(body["video_url"])
         assert v.status_code == 200 and v.headers["content-type"] == "video/mp4"
         out = tmp_path / "out.mp4"
@@ -415,6 +416,59 @@ def test_video_job_limit_gives_503(tmp_path):
         assert first.status_code == 202 and second.status_code == 503
         assert wait_job(c, first.json()["url"])["status"] == "done"
         assert c.post("/api/video", files=files).status_code == 202
+
+
+def write_odd_clip_with_audio(path: Path, frames: int = 8, w: int = 95, h: int = 63) -> None:
+    """A face moving right on an odd-sized clip (H.264 4:4:4 allows odd sizes) with a
+    440 Hz tone as its audio track."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    silent = path.with_name("silent.mp4")
+    writer = imageio_ffmpeg.write_frames(str(silent), (w, h), fps=10, codec="libx264",
+                                         pix_fmt_out="yuv444p", macro_block_size=1,
+                                         ffmpeg_log_level="error")
+    writer.send(None)
+    for i in range(frames):
+        rgb = np.zeros((h, w, 3), np.uint8)
+        rgb[20:44, 5 + 6 * i:29 + 6 * i] = (230, 40, 40)
+        writer.send(rgb)
+    writer.close()
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-i",
+                    str(silent), "-f", "lavfi", "-i", "sine=frequency=440:duration=1",
+                    "-c:v", "copy", "-c:a", "aac", "-shortest", str(path)], check=True)
+
+
+def test_video_job_and_detect_cli_agree(tmp_path):
+    """The web job and `maskwatch detect` share one video path: the same faces and track
+    ids per frame, the same people counts, the audio kept, and odd frame sizes handled."""
+    import json
+
+    from maskwatch.detection.runner import Run
+    from maskwatch.detection.video import has_audio
+
+    src = tmp_path / "odd.mp4"
+    write_odd_clip_with_audio(src)
+    detector = FakeDetector()
+    detector.classes = CLASSES
+    printed = io.StringIO()
+    run = Run(detector, out=tmp_path / "cli", json_lines=True, quiet=True, stdout=printed)
+    run.video(str(src))
+    run.close()
+    assert not run.failures
+    cli = [json.loads(line) for line in printed.getvalue().splitlines()]
+    with client_for(detector) as c:
+        r = c.post("/api/video", files={"file": ("odd.mp4", src.read_bytes(), "video/mp4")})
+        body = wait_job(c, r.json()["url"])
+        assert body["status"] == "done", body
+        web_video = tmp_path / "web.mp4"
+        web_video.write_bytes(c.get(body["video_url"]).content)
+    assert body["people"] == run.people[str(src)] == {"without_mask": 1}
+    assert [f["faces"] for f in body["frames"]] == [r["faces"] for r in cli]
+    assert {f["track_id"] for rec in cli for f in rec["faces"]} == {1}
+    assert (body["width"], body["height"]) == (95, 63)
+    assert has_audio(run.outputs[0]) and has_audio(web_video)
 
 
 # ---------------------------------------------------------------- CLI

@@ -9,16 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from maskwatch.batching import AppendWriter, json_line, read_done, same_file_key, select_shard
-from maskwatch.detection.draw import draw_faces
 from maskwatch.detection.images import detect_image, init_detector, process_image
-from maskwatch.detection.video import (
-    BackgroundWriter,
-    VideoSource,
-    VideoWriter,
-    is_camera,
-    is_stream,
-    prefetch,
-)
+from maskwatch.detection.video import TrackedVideo, VideoSource, is_camera, is_stream
 from maskwatch.errors import MaskwatchError
 from maskwatch.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_inputs, is_video_path
 from maskwatch.labels import CANONICAL, WITHOUT_MASK
@@ -197,14 +189,11 @@ class Run:
     def video(self, spec: str) -> None:
         from tqdm import tqdm
 
-        from maskwatch.detection.tracker import IoUTracker
-
         try:
             src = VideoSource(spec)
         except MaskwatchError as exc:
             self.fail(str(exc))
             return
-        tracker = IoUTracker()
         if self.alert:
             self.alert.reset()
         # --resume: frames already in --output are detected again (the tracker needs
@@ -217,41 +206,29 @@ class Run:
             self.note(f"{spec}: already in {self.output_path}")
             src.close()
             return
-        writer = None
-        frames = 0
+        out = None
+        if self.namer is not None:
+            out = lambda: self.namer.path(f"{src.name}.mp4", spec)  # noqa: E731
+        video = TrackedVideo(src, self.detector.detect, out, self.max_frames)
         bar = tqdm(total=self.max_frames or src.frame_count, desc=src.name, unit="frame",
                    disable=self.quiet, file=sys.stderr, dynamic_ncols=True)
         try:
-            # decoding (reader thread), detection (here) and drawing + encoding (writer
-            # thread) overlap, so the CPU does not sit idle waiting for video I/O
-            for rgb in prefetch(src.frames(self.max_frames)):
-                faces = tracker.update(self.detector.detect(rgb))
-                if self.alert and frames > last:
-                    event = self.alert.update(faces, spec, frames)
+            for index, _rgb, faces in video:
+                if self.alert and index > last:
+                    event = self.alert.update(faces, spec, index)
                     if event:
-                        self.note(f"alert: unmasked face in {spec} at frame {frames}")
-                if frames > last:
-                    self.emit(spec, frames, faces)
-                if self.namer is not None:
-                    if writer is None:
-                        h, w = rgb.shape[:2]
-                        out = self.namer.path(f"{src.name}.mp4", spec)
-                        writer = BackgroundWriter(
-                            VideoWriter(out, src.fps, (w, h),
-                                        audio_from=None if src.live else spec),
-                            draw_faces,
-                        )
-                    writer.write(rgb, faces)
-                frames += 1
+                        self.note(f"alert: unmasked face in {spec} at frame {index}")
+                if index > last:
+                    self.emit(spec, index, faces)
                 bar.update(1)
         finally:
             bar.close()
             src.close()
-            self.frames += frames
-            self.people[spec] = tracker.counts()
-            if writer is not None:
-                self.outputs.append(writer.close())
-        if frames == 0:
+            self.frames += video.frames
+            self.people[spec] = video.people()
+            if video.written is not None:
+                self.outputs.append(video.written)
+        if video.frames == 0:
             self.fail(f"{spec}: no frame could be decoded")
         elif src.ended_early():
             self.fail(f"{spec}: stopped at frame {src.frames_read} of {src.frame_count} "

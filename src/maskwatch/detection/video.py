@@ -277,3 +277,55 @@ class BackgroundWriter:
         if self._error is not None:
             raise self._error
         return path
+
+
+class TrackedVideo:
+    """The one video path: decode a source, detect and track every frame, and optionally
+    draw and encode the annotated H.264 MP4 (with the source's audio), as ``detect`` and
+    the web API's video jobs both do.
+
+    Iterating yields ``(index, rgb, faces)``; decoding runs in a reader thread and drawing
+    plus encoding in a writer thread, so they overlap detection. ``out``: the MP4 path, or
+    a callable giving it (asked at the first frame), or None. After the loop, ``written``
+    is the finished file and :meth:`people` the people per label the tracker counted.
+    """
+
+    def __init__(self, source: VideoSource, detect, out=None, max_frames: int | None = None,
+                 tracker=None):
+        from maskwatch.detection.tracker import IoUTracker
+
+        self.source = source
+        self.detect = detect
+        self.out = out
+        self.max_frames = max_frames
+        self.tracker = tracker if tracker is not None else IoUTracker()
+        self.written: Path | None = None
+        self.frames = 0
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, list]]:
+        from maskwatch.detection.draw import draw_faces
+
+        src = self.source
+        writer = None
+        try:
+            for rgb in prefetch(src.frames(self.max_frames)):
+                faces = self.tracker.update(self.detect(rgb))
+                yield self.frames, rgb, faces
+                if self.out is not None:
+                    if writer is None:
+                        h, w = rgb.shape[:2]
+                        path = self.out() if callable(self.out) else self.out
+                        writer = BackgroundWriter(
+                            VideoWriter(path, src.fps, (w, h),
+                                        audio_from=None if src.live else src.spec),
+                            draw_faces,
+                        )
+                    writer.write(rgb, faces)
+                self.frames += 1
+        finally:
+            if writer is not None:
+                self.written = writer.close()
+
+    def people(self) -> dict[str, int]:
+        """People per label: each track seen long enough counts once (see IoUTracker)."""
+        return self.tracker.counts()

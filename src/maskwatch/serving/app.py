@@ -121,7 +121,12 @@ class JobStatus(BaseModel):
     truncated: bool = Field(description="true when the video was cut at the frame limit")
     error: str | None = Field(description="why the job failed")
     counts: dict[str, int] | None = Field(
-        description="faces per label over all frames and `max_faces_in_frame` (when done)"
+        description="face detections per label summed over all frames (a person on screen "
+        "for 8 frames counts 8) and `max_faces_in_frame` (when done)"
+    )
+    people: dict[str, int] | None = Field(
+        description="people per label, as `maskwatch detect` counts them: each tracked face "
+        "seen in at least 3 frames counts once, under the label it carried most (when done)"
     )
     frames: list[FrameRecord] | None = Field(description="per-frame records (when done)")
     video_url: str | None = Field(description="annotated H.264 MP4 (when done)")
@@ -177,44 +182,6 @@ def _version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _fallback_annotate(rgb: np.ndarray, faces: list) -> np.ndarray:
-    """Boxes and labels with OpenCV (used when maskwatch.detection.draw is unavailable)."""
-    import cv2
-
-    colours = {"with_mask": (46, 160, 67), "without_mask": (214, 40, 40),
-               "incorrect_mask": (230, 150, 0)}
-    out = np.ascontiguousarray(rgb).copy()
-    thick = max(2, round(max(out.shape[:2]) / 320))
-    for rec in _face_records(faces):
-        x1, y1, x2, y2 = (int(round(v)) for v in rec["box"])
-        colour = colours.get(str(rec.get("label")), (40, 110, 220))
-        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
-        text = str(rec.get("label"))
-        if rec.get("score") is not None:
-            text += f" {rec['score']:.2f}"
-        cv2.putText(out, text, (x1, max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4 * thick, colour, max(1, thick // 2), cv2.LINE_AA)
-    return out
-
-
-def _pick_annotator() -> Callable[[np.ndarray, list], np.ndarray]:
-    """The project's drawing function when present, else a plain OpenCV one."""
-    try:
-        from maskwatch.detection import draw
-    except ImportError:
-        return _fallback_annotate
-    fn = getattr(draw, "draw_faces", None)
-    if not callable(fn):
-        return _fallback_annotate
-
-    def annotate(rgb: np.ndarray, faces: list) -> np.ndarray:
-        if all(hasattr(f, "box") and hasattr(f, "label") for f in faces):
-            return fn(rgb, faces)
-        return _fallback_annotate(rgb, faces)  # plain dict-like records
-
-    return annotate
 
 
 def _allowed(content_type: str, filename: str, major: str, suffixes: set[str]) -> bool:
@@ -327,7 +294,6 @@ class _State:
         self.executor: ThreadPoolExecutor | None = None
         self.semaphore: asyncio.Semaphore | None = None
         self.jobs: JobManager | None = None
-        self.annotate: Callable[[np.ndarray, list], np.ndarray] = _fallback_annotate
         self.ready = False
 
 
@@ -360,15 +326,13 @@ def create_app(
 
             clf = await asyncio.to_thread(Classifier, settings.model, settings.threads)
         state.detector, state.classifier = det, clf
-        state.annotate = _pick_annotator()
         state.executor = ThreadPoolExecutor(
             max_workers=settings.max_concurrency, thread_name_prefix="maskwatch-infer"
         )
         state.semaphore = asyncio.Semaphore(settings.max_concurrency)
         state.jobs = JobManager(
             lambda job, stop: process_video(
-                job, stop, det.detect, state.annotate, settings.max_video_frames,
-                settings.max_pixels,
+                job, stop, det.detect, settings.max_video_frames, settings.max_pixels
             ),
             max_active=settings.max_video_jobs,
             keep_finished=settings.keep_finished_jobs,
@@ -489,6 +453,7 @@ def create_app(
             "frames_done": job.frames_done, "frames_total": job.frames_total, "fps": job.fps,
             "width": job.width, "height": job.height, "truncated": job.truncated,
             "error": job.error, "counts": job.counts() if done else None,
+            "people": job.people if done else None,
             "frames": job.records if done else None,
             "video_url": str(request.url_for("job_video", job_id=job.id).path) if done else None,
         }

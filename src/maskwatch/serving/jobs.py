@@ -45,6 +45,7 @@ class Job:
     truncated: bool = False
     error: str | None = None
     records: list[dict] = field(default_factory=list)
+    people: dict[str, int] | None = None
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -66,7 +67,8 @@ class Job:
         return 0.0
 
     def counts(self) -> dict[str, int]:
-        """Faces seen per label over all frames, and the most faces in one frame."""
+        """Face detections per label summed over all frames (one person in 8 frames counts
+        8; see ``people``), and the most faces in one frame."""
         totals: dict[str, int] = {}
         most = 0
         for rec in self.records:
@@ -177,86 +179,50 @@ class JobManager:
                 shutil.rmtree(job.dir, ignore_errors=True)
 
 
-def _even(rgb: np.ndarray) -> np.ndarray:
-    """Pad a frame by one edge pixel where needed so H.264 4:2:0 accepts its size."""
-    h, w = rgb.shape[:2]
-    if h % 2 == 0 and w % 2 == 0:
-        return rgb
-    return np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-
-
 def process_video(
     job: Job,
     stop: threading.Event,
     detect: Callable[[np.ndarray], list],
-    annotate: Callable[[np.ndarray, list], np.ndarray],
     max_frames: int,
     max_pixels: int,
 ) -> None:
-    """Detect faces in every frame of job.input_path; write an annotated H.264 MP4.
+    """Detect and track faces in every frame of job.input_path and write the annotated
+    H.264 MP4 with the source's audio: the same video path as ``maskwatch detect``.
 
-    Fills job.records with ``{"frame", "time", "faces"}`` per frame.
+    Fills job.records with ``{"frame", "time", "faces"}`` per frame and job.people with
+    the people per label the tracker counted.
     """
-    import cv2
-    import imageio_ffmpeg
+    from maskwatch.detection.video import TrackedVideo, VideoSource
 
-    cap = cv2.VideoCapture(str(job.input_path))
     try:
-        if not cap.isOpened():
-            raise MaskwatchError(f"{job.filename}: not a video file that can be read")
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        fps = float(fps) if fps and 0 < fps < 1000 else 25.0
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        job.fps = fps
-        job.frames_total = min(total, max_frames) if total > 0 else None
-        writer = None
-        index = 0
-        try:
-            while True:
-                if stop.is_set():
-                    raise JobCancelled()
-                ok, bgr = cap.read()
-                if not ok:
-                    break
-                if index >= max_frames:
-                    job.truncated = True
-                    break
-                h, w = bgr.shape[:2]
-                if w * h > max_pixels:
-                    raise MaskwatchError(
-                        f"{job.filename}: {w}x{h} frames are over the limit of {max_pixels:,} "
-                        "pixels"
-                    )
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                faces = detect(rgb)
-                records = [f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in faces]
-                job.records.append(
-                    {"frame": index, "time": round(index / fps, 4), "faces": records}
+        src = VideoSource(job.input_path)
+    except MaskwatchError:
+        raise MaskwatchError(f"{job.filename}: not a video file that can be read") from None
+    try:
+        if src.width * src.height > max_pixels:
+            raise MaskwatchError(f"{job.filename}: {src.width}x{src.height} frames are over "
+                                 f"the limit of {max_pixels:,} pixels")
+        job.fps = src.fps
+        job.frames_total = min(src.frame_count, max_frames) if src.frame_count else None
+        video = TrackedVideo(src, detect, job.output_path, max_frames)
+        for index, rgb, faces in video:
+            if stop.is_set():
+                raise JobCancelled()
+            h, w = rgb.shape[:2]
+            if w * h > max_pixels:
+                raise MaskwatchError(
+                    f"{job.filename}: {w}x{h} frames are over the limit of {max_pixels:,} "
+                    "pixels"
                 )
-                frame = _even(annotate(rgb, faces))
-                if writer is None:
-                    job.width, job.height = w, h
-                    writer = imageio_ffmpeg.write_frames(
-                        str(job.output_path),
-                        (frame.shape[1], frame.shape[0]),
-                        fps=fps,
-                        codec="libx264",
-                        pix_fmt_in="rgb24",
-                        pix_fmt_out="yuv420p",
-                        quality=None,
-                        macro_block_size=1,
-                        output_params=["-crf", "23", "-preset", "veryfast",
-                                       "-movflags", "+faststart"],
-                    )
-                    writer.send(None)
-                writer.send(np.ascontiguousarray(frame))
-                index += 1
-                job.frames_done = index
-        finally:
-            if writer is not None:
-                writer.close()
-        if index == 0:
+            job.width, job.height = w, h
+            job.records.append({"frame": index, "time": round(index / src.fps, 4),
+                                "faces": [f.to_dict() for f in faces]})
+            job.frames_done = index + 1
+        if video.frames == 0:
             raise MaskwatchError(f"{job.filename}: no frames could be decoded")
-        job.frames_total = index
+        job.truncated = video.frames >= max_frames and (
+            src.frame_count is None or src.frame_count > max_frames)
+        job.frames_total = video.frames
+        job.people = video.people()
     finally:
-        cap.release()
+        src.close()

@@ -410,7 +410,8 @@
       link.href = src;
       link.download = `${file.name.replace(/\.[^.]+$/, "")}-maskwatch.mp4`;
       link.hidden = false;
-      renderCounts($("video-counts"), [], status.counts);
+      // people (tracked faces, as `maskwatch detect` counts them), not face-frames
+      renderCounts($("video-counts"), [], status.people || {});
       const most = document.createElement("div");
       most.innerHTML = "<dt>Most faces in one frame</dt><dd></dd>";
       most.querySelector("dd").textContent = String(status.counts.max_faces_in_frame);
