@@ -330,10 +330,17 @@ def test_openapi_lists_routes(client):
 # ---------------------------------------------------------------- video jobs
 
 
-def write_video(path: Path, frames: int = 8, w: int = 96, h: int = 64) -> None:
+def write_video(path: Path, frames: int = 8, w: int = 96, h: int = 64,
+                audio: bool = False) -> None:
+    """A bright face moving right. Odd sizes are encoded as H.264 4:4:4 (4:2:0 needs even
+    ones); ``audio`` adds a 440 Hz tone as the audio track."""
+    import subprocess
+
     import imageio_ffmpeg
 
-    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=10, codec="libx264",
+    silent = path.with_name("silent-" + path.name) if audio else path
+    writer = imageio_ffmpeg.write_frames(str(silent), (w, h), fps=10, codec="libx264",
+                                         pix_fmt_out="yuv444p" if w % 2 or h % 2 else "yuv420p",
                                          macro_block_size=1, ffmpeg_log_level="error")
     writer.send(None)
     for i in range(frames):
@@ -341,6 +348,10 @@ def write_video(path: Path, frames: int = 8, w: int = 96, h: int = 64) -> None:
         rgb[20:44, 5 + 6 * i:29 + 6 * i] = (230, 40, 40)
         writer.send(rgb)
     writer.close()
+    if audio:
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-i",
+                        str(silent), "-f", "lavfi", "-i", "sine=frequency=440:duration=60",
+                        "-c:v", "copy", "-c:a", "aac", "-shortest", str(path)], check=True)
 
 
 def wait_job(c: TestClient, url: str, timeout: float = 30.0) -> dict:
@@ -418,28 +429,6 @@ def test_video_job_limit_gives_503(tmp_path):
         assert c.post("/api/video", files=files).status_code == 202
 
 
-def write_odd_clip_with_audio(path: Path, frames: int = 8, w: int = 95, h: int = 63) -> None:
-    """A face moving right on an odd-sized clip (H.264 4:4:4 allows odd sizes) with a
-    440 Hz tone as its audio track."""
-    import subprocess
-
-    import imageio_ffmpeg
-
-    silent = path.with_name("silent.mp4")
-    writer = imageio_ffmpeg.write_frames(str(silent), (w, h), fps=10, codec="libx264",
-                                         pix_fmt_out="yuv444p", macro_block_size=1,
-                                         ffmpeg_log_level="error")
-    writer.send(None)
-    for i in range(frames):
-        rgb = np.zeros((h, w, 3), np.uint8)
-        rgb[20:44, 5 + 6 * i:29 + 6 * i] = (230, 40, 40)
-        writer.send(rgb)
-    writer.close()
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-i",
-                    str(silent), "-f", "lavfi", "-i", "sine=frequency=440:duration=1",
-                    "-c:v", "copy", "-c:a", "aac", "-shortest", str(path)], check=True)
-
-
 def test_video_job_and_detect_cli_agree(tmp_path):
     """The web job and `maskwatch detect` share one video path: the same faces and track
     ids per frame, the same people counts, the audio kept, and odd frame sizes handled."""
@@ -449,7 +438,7 @@ def test_video_job_and_detect_cli_agree(tmp_path):
     from maskwatch.detection.video import has_audio
 
     src = tmp_path / "odd.mp4"
-    write_odd_clip_with_audio(src)
+    write_video(src, w=95, h=63, audio=True)
     detector = FakeDetector()
     detector.classes = CLASSES
     printed = io.StringIO()
