@@ -183,7 +183,7 @@ def test_cli_detect_video(clip, tmp_path, capsys, monkeypatch):
     walker = {f["track_id"] for r in records for f in r["faces"] if f["label"] == "without_mask"}
     assert len(walker) == 1  # one identity for the walking face
     assert all(len(r["faces"]) == 2 for r in records)
-    assert "alert: unmasked face" in captured.err
+    assert "alert: non-compliant face (without_mask)" in captured.err
     assert "people with_mask: 1, without_mask: 1" in captured.err
     cap = cv2.VideoCapture(str(out / "walk.mp4"))
     assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (

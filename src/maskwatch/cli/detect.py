@@ -49,6 +49,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _labels(text: str) -> tuple[str, ...]:
+    from maskwatch.detection.alerts import parse_labels
+    from maskwatch.errors import MaskwatchError
+
+    try:
+        return parse_labels(text)
+    except MaskwatchError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+
+
 def register(subparsers) -> None:
     p = add_command(
         subparsers, "detect",
@@ -85,8 +95,12 @@ def register(subparsers) -> None:
                    help="stop each video, camera or stream after this many frames")
     alert = p.add_argument_group("alerts (videos, cameras, streams)")
     alert.add_argument("--alert-after", type=_positive, default=10, metavar="N",
-                       help="alert when a face without a mask has been seen for N consecutive "
-                       "frames")
+                       help="alert when a non-compliant face has been seen for N consecutive "
+                       "frames (default: 10)")
+    alert.add_argument("--non-compliant", default="without_mask,incorrect_mask",
+                       type=_labels, metavar="LABELS",
+                       help="labels that count as non-compliant for alerts, comma separated "
+                       "(default: without_mask,incorrect_mask)")
     alert.add_argument("--alert-command", default=None, metavar="CMD",
                        help="command to run on an alert (no shell; the JSON event arrives on "
                        "stdin and in $MASKWATCH_ALERT)")
@@ -159,6 +173,7 @@ def run_detect(args: argparse.Namespace) -> int:
         alert_after=args.alert_after, alert_command=args.alert_command,
         alert_url=args.alert_url, alert_interval=args.alert_interval, workers=args.workers,
         output=args.output, resume=args.resume, shard=args.shard, quiet=args.quiet,
+        non_compliant=args.non_compliant,
     )
 
 

@@ -19,7 +19,14 @@ def register(subparsers) -> None:
     p = add_command(
         subparsers, "evaluate", help="measure a classifier on a labelled dataset",
         description="Measure a classifier on a labelled dataset: accuracy, balanced accuracy, "
-        "per-class precision/recall/F1, specificity and ROC-AUC (without_mask vs rest).",
+        "per-class precision/recall/F1, the confusion matrix (3x3 for a three-class model), "
+        "specificity and ROC-AUC (without_mask vs rest).\n\n"
+        "A dataset that lacks some of the model's classes (a three-class model on\n"
+        "with/without folders) is scored with the decision restricted to the dataset's\n"
+        "classes: without_mask when P(without_mask) >= threshold, as deployed, else the\n"
+        "likelier of the classes left; with_mask and without_mask always stay. The report\n"
+        "states the rule and how many faces the full model answered with a left-out class.\n\n"
+        "example: maskwatch evaluate --data faces/ --model runs/r1/best.safetensors --json",
     )
     p.add_argument("--data", required=True, help="dataset folder, CSV or manifest")
     add_model_argument(p)
@@ -31,7 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--mapping", default=None, help="dataset class name -> label mapping")
     p.add_argument("--incorrect", choices=("drop", "merge"), default="drop",
                    help="incorrect_mask faces for a 2-class model: drop them, or count them "
-                   "as without_mask")
+                   "as without_mask (default: drop)")
     p.add_argument("--out", default=None,
                    help="folder for confusion/ROC plots and a gallery of the mistakes")
     p.add_argument("--target-recall", type=float, default=None,
@@ -70,7 +77,13 @@ def _fmt(v) -> str:
 
 
 def _human(m: dict, threshold_info: dict | None, failed: int, dropped: int) -> str:
-    lines = [
+    d = m["decision"]
+    lines = []
+    if d["left_out"]:
+        lines += [f"the dataset has no {', '.join(d['left_out'])}: {d['rule']} "
+                  f"({d['answers_left_out']} face(s) the full model answers "
+                  f"{' or '.join(d['left_out'])})", ""]
+    lines += [
         f"faces: {m['n']}" + (f" ({failed} unreadable skipped)" if failed else "")
         + (f" ({dropped} of classes the model lacks dropped)" if dropped else ""),
         f"threshold (without_mask): {m['threshold']:.4f}",
@@ -106,8 +119,10 @@ def run_evaluate(args) -> int:
     from maskwatch.errors import MaskwatchError
     from maskwatch.evaluation.evaluate import (
         choose_threshold,
+        map_label,
         map_labels,
         score_samples,
+        scored_classes,
         select_split,
         write_threshold,
     )
@@ -124,15 +139,17 @@ def run_evaluate(args) -> int:
         raise MaskwatchError(f"{out}: folder is not empty; choose another --out or pass --force")
     ds = load_dataset(args.data, mapping=args.mapping)
     clf = Classifier(args.model, threads=args.threads, batch_size=args.batch_size)
+    classes = scored_classes(clf.classes, {map_label(s.label, clf.classes, args.incorrect)
+                                           for s in ds.samples})
     samples = select_split(ds.samples, args.split)
-    samples, labels, dropped = map_labels(samples, clf.classes, args.incorrect)
+    samples, labels, dropped = map_labels(samples, classes, args.incorrect)
     if not samples:
         raise MaskwatchError(f"{args.data}: no face of the model's classes {clf.classes}")
     margin = args.margin
     if margin is None:
         margin = float(clf.info.extra.get("margin", 0.1))
     result = score_samples(clf, samples, labels, margin, args.batch_size,
-                           progress=not args.json or sys.stderr.isatty())
+                           progress=not args.json or sys.stderr.isatty(), classes=classes)
     result.dropped = dropped
     for err in result.failed[:5]:
         print(f"maskwatch: skipped {err}", file=sys.stderr)
@@ -151,9 +168,10 @@ def run_evaluate(args) -> int:
         from maskwatch.labels import WITHOUT_MASK
 
         out.mkdir(parents=True, exist_ok=True)
-        plot_confusion(out / "confusion_matrix.png", metrics["confusion_matrix"], clf.classes)
-        if WITHOUT_MASK in clf.classes:
-            p = clf.classes.index(WITHOUT_MASK)
+        plot_confusion(out / "confusion_matrix.png", metrics["confusion_matrix"],
+                       result.classes)
+        if WITHOUT_MASK in result.classes:
+            p = result.classes.index(WITHOUT_MASK)
             plot_roc(out / "roc.png", result.y_true == p, result.probs[:, p], result.threshold)
         write_gallery(out, result, read_face, margin)
         import json

@@ -1,4 +1,4 @@
-"""Alert hook: run a command or POST JSON when an unmasked face stays in view."""
+"""Alert hook: run a command or POST JSON when a non-compliant face stays in view."""
 
 from __future__ import annotations
 
@@ -15,11 +15,27 @@ from datetime import datetime, timezone
 from urllib.parse import urlparse
 
 from maskwatch.errors import MaskwatchError
-from maskwatch.labels import WITHOUT_MASK
+from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITHOUT_MASK
+
+#: Labels that count as non-compliant (and can fire an alert) unless told otherwise.
+NON_COMPLIANT = (WITHOUT_MASK, INCORRECT_MASK)
+
+
+def parse_labels(text: str) -> tuple[str, ...]:
+    """``"without_mask,incorrect_mask"`` -> a tuple of canonical labels (one-line error)."""
+    labels = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    unknown = [t for t in labels if t not in CANONICAL]
+    if not labels or unknown:
+        raise MaskwatchError(f"--non-compliant {text!r}: give labels among "
+                             f"{', '.join(CANONICAL)}, comma separated")
+    return labels
 
 
 class AlertHook:
-    """Fires when a face without a mask has been seen for ``after`` consecutive frames.
+    """Fires when a non-compliant face has been seen for ``after`` consecutive frames.
+
+    ``non_compliant``: the labels that count (default without_mask and incorrect_mask); the
+    event keeps its name ``unmasked_face`` and the face's own label says which it was.
 
     With tracked faces (``track_id`` set) the streak is counted per person; otherwise per
     frame (any unmasked face in view). At most one alert per ``interval`` seconds. The alert
@@ -36,6 +52,7 @@ class AlertHook:
         timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         log: Callable[[str], None] | None = None,
+        non_compliant: tuple[str, ...] = NON_COMPLIANT,
     ):
         if after < 1:
             raise MaskwatchError(f"--alert-after must be at least 1 frame, got {after}")
@@ -51,6 +68,7 @@ class AlertHook:
         if command is not None and not self.argv:
             raise MaskwatchError("--alert-command is empty")
         self.url = url
+        self.non_compliant = frozenset(non_compliant)
         self.after = int(after)
         self.interval = float(interval)
         self.timeout = timeout
@@ -69,7 +87,7 @@ class AlertHook:
 
     def update(self, faces: list, source: str = "", frame: int | None = None) -> dict | None:
         """Feed one frame's faces; returns the event if an alert fired on this frame."""
-        unmasked = [f for f in faces if f.label == WITHOUT_MASK]
+        unmasked = [f for f in faces if f.label in self.non_compliant]
         keys = {f.track_id if f.track_id is not None else "frame" for f in unmasked}
         self._streaks = {k: self._streaks.get(k, 0) + 1 for k in keys}
         due = [k for k, n in self._streaks.items() if n >= self.after]

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from maskwatch.batching import AppendWriter, json_line, read_done, same_file_key, select_shard
+from maskwatch.detection.alerts import NON_COMPLIANT
 from maskwatch.detection.images import detect_image, init_detector, process_image
 from maskwatch.detection.video import TrackedVideo, VideoSource, is_camera, is_stream
 from maskwatch.errors import MaskwatchError
@@ -82,7 +83,8 @@ class Run:
                  output: str | Path | None = None, resume: bool = False,
                  max_frames: int | None = None, alert_after: int = 10,
                  alert_command: str | None = None, alert_url: str | None = None,
-                 alert_interval: float = 60.0, quiet: bool = False, stdout=None):
+                 alert_interval: float = 60.0, quiet: bool = False, stdout=None,
+                 non_compliant: tuple[str, ...] = NON_COMPLIANT):
         self.detector = detector
         self.out = out
         self.json_lines = json_lines
@@ -121,7 +123,8 @@ class Run:
         if alert_command or alert_url:
             from maskwatch.detection.alerts import AlertHook
 
-            self.alert = AlertHook(alert_after, alert_command, alert_url, alert_interval)
+            self.alert = AlertHook(alert_after, alert_command, alert_url, alert_interval,
+                                   non_compliant=non_compliant)
 
     def fail(self, msg: str) -> None:
         self.failures.append(msg)
@@ -217,7 +220,8 @@ class Run:
                 if self.alert and index > last:
                     event = self.alert.update(faces, spec, index)
                     if event:
-                        self.note(f"alert: unmasked face in {spec} at frame {index}")
+                        self.note(f"alert: non-compliant face ({event['face']['label']}) in "
+                                  f"{spec} at frame {index}")
                 if index > last:
                     self.emit(spec, index, faces)
                 bar.update(1)
@@ -278,6 +282,7 @@ def run_detect(
     resume: bool = False,
     shard: tuple[int, int] | None = None,
     quiet: bool = False,
+    non_compliant: tuple[str, ...] = NON_COMPLIANT,
 ) -> int:
     """Detect over ``inputs``; returns the exit status (0, 1 if an input failed, 130 when
     interrupted).
@@ -297,7 +302,7 @@ def run_detect(
     run = Run(detector, out=out, json_lines=json_lines, csv_path=csv_path, overwrite=overwrite,
               output=output, resume=resume, max_frames=max_frames, alert_after=alert_after,
               alert_command=alert_command, alert_url=alert_url,
-              alert_interval=alert_interval, quiet=quiet)
+              alert_interval=alert_interval, quiet=quiet, non_compliant=non_compliant)
     sources = list(iter_sources(inputs, run.fail))
     sources = select_shard(sources, shard, key=lambda s: s[1])
     images = [s for kind, s in sources if kind == "image"]

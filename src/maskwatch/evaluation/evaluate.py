@@ -12,7 +12,15 @@ import numpy as np
 from maskwatch.errors import ImageError, MaskwatchError, ModelError
 from maskwatch.evaluation.metrics import evaluate_predictions, threshold_for_recall
 from maskwatch.inference.preprocess import decide
-from maskwatch.labels import INCORRECT_MASK, WITHOUT_MASK
+from maskwatch.labels import INCORRECT_MASK, WITH_MASK, WITHOUT_MASK
+
+#: The rule `evaluate` follows when the dataset lacks some of the model's classes (e.g. a
+#: three-class model on with/without folders); it is stated in every report.
+RESTRICTED_RULE = (
+    "decision restricted to the dataset's classes: a model class the dataset lacks (other "
+    "than with_mask and without_mask) is never answered; a face is without_mask when "
+    "P(without_mask) >= threshold, as deployed, else the likelier of the remaining classes"
+)
 
 
 @dataclass
@@ -26,6 +34,8 @@ class EvalResult:
     threshold: float
     failed: list[str] = field(default_factory=list)
     dropped: int = 0
+    model_classes: list[str] = field(default_factory=list)
+    answers_left_out: int = 0  # faces the unrestricted model gave a class left out here
 
     @property
     def y_pred(self) -> np.ndarray:
@@ -36,7 +46,18 @@ class EvalResult:
         pred = decide(self.probs, self.classes, t) if len(self.probs) else np.zeros(0, int)
         out = evaluate_predictions(self.y_true, self.probs, self.classes, pred)
         out["threshold"] = t
+        out["decision"] = self.decision()
         return out
+
+    def decision(self) -> dict:
+        """How predictions were made: the model's classes, the ones scored, and the rule."""
+        model = self.model_classes or self.classes
+        left_out = [c for c in model if c not in self.classes]
+        return {
+            "rule": RESTRICTED_RULE if left_out else "the model's decision over all its classes",
+            "model_classes": list(model), "scored_classes": list(self.classes),
+            "left_out": left_out, "answers_left_out": self.answers_left_out,
+        }
 
 
 def select_split(samples: list, split: str) -> list:
@@ -54,16 +75,28 @@ def select_split(samples: list, split: str) -> list:
     return chosen
 
 
+def scored_classes(model_classes: list[str], dataset_classes) -> list[str]:
+    """The model's classes an evaluation may answer with: those the dataset has, and
+    with_mask and without_mask always (so a one-class folder is still a real test)."""
+    have = set(dataset_classes)
+    return [c for c in model_classes if c in have or c in (WITH_MASK, WITHOUT_MASK)]
+
+
+def map_label(label: str, classes: list[str], incorrect: str = "drop") -> str | None:
+    """A sample's label as a model with ``classes`` scores it (None: not scored)."""
+    if label == INCORRECT_MASK and label not in classes and incorrect == "merge":
+        label = WITHOUT_MASK
+    return label if label in classes else None
+
+
 def map_labels(samples: list, classes: list[str], incorrect: str = "drop"):
     """(kept samples, label indices) for a model's classes; ``incorrect``: what to do with
     incorrect_mask faces for a model without that class ('drop' or 'merge' into
     without_mask). Labels the model cannot predict are dropped."""
     kept, labels, dropped = [], [], 0
     for s in samples:
-        label = s.label
-        if label == INCORRECT_MASK and label not in classes and incorrect == "merge":
-            label = WITHOUT_MASK
-        if label not in classes:
+        label = map_label(s.label, classes, incorrect)
+        if label is None:
             dropped += 1
             continue
         kept.append(s)
@@ -73,9 +106,12 @@ def map_labels(samples: list, classes: list[str], incorrect: str = "drop"):
 
 def score_samples(
     classifier, samples: list, labels: np.ndarray, margin: float, batch: int = 64,
-    progress: bool = True,
+    progress: bool = True, classes: list[str] | None = None,
 ) -> EvalResult:
-    """Read each face (box grown by ``margin``), score it; unreadable ones are listed."""
+    """Read each face (box grown by ``margin``), score it; unreadable ones are listed.
+
+    ``classes`` (default: the classifier's) restricts the decision to those of the model's
+    classes (see ``RESTRICTED_RULE``); ``labels`` index into them."""
     from tqdm import tqdm
 
     from maskwatch.data import read_face
@@ -105,9 +141,16 @@ def score_samples(
             flush()
     flush()
     bar.close()
-    p = np.concatenate(probs) if probs else np.zeros((0, len(classifier.classes)))
-    return EvalResult(list(classifier.classes), kept, np.asarray(y, np.int64), p,
-                      classifier.threshold, failed)
+    model_classes = list(classifier.classes)
+    p = np.concatenate(probs) if probs else np.zeros((0, len(model_classes)))
+    classes = list(classes or model_classes)
+    left_out = [i for i, c in enumerate(model_classes) if c not in classes]
+    moved = 0
+    if left_out and len(p):
+        moved = int(np.isin(decide(p, model_classes, classifier.threshold), left_out).sum())
+    p = p[:, [model_classes.index(c) for c in classes]]
+    return EvalResult(classes, kept, np.asarray(y, np.int64), p, classifier.threshold, failed,
+                      model_classes=model_classes, answers_left_out=moved)
 
 
 def choose_threshold(result: EvalResult, target: float) -> dict:
