@@ -1,4 +1,4 @@
-"""`maskwatch data`: audit, split and crop datasets."""
+"""`maskwatch data`: audit, split, crop datasets and make synthetic incorrect_mask faces."""
 
 from __future__ import annotations
 
@@ -58,6 +58,36 @@ def register(subparsers) -> None:
                    help="grow each box by this fraction of its size on each side")
     c.add_argument("--min-size", type=int, default=16, help="skip faces smaller than this (px)")
     c.set_defaults(func=run_crop)
+
+    y = add_command(
+        sub, "synth-incorrect",
+        help="make training-only incorrect_mask faces: masks drawn under the nose or on the "
+        "chin of bare faces, and masks of masked faces moved down",
+        description="Make incorrect_mask faces for training from real faces: on bare faces\n"
+        "(without_mask) a mask is drawn just under the nose (nose) or on the chin (chin),\n"
+        "placed from YuNet's five landmarks; on masked faces (with_mask) the mask is moved\n"
+        "down (moved). Writes DIR/incorrect_mask/*.jpg and DIR/manifest.csv, where every\n"
+        "row has split train and source synthetic:KIND:ORIGINAL_PATH: splits, validation and\n"
+        "evaluate keep such faces out of every val/test set.\n\n"
+        "example: maskwatch data synth-incorrect split/manifest.csv --out synth/ --split train",
+    )
+    _add_loading(y)
+    y.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    y.add_argument("--split", default="train",
+                   help="take faces of this split only: train, val, test or all; data without "
+                   "splits counts as train (default: train, so no test face is copied)")
+    y.add_argument("--kinds", default="nose,chin,moved",
+                   help="ways of wearing it wrongly, comma separated (default: nose,chin,moved)")
+    y.add_argument("--per-face", type=int, default=1,
+                   help="variants per face and kind (default: 1)")
+    y.add_argument("--limit", type=int, default=None,
+                   help="use at most this many source faces, chosen at random (default: all)")
+    y.add_argument("--margin", type=float, default=0.1,
+                   help="grow boxes by this fraction per side (datasets with boxes; default: 0.1)")
+    y.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    y.add_argument("--force", action="store_true", help="replace DIR/manifest.csv")
+    y.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    y.set_defaults(func=run_synth)
 
 
 def _load(args):
@@ -127,4 +157,29 @@ def run_crop(args) -> int:
     if not args.json:
         print(f"wrote {summary['written']:,} faces to {summary['out']} "
               f"(skipped {summary['too_small']:,} smaller than {args.min_size} px)")
+    return 0
+
+
+def run_synth(args) -> int:
+    from maskwatch.data.synth import synthesise
+    from maskwatch.errors import MaskwatchError
+
+    ds = _load(args)
+    if args.split == "all":
+        samples = ds.samples
+    else:
+        samples = [s for s in ds.samples if s.split in (args.split, None)]
+    if not samples:
+        raise MaskwatchError(f"{args.path}: no face in split {args.split!r}")
+    summary = synthesise(samples, args.out, [k.strip() for k in args.kinds.split(",")],
+                         args.per_face, args.seed, args.margin, args.limit, args.force,
+                         progress=not args.quiet)
+    if args.json:
+        print_json(summary)
+    else:
+        kinds = ", ".join(f"{k} {v:,}" for k, v in summary["kinds"].items()) or "none"
+        skipped = ", ".join(f"{k} {v:,}" for k, v in summary["skipped"].items())
+        print(f"wrote {summary['written']:,} incorrect_mask faces ({kinds}) from "
+              f"{summary['from_faces']:,} faces to {summary['manifest']}"
+              + (f"; skipped: {skipped}" if skipped else ""))
     return 0

@@ -19,6 +19,8 @@ Stable API (used by training, evaluation and the CLI)::
 - ``read_manifest(path) -> list[Sample]``, ``write_manifest(path, samples, force=False)``;
   columns path,label,split,source,group,x1,y1,x2,y2 (paths relative to the manifest's folder
   when under it).
+- ``is_synthetic(sample)``: made-up faces (source ``synthetic:...``, see ``data.synth``) are
+  for training only: splits put them in train, evaluation and validation skip them.
 - ``Sample.group``: samples sharing it (one scene; an image and its ``Augmented_<base>_<n>``
   copies) must stay in one split. ``split_dataset`` / ``write_split`` / ``crop_dataset``
   make such splits; ``audit_dataset`` reports problems without changing anything.
@@ -30,8 +32,10 @@ from maskwatch.data.layouts import EXPECTED_LAYOUTS, load_dataset, parse_mapping
 from maskwatch.data.model import (
     MANIFEST_COLUMNS,
     SPLITS,
+    SYNTHETIC_SOURCE,
     Dataset,
     Sample,
+    is_synthetic,
     normalise_split,
     read_face,
     read_manifest,
@@ -40,8 +44,9 @@ from maskwatch.data.model import (
 from maskwatch.data.split import crop_dataset, parse_ratios, split_dataset, write_split
 
 __all__ = [
-    "EXPECTED_LAYOUTS", "MANIFEST_COLUMNS", "SPLITS", "Dataset", "Sample", "audit_dataset",
-    "clip_box", "crop_dataset", "expand_box", "format_report", "inspect_image",
+    "EXPECTED_LAYOUTS", "MANIFEST_COLUMNS", "SPLITS", "SYNTHETIC_SOURCE", "Dataset", "Sample",
+    "audit_dataset", "clip_box", "crop_dataset", "expand_box", "format_report",
+    "inspect_image", "is_synthetic",
     "load_dataset", "normalise_split", "parse_mapping", "parse_ratios", "parse_voc",
     "read_face", "read_manifest", "split_dataset", "write_manifest", "write_split",
 ]

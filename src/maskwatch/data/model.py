@@ -25,6 +25,10 @@ _SPLIT_ALIASES = {
 
 MANIFEST_COLUMNS = ("path", "label", "split", "source", "group", "x1", "y1", "x2", "y2")
 
+#: ``Sample.source`` of made-up faces starts with this (``synthetic:KIND:ORIGINAL_PATH``).
+#: Such samples are for training only: splits put them in train, evaluation skips them.
+SYNTHETIC_SOURCE = "synthetic"
+
 
 def normalise_split(name: str | None) -> str | None:
     """Return 'train', 'val' or 'test' for a split folder's name, else None."""
@@ -87,6 +91,11 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+
+def is_synthetic(sample: Sample) -> bool:
+    """True for a made-up face (``source`` ``synthetic:...``), which no val/test set may hold."""
+    return sample.source.split(":", 1)[0].strip().lower() == SYNTHETIC_SOURCE
 
 
 def read_face(sample: Sample, margin: float = 0.0) -> np.ndarray:
@@ -179,5 +188,9 @@ def read_manifest(path: str | Path) -> list[Sample]:
             split = row.get("split") or None
             if split is not None and split not in SPLITS:
                 raise LayoutError(f"{path}:{n}: unknown split {split!r} (train, val, test)")
-            out.append(Sample(p, label, split, row.get("source", ""), row.get("group", ""), box))
+            sample = Sample(p, label, split, row.get("source", ""), row.get("group", ""), box)
+            if split in ("val", "test") and is_synthetic(sample):
+                raise LayoutError(f"{path}:{n}: synthetic sample in split {split!r}; made-up "
+                                  "faces may only be in train")
+            out.append(sample)
     return out

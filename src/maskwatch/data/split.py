@@ -10,7 +10,7 @@ from pathlib import Path
 
 from maskwatch.data.audit import inspect_all
 from maskwatch.data.hashing import NEAR_DISTANCE, UnionFind, near_pairs
-from maskwatch.data.model import SPLITS, Dataset, Sample, write_manifest
+from maskwatch.data.model import SPLITS, Dataset, Sample, is_synthetic, write_manifest
 from maskwatch.errors import MaskwatchError
 
 
@@ -59,7 +59,10 @@ def _clusters(ds: Dataset, max_distance: int, workers: int, progress: bool):
 
 
 def assign_splits(ds: Dataset, clusters: list[list[int]], ratios, seed: int) -> list[Sample]:
-    """Give each cluster one split, keeping every class near the ratios (greedy, seeded)."""
+    """Give each cluster one split, keeping every class near the ratios (greedy, seeded).
+
+    A cluster holding a synthetic sample goes to train, with the real faces it was made
+    from, so no made-up face (nor its original's twin) reaches val or test."""
     ratios = parse_ratios(ratios)
     names = SPLITS[: len(ratios)]
     rng = random.Random(seed)
@@ -73,8 +76,9 @@ def assign_splits(ds: Dataset, clusters: list[list[int]], ratios, seed: int) -> 
     for cluster in clusters:
         counts = Counter(ds.samples[k].label for k in cluster)
         best, best_score = names[0], None
+        synthetic = any(is_synthetic(ds.samples[k]) for k in cluster)
         for n, r in zip(names, ratios):
-            if r <= 0:
+            if r <= 0 or (synthetic and n != "train"):
                 continue
             score = sum(c * (target[n][lab] - current[n][lab]) / max(target[n][lab], 1.0)
                         for lab, c in counts.items())

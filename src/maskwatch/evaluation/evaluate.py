@@ -62,7 +62,11 @@ class EvalResult:
 
 def select_split(samples: list, split: str) -> list:
     """Samples of ``split`` ('all' for every one). A dataset without splits counts as one
-    test set; asking for a split the data lacks is an error."""
+    test set; asking for a split the data lacks is an error. Synthetic samples are never
+    evaluated."""
+    from maskwatch.data.model import is_synthetic
+
+    samples = [s for s in samples if not is_synthetic(s)]
     if split == "all":
         return list(samples)
     present = {s.split for s in samples}

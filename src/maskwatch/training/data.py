@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskwatch.data.model import is_synthetic
 from maskwatch.errors import ImageError, MaskwatchError
 from maskwatch.labels import INCORRECT_MASK, WITH_MASK, WITHOUT_MASK
 
@@ -57,7 +58,8 @@ def group_split(samples: Sequence, labels: np.ndarray, fraction: float, seed: in
     """Split indices into (train, val) so that no ``sample.group`` spans both.
 
     Groups are shuffled with ``seed`` and taken per majority label until each label has
-    about ``fraction`` of its samples in validation.
+    about ``fraction`` of its samples in validation. Groups with a synthetic sample stay in
+    train.
     """
     if not 0.0 < fraction < 1.0:
         raise MaskwatchError(f"--val-fraction must be between 0 and 1, got {fraction}")
@@ -66,6 +68,8 @@ def group_split(samples: Sequence, labels: np.ndarray, fraction: float, seed: in
         groups.setdefault(s.group or str(s.path), []).append(i)
     by_label: dict[int, list[str]] = {}
     for key, idx in groups.items():
+        if any(is_synthetic(samples[i]) for i in idx):
+            continue  # made-up faces and their originals stay in train
         majority = int(np.bincount(labels[idx]).argmax())
         by_label.setdefault(majority, []).append(key)
     rng = np.random.default_rng(seed)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from maskwatch.data.model import is_synthetic
 from maskwatch.errors import MaskwatchError, ModelError
 from maskwatch.inference.modelfile import ModelInfo
 from maskwatch.inference.preprocess import to_input
@@ -140,7 +141,8 @@ def load_data(args, input_size: int) -> TrainData:
     if args.val_data:
         vds = _load_split_samples(args.val_data, args)
         vs, vl = relabel(vds.samples, classes, args.merge_incorrect)
-        wanted = [i for i, s in enumerate(vs) if s.split in ("val", None)] or list(range(len(vs)))
+        real = [i for i, s in enumerate(vs) if not is_synthetic(s)]  # never validate on them
+        wanted = [i for i in real if vs[i].split in ("val", None)] or real
         val_samples, val_labels = [vs[i] for i in wanted], vl[wanted]
         val_source = f"--val-data {args.val_data}"
     elif len(val_idx):

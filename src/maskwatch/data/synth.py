@@ -1,0 +1,251 @@
+"""Synthetic ``incorrect_mask`` faces, for training only.
+
+Two ways, as MaskedFace-Net did for its wrongly worn masks:
+
+* ``nose`` / ``chin``: a surgical-style mask drawn on a bare face, placed from YuNet's five
+  landmarks (eyes, nose tip, mouth corners) just under the nose or down on the chin;
+* ``moved``: the mask of a masked face moved down, so the nose (filled in from the skin
+  around it) shows above it.
+
+Every written sample's ``source`` starts with ``synthetic:`` (``is_synthetic``); splits,
+validation carving and evaluation keep such samples out of every val/test set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maskwatch.data.model import SYNTHETIC_SOURCE, Sample, write_manifest
+from maskwatch.errors import ImageError, MaskwatchError
+from maskwatch.labels import INCORRECT_MASK, WITH_MASK, WITHOUT_MASK
+
+#: The ways of wearing a mask wrongly that ``synthesise`` makes.
+KINDS = ("nose", "chin", "moved")
+
+#: Mask colours (RGB): light blue, white, black, grey, navy, pink, pale green.
+PALETTE = ((165, 200, 230), (238, 238, 235), (35, 35, 38), (150, 152, 158), (40, 50, 90),
+           (235, 185, 200), (170, 215, 190))
+
+
+@dataclass
+class Landmarks:
+    """Five face points in image pixels (x, y): two eyes, the nose tip, two mouth corners."""
+
+    eyes: np.ndarray  # 2 x 2, left to right in the image
+    nose: np.ndarray  # 2
+    mouth: np.ndarray  # 2 x 2, left to right in the image
+
+    @property
+    def angle(self) -> float:
+        """Roll of the eye line, radians."""
+        d = self.eyes[1] - self.eyes[0]
+        return math.atan2(float(d[1]), float(d[0]))
+
+    @property
+    def eye_distance(self) -> float:
+        return float(np.linalg.norm(self.eyes[1] - self.eyes[0]))
+
+    @property
+    def eye_to_mouth(self) -> float:
+        """Distance from the eyes' midpoint to the mouth's (the face's vertical unit)."""
+        return float(np.linalg.norm(self.mouth.mean(0) - self.eyes.mean(0)))
+
+
+def find_landmarks(rgb: np.ndarray, min_confidence: float = 0.5) -> Landmarks | None:
+    """YuNet's landmarks of the face nearest the centre of a face crop, or None.
+
+    The crop is padded and enlarged first, since YuNet misses faces that fill the image
+    or are only a few dozen pixels wide.
+    """
+    import cv2
+    import yuface
+
+    from maskwatch.detection.faces import _YUFACE_LOCK
+
+    h, w = rgb.shape[:2]
+    pad = int(0.3 * max(h, w))
+    scale = max(1.0, 160.0 / max(h, w))
+    big = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    if scale > 1.0:
+        big = cv2.resize(big, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    with _YUFACE_LOCK:
+        found = yuface.c_detect(np.ascontiguousarray(big[:, :, ::-1]))
+    best, best_dist = None, None
+    for row in np.asarray(found, dtype=np.float64).reshape(-1, 16):
+        if row[0] < 100 * min_confidence:
+            continue
+        pts = row[5:15].reshape(5, 2) / scale - pad
+        centre = pts.mean(0)
+        dist = float(np.hypot(centre[0] - w / 2, centre[1] - h / 2))
+        if best_dist is None or dist < best_dist:
+            best, best_dist = pts, dist
+    if best is None or best_dist > 0.35 * max(h, w):
+        return None
+    eyes = best[np.argsort(best[:2, 0])]
+    mouth = best[3:5][np.argsort(best[3:5, 0])]
+    return Landmarks(eyes, best[2].copy(), mouth)
+
+
+def _to_image(lm: Landmarks, pts) -> np.ndarray:
+    """Face-frame points (u along the eye line, v down; origin between the eyes, unit the
+    eye-to-mouth distance) -> image pixels."""
+    a = lm.angle
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    return lm.eyes.mean(0) + (np.asarray(pts, np.float64) * lm.eye_to_mouth) @ rot.T
+
+
+def _v(lm: Landmarks, point) -> float:
+    """A landmark's v (down the face) in face-frame units."""
+    a = lm.angle
+    d = np.asarray(point, np.float64) - lm.eyes.mean(0)
+    return float((-math.sin(a) * d[0] + math.cos(a) * d[1]) / lm.eye_to_mouth)
+
+
+def draw_worn_mask(rgb: np.ndarray, lm: Landmarks, kind: str,
+                   rng: np.random.Generator) -> np.ndarray:
+    """A copy of a bare face with a mask worn wrongly: ``nose`` (top edge just under the
+    nose tip, mouth covered) or ``chin`` (top edge under the mouth, on the chin)."""
+    import cv2
+
+    if kind not in ("nose", "chin"):
+        raise ValueError(f"kind must be nose or chin, got {kind!r}")
+    nose_v = _v(lm, lm.nose)
+    mouth_v = _v(lm, lm.mouth.mean(0))
+    if kind == "nose":
+        top = nose_v + rng.uniform(0.05, 0.2) * (mouth_v - nose_v)
+    else:
+        top = mouth_v + rng.uniform(0.1, 0.3)
+    bottom = mouth_v + rng.uniform(0.75, 0.95)
+    half = 0.5 * lm.eye_distance / lm.eye_to_mouth * rng.uniform(1.9, 2.2)
+    mid = (top + bottom) / 2
+    outline = [(-half * 0.92, top), (half * 0.92, top), (half, mid),
+               (half * 0.62, bottom), (-half * 0.62, bottom), (-half, mid)]
+    poly = np.round(_to_image(lm, outline)).astype(np.int32)
+    colour = np.array(PALETTE[rng.integers(len(PALETTE))], np.float64)
+    colour = np.clip(colour * rng.uniform(0.85, 1.1), 0, 255)
+    h, w = rgb.shape[:2]
+    alpha = np.zeros((h, w), np.float32)
+    cv2.fillPoly(alpha, [poly], 1.0, cv2.LINE_AA)
+    # shading: lighter at the top, darker towards the chin, a little noise for fabric
+    ys = np.linspace(0, 1, h, dtype=np.float32)[:, None]
+    top_y, bottom_y = poly[:, 1].min() / max(h, 1), poly[:, 1].max() / max(h, 1)
+    t = np.clip((ys - top_y) / max(bottom_y - top_y, 1e-3), 0, 1)
+    shade = 1.05 - 0.2 * t + rng.normal(0, 0.03, (h, w)).astype(np.float32)
+    fabric = colour[None, None, :] * shade[:, :, None]
+    unit = lm.eye_to_mouth
+    thick = max(1, round(unit / 30))
+    pleat = colour * 0.78
+    for k in (0.3, 0.55, 0.8):
+        v = top + k * (bottom - top)
+        a, b = _to_image(lm, [(-half * 0.8, v), (half * 0.8, v)]).round().astype(int)
+        cv2.line(fabric, tuple(int(x) for x in a), tuple(int(x) for x in b), pleat.tolist(),
+                 thick, cv2.LINE_AA)
+    soft = max(1, round(unit / 25)) * 2 + 1
+    alpha = cv2.GaussianBlur(alpha, (soft, soft), 0)[:, :, None]
+    out = rgb.astype(np.float32) * (1 - alpha) + np.clip(fabric, 0, 255) * alpha
+    out = out.astype(np.uint8)
+    strap = (235, 235, 235) if colour.mean() < 200 else (200, 200, 200)
+    for side in (-1, 1):
+        a, b = _to_image(lm, [(side * half * 0.95, top + 0.05), (side * half * 1.25, -0.05)])
+        cv2.line(out, tuple(int(x) for x in a.round()), tuple(int(x) for x in b.round()), strap,
+                 max(1, round(unit / 20)), cv2.LINE_AA)
+    return out
+
+
+def move_mask_down(rgb: np.ndarray, lm: Landmarks | None,
+                   rng: np.random.Generator) -> np.ndarray:
+    """A copy of a masked face with everything below the nose bridge (the mask) moved down
+    by about half the eye-to-mouth distance; the uncovered strip is filled from the skin
+    around it. Without landmarks the usual layout of a face crop is assumed."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if lm is not None:
+        eye_y, unit = float(lm.eyes[:, 1].mean()), lm.eye_to_mouth
+    else:  # eyes at ~40% of a face crop, mouth at ~75%
+        eye_y, unit = 0.4 * h, 0.35 * h
+    top = int(round(eye_y + rng.uniform(0.2, 0.3) * unit))
+    shift = int(round(rng.uniform(0.4, 0.55) * unit))
+    if top < 0 or shift < 1 or top + shift >= h - 1:
+        raise ImageError("the face is too small or too close to the edge to move its mask")
+    out = rgb.copy()
+    out[top + shift:] = rgb[top:h - shift]  # whole rows: no seams at the sides
+    hole = np.zeros((h, w), np.uint8)
+    hole[top:top + shift] = 255
+    return cv2.inpaint(np.ascontiguousarray(out), hole, max(3, shift // 2), cv2.INPAINT_TELEA)
+
+
+def synthesise(
+    samples: list[Sample],
+    out_dir: str | Path,
+    kinds=KINDS,
+    per_face: int = 1,
+    seed: int = 0,
+    margin: float = 0.1,
+    limit: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write ``incorrect_mask`` faces made from ``samples`` into ``out_dir/incorrect_mask/``
+    and ``out_dir/manifest.csv`` (split ``train``, source ``synthetic:KIND:ORIGINAL_PATH``, the
+    original's group, so a group-aware split keeps both on one side).
+
+    Bare faces (without_mask) give ``nose``/``chin`` faces, masked faces give ``moved``
+    ones; ``per_face`` variants of each chosen kind; faces YuNet finds no landmarks on are
+    skipped for ``nose``/``chin``. Returns a summary."""
+    from tqdm import tqdm
+
+    from maskwatch.data.model import read_face
+    from maskwatch.imaging import save_rgb
+
+    kinds = tuple(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise MaskwatchError(f"--kinds: choose among {', '.join(KINDS)}")
+    if per_face < 1:
+        raise MaskwatchError("--per-face must be at least 1")
+    out = Path(out_dir)
+    manifest = out / "manifest.csv"
+    if manifest.exists() and not force:
+        raise MaskwatchError(f"{manifest}: already exists (use --force to replace it)")
+    wanted = {WITHOUT_MASK: [k for k in kinds if k in ("nose", "chin")],
+              WITH_MASK: [k for k in kinds if k == "moved"]}
+    chosen = [s for s in samples if wanted.get(s.label)]
+    rng = np.random.default_rng(seed)
+    rng.shuffle(chosen)
+    if limit is not None:
+        chosen = chosen[:limit]
+    written: list[Sample] = []
+    made, skipped = Counter(), Counter()
+    for n, s in enumerate(tqdm(chosen, desc="synthesise", unit="face", disable=not progress)):
+        try:
+            face = read_face(s, margin)
+        except ImageError:
+            skipped["unreadable"] += 1
+            continue
+        lm = find_landmarks(face) if min(face.shape[:2]) >= 24 else None
+        for kind in wanted[s.label]:
+            if kind != "moved" and lm is None:
+                skipped["no landmarks"] += 1
+                continue
+            for v in range(per_face):
+                try:
+                    img = (move_mask_down(face, lm, rng) if kind == "moved"
+                           else draw_worn_mask(face, lm, kind, rng))
+                except ImageError:
+                    skipped["too small"] += 1
+                    continue
+                dest = out / INCORRECT_MASK / f"{n:06d}_{kind}_{v}.jpg"
+                save_rgb(dest, img)
+                written.append(Sample(dest, INCORRECT_MASK, "train",
+                                      f"{SYNTHETIC_SOURCE}:{kind}:{s.path}",
+                                      s.group or str(s.path), None))
+                made[kind] += 1
+    write_manifest(manifest, written, force=True)
+    return {"manifest": str(manifest), "written": len(written), "from_faces": len(chosen),
+            "kinds": dict(made), "skipped": dict(skipped)}

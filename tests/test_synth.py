@@ -1,0 +1,137 @@
+"""Synthetic incorrect_mask faces (`maskwatch data synth-incorrect`) and the rule that
+made-up faces never reach a val/test set or an evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from detection_helpers import FACE_IN_HEAD, head, masked_head, write_image
+
+from maskwatch.cli import main
+from maskwatch.data import Dataset, Sample, is_synthetic, load_dataset, read_manifest
+from maskwatch.data.split import assign_splits
+from maskwatch.data.synth import draw_worn_mask, find_landmarks, move_mask_down
+from maskwatch.errors import LayoutError
+
+
+def _face(rgb: np.ndarray) -> np.ndarray:
+    x1, y1, x2, y2 = FACE_IN_HEAD
+    return np.ascontiguousarray(rgb[y1 - 20:y2 + 20, x1 - 20:x2 + 20])
+
+
+def _changed_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.flatnonzero((np.abs(a.astype(int) - b.astype(int)).sum(axis=2) > 40).any(axis=1))
+
+
+def test_landmarks_are_eyes_over_nose_over_mouth():
+    lm = find_landmarks(_face(head()))
+    assert lm is not None
+    assert lm.eyes[0, 0] < lm.nose[0] < lm.eyes[1, 0]
+    assert lm.eyes[:, 1].max() < lm.nose[1] < lm.mouth[:, 1].min()
+    assert find_landmarks(np.full((120, 100, 3), 128, np.uint8)) is None
+
+
+@pytest.mark.parametrize("kind", ["nose", "chin"])
+def test_mask_drawn_under_the_nose_or_on_the_chin(kind):
+    face = _face(head())
+    lm = find_landmarks(face)
+    out = draw_worn_mask(face, lm, kind, np.random.default_rng(0))
+    rows = _changed_rows(face, out)
+    # the mask body (not its straps): changed pixels in the middle column band
+    cx = int(lm.nose[0])
+    body = _changed_rows(face[:, cx - 5:cx + 5], out[:, cx - 5:cx + 5])
+    assert len(rows) and len(body)
+    nose_y, mouth_y = lm.nose[1], lm.mouth[:, 1].mean()
+    assert body.min() > nose_y  # the nose stays out
+    if kind == "nose":
+        assert body.min() < mouth_y - 3  # the mouth is covered
+    else:
+        assert body.min() > mouth_y  # the mouth shows too
+    assert body.max() > mouth_y + 0.3 * (mouth_y - nose_y)  # down over the chin
+    # the eyes are untouched (the straps run up beside them)
+    eye_y = int(lm.eyes[:, 1].mean())
+    x1, x2 = int(lm.eyes[0, 0]) - 5, int(lm.eyes[1, 0]) + 5
+    assert np.array_equal(face[eye_y - 3:eye_y + 3, x1:x2], out[eye_y - 3:eye_y + 3, x1:x2])
+
+
+def test_mask_moved_down_shows_the_nose_area():
+    face = _face(masked_head())
+    lm = find_landmarks(face)
+    out = move_mask_down(face, lm, np.random.default_rng(1))
+    blue = np.array([170, 205, 235])  # draw_mask's colour in the helpers' masked head
+
+    def mask_top(rgb):
+        rows = (np.abs(rgb.astype(int) - blue).sum(axis=2) < 40).sum(axis=1)
+        return int(np.flatnonzero(rows > 0.2 * rgb.shape[1])[0])
+
+    unit = np.linalg.norm(lm.mouth.mean(0) - lm.eyes.mean(0))
+    assert mask_top(out) - mask_top(face) > 0.3 * unit
+    above = int(lm.eyes[:, 1].mean())
+    assert np.array_equal(face[:above], out[:above])  # nothing above the nose bridge moves
+    assert out.shape == face.shape
+
+
+def test_cli_synthesises_from_train_faces_only(tmp_path, capsys):
+    data = tmp_path / "data"
+    for split in ("Train", "Test"):
+        for i in range(2):
+            write_image(data / split / "without_mask" / f"{i}.png", _face(head()))
+            write_image(data / split / "with_mask" / f"{i}.png", _face(masked_head()))
+    out = tmp_path / "synth"
+    assert main(["data", "synth-incorrect", str(data), "--out", str(out), "--json",
+                 "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["from_faces"] == 4 and summary["kinds"] == {"nose": 2, "chin": 2, "moved": 2}
+    samples = read_manifest(out / "manifest.csv")
+    assert len(samples) == 6 and all(s.label == "incorrect_mask" for s in samples)
+    assert all(s.split == "train" and is_synthetic(s) for s in samples)
+    assert all("/Train/" in s.source for s in samples)  # synthetic:KIND:ORIGINAL_PATH
+    assert {s.source.split(":")[1] for s in samples} == {"nose", "chin", "moved"}
+    assert all(Path(s.path).is_file() for s in samples)
+    # it never replaces its manifest without --force
+    assert main(["data", "synth-incorrect", str(data), "--out", str(out), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_synthetic_faces_never_reach_val_or_test(tmp_path, capsys):
+    real = [Sample(Path(f"r{i}.jpg"), "with_mask" if i % 2 else "without_mask", group=f"g{i}")
+            for i in range(40)]
+    fake = [Sample(Path(f"s{i}.jpg"), "incorrect_mask", source="synthetic:nose:x",
+                   group=f"s{i}") for i in range(30)]
+    ds = Dataset(Path("."), "manifest", real + fake)
+    out = assign_splits(ds, [[k] for k in range(len(ds.samples))], (0.4, 0.3, 0.3), seed=0)
+    assert {s.split for s in out if is_synthetic(s)} == {"train"}
+    assert {s.split for s in out if not is_synthetic(s)} == {"train", "val", "test"}
+    # a cluster of a real face and one made from it goes to train whole
+    out = assign_splits(ds, [[0, 40], *[[k] for k in range(1, 40)],
+                             *[[k] for k in range(41, 70)]], (0.1, 0.1, 0.8), seed=0)
+    assert out[0].split == "train"
+
+    from maskwatch.evaluation.evaluate import select_split
+    from maskwatch.training.data import group_split
+
+    assert not any(is_synthetic(s) for s in select_split(ds.samples, "all"))
+    labels = np.array([{"with_mask": 0, "without_mask": 1, "incorrect_mask": 2}[s.label]
+                       for s in ds.samples])
+    _, val = group_split(ds.samples, labels, 0.5, seed=0)
+    assert len(val) and not any(is_synthetic(ds.samples[i]) for i in val)
+
+    # a manifest that puts a made-up face in test is refused when read
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label,split,source,group\n"
+                   "a.jpg,incorrect_mask,test,synthetic:chin:x,a\n")
+    with pytest.raises(LayoutError, match="synthetic"):
+        read_manifest(bad)
+    # evaluate on a manifest mixing both scores the real faces only
+    write_image(tmp_path / "m" / "real.png", _face(head()))
+    write_image(tmp_path / "m" / "fake.png", _face(masked_head()))
+    (tmp_path / "m" / "manifest.csv").write_text(
+        "path,label,split,source,group\nreal.png,without_mask,test,,a\n"
+        "fake.png,incorrect_mask,train,synthetic:moved:x,b\n")
+    assert len(load_dataset(tmp_path / "m" / "manifest.csv").samples) == 2
+    assert main(["evaluate", "--data", str(tmp_path / "m" / "manifest.csv"), "--split", "all",
+                 "--json", "--threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 1
