@@ -15,11 +15,10 @@ import pytest
 from detection_helpers import FACE_IN_HEAD, head, masked_head, paste, write_image
 from onnx_helpers import write_tiny_onnx
 
+from maskwatch.boxes import crop, iou
 from maskwatch.cli import main
 from maskwatch.detection.demo import draw_mask
 from maskwatch.detection.draw import COLOURS
-from maskwatch.detection.pipeline import crop_face
-from maskwatch.detection.tracker import box_iou
 from maskwatch.inference.modelfile import IMAGENET_MEAN, IMAGENET_STD
 from maskwatch.inference.preprocess import prepare
 
@@ -38,7 +37,7 @@ HEADS = {"with_mask": masked_head, "without_mask": head, "incorrect_mask": chin_
 
 
 def face_crop(label: str) -> np.ndarray:
-    return np.ascontiguousarray(crop_face(HEADS[label](), FACE_IN_HEAD, 0.15))
+    return np.ascontiguousarray(crop(HEADS[label](), FACE_IN_HEAD, 0.15))
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +89,8 @@ def test_detect_json_csv_and_amber_boxes(model, tmp_path, capsys):
     (record,) = [json.loads(line) for line in captured.out.splitlines()]
     assert len(record["faces"]) == 3
     for c, box in boxes.items():
-        face = max(record["faces"], key=lambda f: box_iou(f["box"], box))
-        assert box_iou(face["box"], box) > 0.5
+        face = max(record["faces"], key=lambda f: iou(f["box"], box))
+        assert iou(face["box"], box) > 0.5
         assert face["label"] == c and set(face["scores"]) == set(CLASSES)
     assert "incorrect_mask: 1" in captured.err
     rows = list(csv.DictReader((tmp_path / "faces.csv").open()))
@@ -120,7 +119,7 @@ def _variants(label: str, n: int = 3) -> list[np.ndarray]:
     """``n`` slightly different crops of one class's face (shifted by a few pixels)."""
     rgb = HEADS[label]()
     x1, y1, x2, y2 = FACE_IN_HEAD
-    return [np.ascontiguousarray(crop_face(rgb, (x1 + 3 * k, y1 + 2 * k, x2 + 3 * k, y2 + 2 * k),
+    return [np.ascontiguousarray(crop(rgb, (x1 + 3 * k, y1 + 2 * k, x2 + 3 * k, y2 + 2 * k),
                                            0.15)) for k in range(n)]
 
 
