@@ -102,10 +102,10 @@ def test_lr_warmup_then_cosine():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
-class _S:
-    def __init__(self, path, label, group, split=None, box=None):
-        self.path, self.label, self.group = Path(path), label, group
-        self.split, self.box = split, box
+def _S(path, label, group, split=None, box=None):
+    from maskwatch.data import Sample
+
+    return Sample(Path(path), label, split, group=group, box=box)
 
 
 def test_group_split_keeps_groups_together():

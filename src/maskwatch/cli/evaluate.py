@@ -139,8 +139,9 @@ def run_evaluate(args) -> int:
         raise MaskwatchError(f"{out}: folder is not empty; choose another --out or pass --force")
     ds = load_dataset(args.data, mapping=args.mapping)
     clf = Classifier(args.model, threads=args.threads, batch_size=args.batch_size)
+    # the dataset's classes: of all its real faces, whatever the split
     classes = scored_classes(clf.classes, {map_label(s.label, clf.classes, args.incorrect)
-                                           for s in ds.samples})
+                                           for s in select_split(ds.samples, "all")})
     samples = select_split(ds.samples, args.split)
     samples, labels, dropped = map_labels(samples, classes, args.incorrect)
     if not samples:
