@@ -14,9 +14,11 @@ from detection_helpers import SkinClassifier, scene, write_image
 from maskwatch.cli import main
 from maskwatch.detection import pipeline
 from maskwatch.detection.evaluate import (
+    Scene,
     average_precision,
     load_voc,
     parse_voc_xml,
+    score_detections,
     voc_ap,
 )
 
@@ -41,6 +43,42 @@ def test_ap_matches_hand_computed_example():
     # a difficult box neither helps nor hurts
     ap_d, _, n_d = average_precision(dets, truths, 0.5, {0: [False, True], 1: [False]})
     assert n_d == 2 and ap_d == pytest.approx(0.5 + 0.5 * 0.5)
+
+
+def test_score_explains_a_hand_made_case():
+    """Known answers: one exact match, one box matching only at IoU 0.4, two false boxes."""
+    scenes = [
+        Scene(Path("a.jpg"), [(0, 0, 100, 100), (200, 0, 300, 100)],
+              ["with_mask", "without_mask"], [False, False]),
+        Scene(Path("b.jpg"), [(0, 0, 50, 50)], ["without_mask"], [False]),
+    ]
+    def face(box, score, p_without):
+        return (box, score, "x", {"with_mask": 1 - p_without, "without_mask": p_without})
+    predictions = [
+        [face((0, 0, 100, 100), 0.9, 0.1),      # IoU 1 with the with_mask face
+         face((200, 0, 300, 40), 0.8, 0.8),     # IoU 0.4 with the without_mask face
+         face((500, 500, 520, 520), 0.5, 0.5)],  # false, 20 px
+        [face((300, 300, 400, 400), 0.7, 0.6)],  # false, 100 px
+    ]
+    r = score_detections(scenes, predictions, recall_iou=0.4)
+    assert (r["images"], r["faces"]) == (2, 3)
+    assert r["recall"] == pytest.approx(2 / 3, abs=1e-4)
+    assert r["false_boxes_per_image"] == 1.0
+    assert r["false_boxes_by_size"] == {"<32px": 0.5, "32-64px": 0.0, "64-128px": 0.5,
+                                        ">=128px": 0.0}
+    assert (r["precision50"], r["recall50"]) == (0.25, pytest.approx(1 / 3, abs=1e-4))
+    assert (r["precision30"], r["recall30"]) == (0.5, pytest.approx(2 / 3, abs=1e-4))
+    assert r["loose_match_share"] == 0.5
+    # without_mask: found only at IoU 0.3 (first in its ranking) -> AP 0 at 0.5, 0.5 at 0.3
+    assert r["ap50"] == {"with_mask": 1.0, "without_mask": 0.0}
+    assert r["ap30"] == {"with_mask": 1.0, "without_mask": 0.5}
+    assert (r["map50"], r["map30"]) == (0.5, 0.75)
+    assert r["face_ap50"] == pytest.approx(1 / 3, abs=1e-4)
+    assert r["face_ap30"] == pytest.approx(2 / 3, abs=1e-4)
+    assert (r["face_px_median"], r["false_box_px_median"]) == (100.0, 60.0)
+    # an unreadable scene (None) is counted as failed and left out of every figure
+    r2 = score_detections([*scenes, scenes[1]], [*predictions, None], recall_iou=0.4)
+    assert r2["failed"] == 1 and r2["map30"] == 0.75 and r2["images"] == 2
 
 
 def _voc_xml(name: str, objects) -> str:
@@ -86,14 +124,16 @@ def test_cli_evaluate_detection_json(voc_dir, capsys, monkeypatch):
     assert report["images"] == 2 and report["faces"] == 3
     assert report["recall"] == 1.0 and report["false_boxes_per_image"] == 0
     assert report["ap50"] == {"with_mask": 1.0, "without_mask": 1.0}
-    assert report["map50"] == 1.0
+    assert report["map50"] == 1.0 and report["map30"] == 1.0
+    assert report["loose_match_share"] == 0.0 and report["precision30"] == 1.0
 
 
 def test_cli_evaluate_faces_only_text(voc_dir, capsys):
     assert main(["evaluate-detection", "--data", str(voc_dir), "--faces-only", "--quiet",
                  "--detector", "fast", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "face recall" in out and "yunet" in out and "mAP50" not in out
+    assert "face recall" in out and "yunet" in out and "mAP" not in out
+    assert "boxes matching only at IoU 0.3-0.5" in out
 
 
 @pytest.mark.realdata
