@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from maskwatch.detection.demo import draw_mask, sample_photo
+from maskwatch.detection.faces import FaceDetector
 from maskwatch.imaging import load_rgb
 
 # where the face sits in matplotlib's grace_hopper.jpg (512x600), with some context
@@ -103,3 +104,85 @@ def write_image(path: Path, rgb: np.ndarray) -> Path:
 
     save_rgb(path, rgb)
     return path
+
+
+# ---------------------------------------------------------------- a site's scenes
+
+#: Red value of every face pixel; skin pixels have green SKIN_G and a blue that encodes the
+#: face score; masked faces' lower halves are MASK coloured.
+FACE_R, SKIN_G = 200, 150
+MASK = (200, 60, 240)
+#: A "whole head" annotation rule: width x1.4, height x1.6, centre 0.15 face heights up.
+HEAD_BOXES = (1.4, 1.6, 0.0, -0.15)
+
+
+class BlobDetector(FaceDetector):
+    """Test stand-in for the face detector: every connected patch of red FACE_R is a face,
+    boxed tightly; its score is (blue - 50) / 150 over its skin pixels. Named like the
+    default detector, so site settings fitted with it apply to it."""
+
+    name = "centerface"
+
+    def __init__(self, threshold: float | None = None, **_ignored):
+        self.threshold = 0.4 if threshold is None else float(threshold)
+        self.calls = 0
+
+    def detect(self, rgb):
+        self.calls += 1
+        mask = (rgb[:, :, 0] == FACE_R).astype(np.uint8)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
+        out = []
+        for i in range(1, n):
+            x, y, w, h = (int(v) for v in stats[i, :4])
+            part = rgb[labels == i]
+            skin = part[part[:, 1] == SKIN_G]
+            score = (float(skin[:, 2].mean()) - 50) / 150 if len(skin) else 0.0
+            if score >= self.threshold:
+                out.append((x, y, x + w, y + h, score))
+        return sorted(out, key=lambda b: -b[4])
+
+
+def draw_blob_face(canvas, box, score: float, masked: bool) -> None:
+    x1, y1, x2, y2 = box
+    canvas[y1:y2, x1:x2] = (FACE_R, SKIN_G, round(50 + 150 * score))
+    if masked:
+        canvas[(y1 + y2) // 2:y2, x1:x2] = MASK
+
+
+def site_scenes(root: Path, n: int, convention=HEAD_BOXES, seed: int = 0,
+                scores=(0.35, 0.85), extras: bool = True) -> Path:
+    """Write ``n`` PNG scenes of blob faces and a box CSV whose boxes follow ``convention``
+    (a box map from the tight blob boxes to the annotated ones). Each scene has three
+    annotated faces (40-70 px, scores drawn from ``scores``, half masked) and, with
+    ``extras``, a small unannotated background face (10-13 px, score 0.8) and, in every
+    other scene, an unannotated false patch (score 0.25). Returns the CSV path."""
+    from maskwatch.detection.faces import calibrate_box
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["name,x1,y1,x2,y2,classname"]
+    for k in range(n):
+        canvas = np.full((360, 480, 3), 120, np.uint8)
+        cells = rng.permutation(6)
+        for j, cell in enumerate(cells[:5]):
+            cx, cy = 80 + 160 * (cell % 3), 90 + 180 * (cell // 3)
+            if j < 3:
+                side = int(rng.integers(40, 71))
+                score, masked = float(rng.uniform(*scores)), bool(rng.random() < 0.5)
+            elif not extras:
+                continue
+            elif j == 3:
+                side, score, masked = int(rng.integers(10, 14)), 0.8, False
+            elif k % 2:
+                side, score, masked = 30, 0.25, False
+            else:
+                continue
+            box = (cx - side // 2, cy - side // 2, cx + side // 2, cy + side * 6 // 10)
+            draw_blob_face(canvas, box, score, masked)
+            if j < 3:
+                a = [round(v) for v in calibrate_box(box, convention)]
+                label = "with_mask" if masked else "without_mask"
+                rows.append(f"s{k}.png,{a[0]},{a[1]},{a[2]},{a[3]},{label}")
+        write_image(root / f"s{k}.png", canvas)
+    (root / "boxes.csv").write_text("\n".join(rows) + "\n")
+    return root / "boxes.csv"

@@ -41,8 +41,9 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="classifier: an .onnx file with its .json beside it, or a .safetensors "
-        "checkpoint (needs torch); default: the bundled model",
+        help="classifier: an .onnx file with its .json beside it (one written by `maskwatch "
+        "calibrate` also carries its site's box convention, smallest face and thresholds), "
+        "or a .safetensors checkpoint (needs torch); default: the bundled model",
     )
 
 

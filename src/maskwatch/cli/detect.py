@@ -27,8 +27,8 @@ def _add_detector_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--face-threshold", type=float, default=None,
-        help="face score threshold (default: 0.4 for centerface, 0.5 for yunet); lower finds "
-        "more faces and more false boxes",
+        help="face score threshold (default: the site model's, else 0.4 for centerface, 0.5 "
+        "for yunet); lower finds more faces and more false boxes",
     )
     add_threshold_argument(p)
     p.add_argument(
@@ -40,6 +40,9 @@ def _add_detector_arguments(p: argparse.ArgumentParser) -> None:
         "--upscale", action="store_true",
         help="also enlarge images smaller than --detect-size (finds more tiny faces, slower)",
     )
+    p.add_argument("--min-face", type=int, default=None,
+                   help="ignore faces whose shorter side is below this many pixels (default: "
+                   "the site model's, else 0)")
 
 
 def _positive(text: str) -> int:
@@ -89,8 +92,6 @@ def register(subparsers) -> None:
     p.add_argument("--margin", type=float, default=0.15,
                    help="context added around each face before classification (fraction of "
                    "the box per side)")
-    p.add_argument("--min-face", type=int, default=0,
-                   help="ignore faces whose shorter side is below this many pixels")
     p.add_argument("--max-frames", type=_positive, default=None,
                    help="stop each video, camera or stream after this many frames")
     alert = p.add_argument_group("alerts (videos, cameras, streams)")
@@ -156,7 +157,11 @@ def register(subparsers) -> None:
 
 
 def detector_options(args: argparse.Namespace) -> dict:
-    """Detector keyword arguments from the options `detect` and `evaluate-detection` share."""
+    """Detector keyword arguments from the options `detect` and `evaluate-detection` share
+    (with --faces-only, a site model's settings are read from its metadata)."""
+    from maskwatch.inference.modelfile import read_site
+
+    site = read_site(args.model) if args.faces_only and args.model else None
     return dict(
         face_detector=args.detector,
         classifier=False if args.faces_only else args.model,
@@ -164,9 +169,10 @@ def detector_options(args: argparse.Namespace) -> dict:
         face_threshold=args.face_threshold,
         margin=args.margin,
         detect_size=args.detect_size,
-        min_face=args.min_face if "min_face" in args else 0,
+        min_face=args.min_face,
         upscale=args.upscale,
         threshold=args.threshold,
+        site=site,
     )
 
 
@@ -201,6 +207,8 @@ def run_evaluate(args) -> int:
     )
     report["detector"] = detector.face_detector.name
     report["face_threshold"] = detector.face_detector.threshold
+    report["min_face"] = detector.min_face
+    report["box_map"] = list(detector.box_map) if detector.box_map else None
     if args.json:
         print_json(report)
     else:
@@ -216,6 +224,8 @@ def _print_report(r: dict) -> None:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     print(f"{r['images']} scenes, {r['faces']} faces; detector {r['detector']} "
           f"(threshold {r['face_threshold']}), {r['ms_per_image']:.1f} ms per image")
+    if r.get("box_map") or r.get("min_face"):
+        print(f"site settings: box map {r.get('box_map')}, smallest face {r['min_face']} px")
     print(f"face recall (IoU >= {r['recall_iou']}): {pct(r['recall'])} "
           f"(faces >= 32 px: {pct(r['recall_32px'])})")
     for c, v in r["recall_by_class"].items():

@@ -9,8 +9,14 @@ from typing import Any
 import numpy as np
 
 from maskwatch.boxes import crop
-from maskwatch.detection.faces import DEFAULT_DETECT_SIZE, DEFAULT_DETECTOR, make_face_detector
+from maskwatch.detection.faces import (
+    DEFAULT_DETECT_SIZE,
+    DEFAULT_DETECTOR,
+    calibrate_box,
+    make_face_detector,
+)
 from maskwatch.errors import MaskwatchError
+from maskwatch.inference.modelfile import SiteParams
 
 #: Default margin added around each face box before classification, as a fraction of the
 #: box size on each side.
@@ -42,6 +48,16 @@ class Face:
         return out
 
 
+def site_box(box, box_map, width: int, height: int) -> list[int]:
+    """A detector box mapped by a site's ``box_map`` (see ``SiteParams``), rounded and
+    clipped to the image; never empty."""
+    x1, y1, x2, y2 = calibrate_box(box[:4], box_map)
+    bx1 = int(np.clip(round(x1), 0, width - 1))
+    by1 = int(np.clip(round(y1), 0, height - 1))
+    return [bx1, by1, int(np.clip(round(x2), bx1 + 1, width)),
+            int(np.clip(round(y2), by1 + 1, height))]
+
+
 def _load_classifier(classifier, threads: int, threshold: float | None = None):
     if classifier is False:
         return None
@@ -60,6 +76,10 @@ class Detector:
     ``face_detector``: "centerface"/"accurate" (default) or "yunet"/"fast", or a FaceDetector.
     ``classifier``: None for the bundled model, a model path, a Classifier-like object (with
     ``classify(faces)``), or False to only detect faces (labels are then None).
+    ``site``: site parameters (box mapping, smallest face, face threshold; see
+    ``maskwatch calibrate``); None takes them from the classifier's metadata, False
+    ignores them. They apply only to the detector they were fitted for; an explicit
+    ``face_threshold`` or ``min_face`` overrides them.
     """
 
     def __init__(
@@ -70,9 +90,10 @@ class Detector:
         face_threshold: float | None = None,
         margin: float = DEFAULT_MARGIN,
         detect_size: int = DEFAULT_DETECT_SIZE,
-        min_face: int = 0,
+        min_face: int | None = None,
         upscale: bool = False,
         threshold: float | None = None,
+        site: SiteParams | bool | None = None,
     ):
         if not 0.0 <= margin <= 1.0:
             raise MaskwatchError(f"margin must be in [0, 1], got {margin}")
@@ -81,6 +102,16 @@ class Detector:
             upscale=upscale,
         )
         self.classifier = _load_classifier(classifier, threads, threshold)
+        if site is None:
+            site = getattr(getattr(self.classifier, "info", None), "site", None)
+        if not isinstance(site, SiteParams) or site.detector != self.face_detector.name:
+            site = None
+        self.site: SiteParams | None = site
+        if site is not None and face_threshold is None and site.face_threshold is not None:
+            self.face_detector.threshold = site.face_threshold
+        self.box_map = tuple(site.box_map) if site is not None else None
+        if min_face is None:
+            min_face = site.min_face if site is not None else 0
         self.margin = float(margin)
         self.min_face = int(min_face)
 
@@ -89,14 +120,21 @@ class Detector:
         return list(self.classifier.classes) if self.classifier is not None else []
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
-        """Detect and classify all faces in one HxWx3 uint8 RGB frame (one classifier batch)."""
-        boxes = [
-            b for b in self.face_detector.detect(rgb)
-            if min(b[2] - b[0], b[3] - b[1]) >= self.min_face
-        ]
-        faces = [Face(box=[int(v) for v in b[:4]], face_score=float(b[4])) for b in boxes]
+        """Detect and classify all faces in one HxWx3 uint8 RGB frame (one classifier batch).
+
+        Faces are cropped for the classifier from the detector's own boxes; the site's box
+        mapping only changes the boxes reported."""
+        h, w = rgb.shape[:2]
+        found, faces = [], []
+        for b in self.face_detector.detect(rgb):
+            box = [int(v) for v in b[:4]]
+            if self.box_map is not None:
+                box = site_box(box, self.box_map, w, h)
+            if min(box[2] - box[0], box[3] - box[1]) >= self.min_face:
+                found.append(b)
+                faces.append(Face(box=box, face_score=float(b[4])))
         if faces and self.classifier is not None:
-            crops = [crop(rgb, f.box, self.margin) for f in faces]
+            crops = [crop(rgb, b, self.margin) for b in found]
             for face, pred in zip(faces, self.classifier.classify(crops)):
                 face.label = pred.label
                 face.score = float(pred.score)

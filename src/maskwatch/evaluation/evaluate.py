@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +180,7 @@ def write_threshold(model: str | Path, threshold: float, tag: str, force: bool =
     ONNX: the .json metadata (in place), or a copy of the .onnx + new .json. Checkpoint:
     a rewritten .safetensors. Never replaces an existing file without ``force``.
     """
-    from maskwatch.inference.modelfile import ModelInfo
+    from maskwatch.inference.modelfile import ModelInfo, copy_onnx_model
 
     src = Path(model)
     suffix = src.suffix.lower()
@@ -189,15 +188,9 @@ def write_threshold(model: str | Path, threshold: float, tag: str, force: bool =
         info = ModelInfo.load_json(src.with_suffix(".json"))
         info.threshold = float(threshold)
         if force:
-            dst = src
-        else:
-            dst = src.with_name(f"{src.stem}.{tag}.onnx")
-            for p in (dst, dst.with_suffix(".json")):
-                if p.exists():
-                    raise MaskwatchError(f"{p}: exists; pass --force to overwrite the model")
-            shutil.copyfile(src, dst)
-        info.save_json(dst.with_suffix(".json"))
-        return dst
+            info.save_json(src.with_suffix(".json"))
+            return src
+        return copy_onnx_model(src, src.with_name(f"{src.stem}.{tag}.onnx"), info)
     if suffix == ".safetensors":
         from maskwatch.models.checkpoint import read_header, rewrite_info
 

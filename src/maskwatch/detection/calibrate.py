@@ -1,0 +1,405 @@
+"""Fit the detect pipeline to one site's annotated scenes (``maskwatch calibrate``).
+
+The detector runs once over the scenes at a low face threshold; every setting is then
+fitted on those cached boxes and class scores, without running a network again:
+
+- the box convention: median width/height scale and centre shift from the detector's boxes
+  to the annotated ones (e.g. tight faces vs whole heads), matched at a loose IoU, then
+  again with the mapped boxes;
+- the smallest face the site annotates: a low percentile of the annotated faces' sides;
+- the face-score threshold;
+- the without_mask decision threshold, on the faces that were found.
+
+Each setting replaces the default only when it raises mAP@0.5 (the mask threshold:
+balanced accuracy, without losing without_mask recall) on the fitting scenes, and the
+whole fit is dropped unless it beats the defaults there by ``margin``. A seeded part of the
+scenes is held out and scored before and after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from maskwatch.detection.evaluate import (
+    Scene,
+    _greedy_pairs,
+    class_aps,
+    iou_matrix,
+    mean_ap,
+    score_detections,
+)
+from maskwatch.detection.pipeline import Detector, site_box
+from maskwatch.errors import MaskwatchError
+from maskwatch.imaging import load_rgb
+from maskwatch.inference.modelfile import SiteParams
+from maskwatch.inference.preprocess import decide
+from maskwatch.labels import WITH_MASK, WITHOUT_MASK
+
+#: Lowest face threshold tried (the detector runs once at this, or at its default if lower).
+LOWEST_FACE_THRESHOLD = 0.2
+#: Face thresholds tried, from the lowest up.
+FACE_THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.2, 0.91, 0.05))
+#: Annotated-size percentiles tried as the smallest face (times MIN_FACE_SLACK).
+MIN_FACE_PERCENTILES = (1, 2, 5, 10)
+MIN_FACE_SLACK = 0.8
+#: mAP gain a single setting needs on the fitting scenes to replace its default.
+STEP_GAIN = 0.002
+#: Balanced-accuracy gain the mask threshold needs to replace the model's.
+MASK_GAIN = 0.01
+IDENTITY = (1.0, 1.0, 0.0, 0.0)
+
+
+@dataclass
+class Cached:
+    """One scene's detector output at the low threshold: native boxes, face scores, class
+    probabilities (one row per box, in ``classes`` order) and the image size."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    probs: np.ndarray
+    size: tuple[int, int]
+
+
+@dataclass
+class Settings:
+    """The settings being fitted."""
+
+    box_map: tuple[float, float, float, float] = IDENTITY
+    min_face: int = 0
+    face_threshold: float = 0.4
+    mask_threshold: float = 0.5
+
+
+@dataclass
+class Fit:
+    """What ``fit_site`` found: the settings, the defaults, and what it measured."""
+
+    settings: Settings
+    defaults: Settings
+    report: dict = field(default_factory=dict)
+
+
+def run_detector(
+    scenes: Sequence[Scene], detector: Detector, progress: bool = True,
+    on_error: Callable[[str], None] | None = None,
+) -> list[Cached | None]:
+    """Run ``detector`` (its own boxes, no site settings) once per scene; None where the
+    image cannot be read."""
+    from tqdm import tqdm
+
+    classes = detector.classes
+    out: list[Cached | None] = []
+    for scene in tqdm(scenes, desc="detect", unit="img", disable=not progress):
+        try:
+            rgb = load_rgb(scene.path)
+        except MaskwatchError as exc:
+            out.append(None)
+            if on_error:
+                on_error(str(exc))
+            continue
+        faces = detector.detect(rgb)
+        out.append(Cached(
+            boxes=np.asarray([f.box for f in faces], np.float64).reshape(-1, 4),
+            scores=np.asarray([f.face_score for f in faces], np.float64),
+            probs=np.asarray([[f.scores.get(c, 0.0) for c in classes] for f in faces],
+                             np.float64).reshape(-1, len(classes)),
+            size=(rgb.shape[1], rgb.shape[0]),
+        ))
+    return out
+
+
+def _mapped(c: Cached, s: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """(kept indices, their boxes) under settings ``s``."""
+    keep = np.flatnonzero(c.scores >= s.face_threshold)
+    if s.box_map == IDENTITY:
+        boxes = c.boxes[keep]
+    else:
+        boxes = np.asarray([site_box(b, s.box_map, *c.size) for b in c.boxes[keep]],
+                           np.float64).reshape(-1, 4)
+    if s.min_face > 0 and len(boxes):
+        side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        keep, boxes = keep[side >= s.min_face], boxes[side >= s.min_face]
+    return keep, boxes
+
+
+def predictions(cache: Sequence[Cached | None], s: Settings, classes: Sequence[str]) -> list:
+    """The pipeline's faces under settings ``s``, as :func:`score_detections` takes them."""
+    out: list = []
+    for c in cache:
+        if c is None:
+            out.append(None)
+            continue
+        keep, boxes = _mapped(c, s)
+        out.append([
+            (tuple(b), float(c.scores[i]), "face", dict(zip(classes, map(float, c.probs[i]))))
+            for i, b in zip(keep, boxes)
+        ])
+    return out
+
+
+def map50(scenes, cache, s: Settings, classes) -> float:
+    """mAP@0.5 over with_mask and without_mask under settings ``s`` (0 when undefined)."""
+    return mean_ap(class_aps(scenes, predictions(cache, s, classes), 0.5)) or 0.0
+
+
+def fit_box_map(scenes, cache, face_threshold: float, rounds: int = 3) -> tuple[tuple, int]:
+    """Median (width scale, height scale, x shift, y shift) from the detector's boxes to
+    the annotated ones, and the number of pairs behind it. Pairs are matched one to one at
+    IoU >= 0.25, then at 0.4 with the boxes mapped by the previous round; boxes touching
+    the image edge (clipped) are left out."""
+    box_map, n = IDENTITY, 0
+    for r in range(rounds):
+        rows = []
+        for scene, c in zip(scenes, cache):
+            if c is None or not scene.boxes:
+                continue
+            keep, mapped = _mapped(c, Settings(box_map=box_map, face_threshold=face_threshold))
+            gt = np.asarray(scene.boxes, np.float64)
+            ious = iou_matrix(gt, mapped)
+            w, h = c.size
+            for g, p in _greedy_pairs(ious, 0.25 if r == 0 else 0.4):
+                a, d = gt[g], c.boxes[keep[p]]
+                if _touches_edge(a, w, h) or _touches_edge(d, w, h):
+                    continue
+                dw, dh = d[2] - d[0], d[3] - d[1]
+                rows.append(((a[2] - a[0]) / dw, (a[3] - a[1]) / dh,
+                             ((a[0] + a[2]) - (d[0] + d[2])) / 2 / dw,
+                             ((a[1] + a[3]) - (d[1] + d[3])) / 2 / dh))
+        if len(rows) < 5:
+            return box_map, len(rows)
+        med = np.median(np.asarray(rows), axis=0)
+        box_map, n = (float(np.clip(med[0], 0.25, 4)), float(np.clip(med[1], 0.25, 4)),
+                      float(np.clip(med[2], -1, 1)), float(np.clip(med[3], -1, 1))), len(rows)
+    return tuple(round(v, 4) for v in box_map), n
+
+
+def _touches_edge(b, w: int, h: int, px: float = 2.0) -> bool:
+    return b[0] <= px or b[1] <= px or b[2] >= w - px or b[3] >= h - px
+
+
+def face_sides(scenes) -> np.ndarray:
+    """Shorter side of every annotated face."""
+    return np.asarray([min(b[2] - b[0], b[3] - b[1]) for sc in scenes for b in sc.boxes],
+                      np.float64)
+
+
+def mask_outcomes(scenes, cache, s: Settings, classes) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and truths (True: without_mask) of the annotated with_mask /
+    without_mask faces found at IoU >= 0.5 under settings ``s``."""
+    probs, truth = [], []
+    for scene, c in zip(scenes, cache):
+        if c is None:
+            continue
+        keep, boxes = _mapped(c, s)
+        ious = iou_matrix(np.asarray(scene.boxes, np.float64).reshape(-1, 4), boxes)
+        for g, p in _greedy_pairs(ious, 0.5):
+            if scene.labels[g] in (WITH_MASK, WITHOUT_MASK):
+                probs.append(c.probs[keep[p]])
+                truth.append(scene.labels[g] == WITHOUT_MASK)
+    return np.asarray(probs, np.float64).reshape(-1, len(classes)), np.asarray(truth, bool)
+
+
+def mask_rates(probs, truth, classes, threshold: float) -> tuple[float, float]:
+    """(balanced accuracy, without_mask recall) of the decision rule at ``threshold``."""
+    if not len(truth) or truth.all() or not truth.any():
+        return float("nan"), float("nan")
+    labels = np.asarray(classes)[decide(probs, classes, threshold)]
+    rec_without = float(np.mean(labels[truth] == WITHOUT_MASK))
+    rec_with = float(np.mean(labels[~truth] == WITH_MASK))
+    return (rec_without + rec_with) / 2, rec_without
+
+
+def fit_mask_threshold(probs, truth, classes, default: float, min_faces: int = 5) -> float:
+    """The threshold with the best balanced accuracy among those that keep at least the
+    default's without_mask recall (the middle of the best ones); the default unless it
+    gains ``MASK_GAIN``."""
+    if WITHOUT_MASK not in classes or min(truth.sum(), (~truth).sum()) < min_faces:
+        return default
+    base_ba, base_rec = mask_rates(probs, truth, classes, default)
+    grid = np.round(np.arange(0.02, 0.99, 0.01), 2)
+    rates = [mask_rates(probs, truth, classes, float(t)) for t in grid]
+    allowed = [(ba, float(t)) for t, (ba, rec) in zip(grid, rates) if rec >= base_rec]
+    if not allowed:
+        return default
+    best_ba = max(ba for ba, _ in allowed)
+    if best_ba < base_ba + MASK_GAIN:
+        return default
+    best = [t for ba, t in allowed if ba >= best_ba - 1e-9]
+    return best[len(best) // 2]
+
+
+def _best(options, score) -> tuple:
+    """(option, score) with the highest score; ties go to the later option."""
+    scored = [(score(o), i, o) for i, o in enumerate(options)]
+    value, _, option = max(scored)
+    return option, value
+
+
+def fit_site(scenes, cache, classes, defaults: Settings, margin: float = 0.01) -> Fit:
+    """Fit settings on ``scenes`` (with their cached detector output); see the module doc."""
+    m = lambda s: map50(scenes, cache, s, classes)  # noqa: E731
+    base = m(defaults)
+    s = replace(defaults)
+    report: dict = {"map50_default": round(base, 4)}
+    # 1. box convention
+    box_map, pairs = fit_box_map(scenes, cache, defaults.face_threshold)
+    report["box_pairs"] = pairs
+    trial = replace(s, box_map=box_map)
+    if box_map != IDENTITY and m(trial) > m(s) + STEP_GAIN:
+        s = trial
+    report["box_map_fitted"] = list(box_map)
+    # 2. smallest face, in the site's convention
+    sides = face_sides(scenes)
+    if len(sides):
+        report["annotated_face_px"] = {f"p{q}": round(float(np.percentile(sides, q)), 1)
+                                       for q in (1, 5, 50)}
+        options = sorted({0, *(int(MIN_FACE_SLACK * np.percentile(sides, q))
+                               for q in MIN_FACE_PERCENTILES)}, reverse=True)
+        current = m(s)
+        # ties go to the smaller face (the later option)
+        chosen, value = _best(options, lambda v: m(replace(s, min_face=v)))
+        if value > current + STEP_GAIN:
+            s = replace(s, min_face=chosen)
+    # 3. face threshold (ties go to the higher threshold: fewer false boxes)
+    current = m(s)
+    options = sorted({*FACE_THRESHOLDS, defaults.face_threshold})
+    options = [t for t in options if t >= min(LOWEST_FACE_THRESHOLD, defaults.face_threshold)]
+    chosen, value = _best(options, lambda t: m(replace(s, face_threshold=t)))
+    if value > current + STEP_GAIN:
+        s = replace(s, face_threshold=chosen)
+    # the whole fit must beat the defaults by the margin
+    after = m(s)
+    report["kept_default"] = after < base + margin
+    if report["kept_default"]:
+        s = replace(defaults)
+        after = base
+    report["map50_fitted"] = round(after, 4)
+    # 4. mask decision on the faces found
+    probs, truth = mask_outcomes(scenes, cache, s, classes)
+    report["mask_faces"] = int(len(truth))
+    s = replace(s, mask_threshold=fit_mask_threshold(probs, truth, classes,
+                                                     defaults.mask_threshold))
+    return Fit(settings=s, defaults=defaults, report=report)
+
+
+def held_out_report(scenes, cache, classes, before: Settings, after: Settings) -> dict:
+    """mAP at 0.5 / 0.3, loose-match share and mask balanced accuracy, before and after."""
+    out: dict = {"scenes": len(scenes)}
+    for name, s in (("before", before), ("after", after)):
+        r = score_detections(scenes, predictions(cache, s, classes))
+        probs, truth = mask_outcomes(scenes, cache, s, classes)
+        ba, rec = mask_rates(probs, truth, classes, s.mask_threshold)
+        out[name] = {
+            "map50": r.get("map50"), "map30": r.get("map30"),
+            "face_precision50": r["precision50"], "face_recall50": r["recall50"],
+            "false_boxes_per_image": r["false_boxes_per_image"],
+            "loose_match_share": r["loose_match_share"],
+            "mask_balanced_accuracy": None if np.isnan(ba) else round(ba, 4),
+            "without_mask_recall": None if np.isnan(rec) else round(rec, 4),
+        }
+    return out
+
+
+def split_scenes(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded (fit, held-out) scene indices; ``holdout`` is the held-out fraction."""
+    if not 0.0 <= holdout < 1.0:
+        raise MaskwatchError(f"--holdout must be in [0, 1), got {holdout}")
+    order = np.random.default_rng(seed).permutation(n)
+    k = int(round(n * holdout))
+    if holdout > 0:
+        k = max(1, k)
+    return sorted(order[k:].tolist()), sorted(order[:k].tolist())
+
+
+def site_params(fit: Fit, detector_name: str, fitted: dict) -> SiteParams:
+    """The settings that differ from the defaults, as stored in the model's metadata."""
+    s, d = fit.settings, fit.defaults
+    return SiteParams(
+        detector=detector_name,
+        box_map=list(s.box_map),
+        min_face=s.min_face,
+        face_threshold=None if s.face_threshold == d.face_threshold else s.face_threshold,
+        fitted=fitted,
+    )
+
+
+#: Fewest fitting scenes accepted, and the count below which a warning is printed.
+MIN_FIT_SCENES = 5
+FEW_SCENES = 20
+
+
+def calibrate(
+    data, out, model=None, detector: str = "centerface", detect_size: int = 960,
+    upscale: bool = False, holdout: float = 0.3, seed: int = 0, margin: float = 0.01,
+    threads: int = 0, force: bool = False, progress: bool = True,
+    on_error: Callable[[str], None] | None = None, face_detector=None, classifier=None,
+) -> dict:
+    """Fit site settings on the scenes at ``data`` and write them with a copy of ``model``
+    (default: the bundled one) to ``out``; returns the JSON-ready report.
+
+    ``face_detector`` / ``classifier`` replace the ones built from ``detector`` / ``model``
+    (the written copy is still of ``model``)."""
+    import sys
+    from pathlib import Path
+
+    from maskwatch.detection.evaluate import load_scenes
+    from maskwatch.inference.classifier import bundled_model_path
+    from maskwatch.inference.modelfile import ModelInfo, copy_onnx_model
+
+    src = Path(model) if model else bundled_model_path()
+    out = Path(out)
+    if src.suffix.lower() != ".onnx" or out.suffix.lower() != ".onnx":
+        raise MaskwatchError("calibrate reads and writes ONNX models (--model and --out .onnx)")
+    if out.exists() and not force:
+        raise MaskwatchError(f"{out}: exists; choose another --out or pass --force")
+    info = ModelInfo.load_json(src.with_suffix(".json"))
+    scenes = load_scenes(data)
+    fit_idx, held_idx = split_scenes(len(scenes), holdout, seed)
+    if len(fit_idx) < MIN_FIT_SCENES:
+        raise MaskwatchError(f"{data}: {len(fit_idx)} scene(s) to fit on; calibrate needs at "
+                             f"least {MIN_FIT_SCENES} (20-200 recommended)")
+    if len(scenes) < FEW_SCENES:
+        print(f"maskwatch: only {len(scenes)} scenes: the fit will be rough (20-200 "
+              "recommended)", file=sys.stderr)
+    det = Detector(face_detector=face_detector or detector,
+                   classifier=classifier if classifier is not None else str(src),
+                   threads=threads, detect_size=detect_size, upscale=upscale, min_face=0,
+                   site=False)
+    defaults = Settings(face_threshold=float(det.face_detector.threshold),
+                        mask_threshold=float(info.threshold))
+    det.face_detector.threshold = min(LOWEST_FACE_THRESHOLD, defaults.face_threshold)
+    cache = run_detector(scenes, det, progress, on_error)
+    if all(c is None for c in cache):
+        raise MaskwatchError(f"{data}: none of the scenes could be read")
+    classes = det.classes
+    pick = lambda idx: ([scenes[i] for i in idx], [cache[i] for i in idx])  # noqa: E731
+    fit = fit_site(*pick(fit_idx), classes, defaults, margin)
+    s = fit.settings
+    report: dict = {
+        "scenes": len(scenes),
+        "fit_scenes": len(fit_idx),
+        "held_out_scenes": len(held_idx),
+        "seed": seed,
+        "detector": det.face_detector.name,
+        "box_map": list(s.box_map),
+        "min_face": s.min_face,
+        "face_threshold": s.face_threshold,
+        "mask_threshold": s.mask_threshold,
+        "defaults": {"face_threshold": defaults.face_threshold,
+                     "mask_threshold": defaults.mask_threshold},
+        "fit": fit.report,
+    }
+    if held_idx:
+        report["held_out"] = held_out_report(*pick(held_idx), classes, defaults, s)
+    fitted = {k: report[k] for k in ("scenes", "fit_scenes", "held_out_scenes", "seed")}
+    fitted.update(detect_size=detect_size, upscale=upscale, source_model=src.name)
+    if held_idx:
+        fitted["held_out_map50"] = {k: report["held_out"][k]["map50"]
+                                    for k in ("before", "after")}
+    site = site_params(fit, det.face_detector.name, fitted)
+    copy_onnx_model(src, out, replace(info, threshold=s.mask_threshold, site=site), force)
+    report["model"] = str(out)
+    return report

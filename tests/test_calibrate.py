@@ -1,0 +1,184 @@
+"""`maskwatch calibrate`: fitting a site's box convention and thresholds, site models."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+import pytest
+from detection_helpers import HEAD_BOXES, BlobDetector, SkinClassifier, site_scenes
+from onnx_helpers import write_tiny_onnx
+
+from maskwatch.cli import main
+from maskwatch.detection import calibrate as cal
+from maskwatch.detection import pipeline
+from maskwatch.errors import ModelError
+from maskwatch.inference.classifier import Classifier
+from maskwatch.inference.modelfile import ModelInfo, SiteParams
+
+#: Tiny ONNX classifier weights: P(without_mask) about 0.41 on unmasked blob faces and 0.20
+#: on masked ones, so the default threshold 0.5 calls every face with_mask.
+WEAK_WEIGHTS = [[0, -1.6], [0, 2.17], [0, 0]]
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    return write_tiny_onnx(tmp_path / "base.onnx", WEAK_WEIGHTS)
+
+
+def _calibrate(tmp_path, tiny_model, convention, n=30, **kw):
+    csv = site_scenes(tmp_path / "site", n, convention)
+    return cal.calibrate(csv, tmp_path / "site.onnx", model=tiny_model, progress=False,
+                         face_detector=BlobDetector(), classifier=SkinClassifier(), **kw)
+
+
+def test_calibrate_recovers_a_head_box_convention(tmp_path, tiny_model):
+    r = _calibrate(tmp_path, tiny_model, HEAD_BOXES)
+    assert (r["fit_scenes"], r["held_out_scenes"]) == (21, 9)
+    assert r["box_map"] == pytest.approx(HEAD_BOXES, abs=0.03)
+    # the 10-13 px background faces (14-18 px as heads) are dropped, the smallest annotated
+    # heads (56 px) kept; the 0.25 false patches stay out, the 0.35 faces come in
+    assert 18 < r["min_face"] <= 56
+    assert 0.25 < r["face_threshold"] <= 0.35
+    before, after = r["held_out"]["before"], r["held_out"]["after"]
+    assert before["map50"] < 0.2 and before["loose_match_share"] > 0.9
+    assert after["map50"] > 0.95 and after["map50"] > before["map50"]
+    assert after["false_boxes_per_image"] < before["false_boxes_per_image"]
+    # the copy carries what was fitted
+    info = ModelInfo.load_json(tmp_path / "site.json")
+    assert info.site.box_map == r["box_map"] and info.site.min_face == r["min_face"]
+    assert info.site.face_threshold == r["face_threshold"]
+    assert info.site.fitted["held_out_map50"] == {"before": before["map50"],
+                                                  "after": after["map50"]}
+    assert (tmp_path / "site.onnx").read_bytes() == tiny_model.read_bytes()
+
+
+def test_a_site_annotating_like_the_detector_keeps_the_box_convention(tmp_path, tiny_model):
+    r = _calibrate(tmp_path, tiny_model, (1.0, 1.0, 0.0, 0.0))
+    assert r["box_map"] == [1.0, 1.0, 0.0, 0.0]
+    assert r["held_out"]["after"]["map50"] >= r["held_out"]["before"]["map50"]
+
+
+def test_nothing_to_gain_keeps_every_default(tmp_path, tiny_model):
+    """Scenes whose faces all score above the default threshold, without background faces
+    or false patches: the defaults are already best, and must be kept."""
+    csv = site_scenes(tmp_path / "site", 24, (1.0, 1.0, 0.0, 0.0), scores=(0.45, 0.85),
+                      extras=False)
+    r = cal.calibrate(csv, tmp_path / "site.onnx", model=tiny_model, progress=False,
+                      face_detector=BlobDetector(), classifier=SkinClassifier())
+    assert r["fit"]["kept_default"]
+    assert (r["box_map"], r["min_face"]) == ([1.0, 1.0, 0.0, 0.0], 0)
+    assert r["face_threshold"] == 0.4
+    assert r["held_out"]["after"] == r["held_out"]["before"]
+    assert ModelInfo.load_json(tmp_path / "site.json").site.is_default
+
+
+def test_mask_threshold_keeps_without_mask_recall():
+    classes = ["with_mask", "without_mask"]
+    rng = np.random.default_rng(0)
+    p_without = np.concatenate([rng.uniform(0.25, 0.45, 20), rng.uniform(0.02, 0.2, 20)])
+    probs = np.stack([1 - p_without, p_without], axis=1)
+    truth = np.arange(40) < 20
+    t = cal.fit_mask_threshold(probs, truth, classes, default=0.5)
+    assert 0.2 <= t <= 0.25
+    assert cal.mask_rates(probs, truth, classes, t) == (1.0, 1.0)
+    # already right: nothing to gain, the model's threshold stays
+    assert cal.fit_mask_threshold(probs, truth, classes, default=0.22) == 0.22
+    # too few faces of a class: no fit
+    assert cal.fit_mask_threshold(probs[:24], truth[:24], classes, default=0.5) == 0.5
+
+
+def test_split_is_seeded_and_disjoint():
+    fit, held = cal.split_scenes(40, 0.25, seed=3)
+    assert len(held) == 10 and not set(fit) & set(held) and len(fit) + len(held) == 40
+    assert cal.split_scenes(40, 0.25, seed=3) == (fit, held)
+    assert cal.split_scenes(40, 0.25, seed=4) != (fit, held)
+    assert cal.split_scenes(10, 0.0, 0) == (list(range(10)), [])
+
+
+def test_site_metadata_round_trip_and_rejection(tmp_path, tiny_model):
+    info = ModelInfo.load_json(tiny_model.with_suffix(".json"))
+    site = SiteParams("centerface", [1.3, 1.5, 0.0, -0.1], 24, 0.35, {"scenes": 40})
+    info.site = site
+    info.save_json(tmp_path / "m.json")
+    back = ModelInfo.load_json(tmp_path / "m.json")
+    assert back.site == site and back == info
+    good = json.loads((tmp_path / "m.json").read_text())
+    bad_sites = {
+        "box_map of 3 numbers": {"box_map": [1, 1, 0]},
+        "out of range": {"box_map": [10, 1, 0, 0]},
+        "4 numbers": {"box_map": [1, "x", 0, 0]},
+        "0-4096": {"min_face": -3},
+        "outside 0..1": {"face_threshold": 1.5},
+        "unknown field": {"colour": "red"},
+    }
+    for message, change in bad_sites.items():
+        data = {**good, "site": {**good["site"], **change}}
+        (tmp_path / "bad.json").write_text(json.dumps(data))
+        with pytest.raises(ModelError, match=message.split(" of ")[0]):
+            ModelInfo.load_json(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text(json.dumps({**good, "site": [1, 2]}))
+    with pytest.raises(ModelError, match="JSON object"):
+        ModelInfo.load_json(tmp_path / "bad.json")
+    # a model whose metadata is bad fails in one line on the command line
+    (tmp_path / "bad.onnx").write_bytes(tiny_model.read_bytes())
+    (tmp_path / "bad.json").write_text(json.dumps({**good, "site": {"detector": "x",
+                                                                   "min_face": 1e9}}))
+    with pytest.raises(ModelError):
+        Classifier(tmp_path / "bad.onnx")
+
+
+def _faces(capsys, argv) -> list[dict]:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out.splitlines()[0])["faces"]
+
+
+def test_cli_calibrate_then_detect_with_the_site_model(tmp_path, tiny_model, capsys,
+                                                       monkeypatch):
+    monkeypatch.setattr(pipeline, "make_face_detector",
+                        lambda name, threshold=None, **kw: BlobDetector(threshold))
+    csv = site_scenes(tmp_path / "site", 30, HEAD_BOXES)
+    site = tmp_path / "site.onnx"
+    assert main(["calibrate", str(csv), "--out", str(site), "--model", str(tiny_model),
+                 "--quiet", "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["box_map"] == pytest.approx(HEAD_BOXES, abs=0.03)
+    # the weak classifier calls every face with_mask at 0.5: the site threshold fixes that
+    assert report["mask_threshold"] < 0.41
+    held = report["held_out"]
+    assert held["after"]["mask_balanced_accuracy"] == 1.0
+    assert held["after"]["map50"] > held["before"]["map50"] + 0.5
+    assert Classifier(site).threshold == report["mask_threshold"]
+    # an existing --out is refused
+    assert main(["calibrate", str(csv), "--out", str(site), "--model", str(tiny_model),
+                 "--quiet"]) == 2
+    assert "exists" in capsys.readouterr().err
+
+    image = str(tmp_path / "site" / "s0.png")
+    annotated = [tuple(int(v) for v in row.split(",")[1:5])
+                 for row in csv.read_text().splitlines() if row.startswith("s0.png,")]
+    base = _faces(capsys, ["detect", image, "--model", str(tiny_model), "--json", "--quiet"])
+    fitted = _faces(capsys, ["detect", image, "--model", str(site), "--json", "--quiet"])
+    assert len(base) == 4 and len(fitted) == 3  # the background face is dropped
+    assert {f["label"] for f in base} == {"with_mask"}
+    for box in annotated:  # fitted boxes sit on the annotated heads
+        assert min(np.abs(np.subtract(f["box"], box)).max() for f in fitted) <= 2
+    labels = {f["label"] for f in fitted}
+    assert labels <= {"with_mask", "without_mask"} and "without_mask" in labels
+    # explicit options still win over the site's
+    small = _faces(capsys, ["detect", image, "--model", str(site), "--json", "--quiet",
+                            "--min-face", "0", "--threshold", "0.5"])
+    assert len(small) == 4 and {f["label"] for f in small} == {"with_mask"}
+
+    def map50(model):
+        assert main(["evaluate-detection", "--data", str(csv), "--model", str(model),
+                     "--json", "--quiet"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    base_r, site_r = map50(tiny_model), map50(site)
+    assert site_r["map50"] > base_r["map50"] + 0.5
+    assert site_r["box_map"] == report["box_map"] and site_r["min_face"] == report["min_face"]
+    assert base_r["loose_match_share"] > 0.9 and site_r["loose_match_share"] < 0.1
