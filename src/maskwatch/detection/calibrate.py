@@ -11,9 +11,10 @@ fitted on those cached boxes and class scores, without running a network again:
 - the without_mask decision threshold, on the faces that were found.
 
 Each setting replaces the default only when it raises mAP@0.5 (the mask threshold:
-balanced accuracy, without losing without_mask recall) on the fitting scenes, and the
-whole fit is dropped unless it beats the defaults there by ``margin``. A seeded part of the
-scenes is held out and scored before and after.
+balanced accuracy, without losing without_mask recall) on the fitting scenes, in at least
+90% of bootstrap resamples of them, and the whole fit is dropped unless it beats the
+defaults there by ``margin``. A seeded part of the scenes is held out and scored before
+and after.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import numpy as np
 from maskwatch.detection.evaluate import (
     Scene,
     _greedy_pairs,
-    class_aps,
     iou_matrix,
-    mean_ap,
+    scene_outcomes,
     score_detections,
+    subset_map,
 )
-from maskwatch.detection.pipeline import Detector, site_box
+from maskwatch.detection.pipeline import Detector, site_boxes
 from maskwatch.errors import MaskwatchError
 from maskwatch.imaging import load_rgb
 from maskwatch.inference.modelfile import SiteParams
@@ -47,8 +48,14 @@ MIN_FACE_PERCENTILES = (1, 2, 5, 10)
 MIN_FACE_SLACK = 0.8
 #: mAP gain a single setting needs on the fitting scenes to replace its default.
 STEP_GAIN = 0.002
-#: Balanced-accuracy gain the mask threshold needs to replace the model's.
+#: Balanced-accuracy gain the mask threshold needs to replace the model's, and the fewest
+#: found faces of each class (with_mask, without_mask) it is fitted on.
 MASK_GAIN = 0.01
+MASK_MIN_FACES = 20
+#: A gain counts only if it holds in this share of bootstrap resamples of the fitting
+#: scenes (or faces): small sets must not trade a default for noise.
+BOOTSTRAP = 100
+CONFIDENCE = 0.9
 IDENTITY = (1.0, 1.0, 0.0, 0.0)
 
 
@@ -63,7 +70,7 @@ class Cached:
     size: tuple[int, int]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
     """The settings being fitted."""
 
@@ -114,11 +121,9 @@ def run_detector(
 def _mapped(c: Cached, s: Settings) -> tuple[np.ndarray, np.ndarray]:
     """(kept indices, their boxes) under settings ``s``."""
     keep = np.flatnonzero(c.scores >= s.face_threshold)
-    if s.box_map == IDENTITY:
-        boxes = c.boxes[keep]
-    else:
-        boxes = np.asarray([site_box(b, s.box_map, *c.size) for b in c.boxes[keep]],
-                           np.float64).reshape(-1, 4)
+    boxes = c.boxes[keep]
+    if s.box_map != IDENTITY:
+        boxes = site_boxes(boxes, s.box_map, *c.size).astype(np.float64)
     if s.min_face > 0 and len(boxes):
         side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         keep, boxes = keep[side >= s.min_face], boxes[side >= s.min_face]
@@ -140,9 +145,37 @@ def predictions(cache: Sequence[Cached | None], s: Settings, classes: Sequence[s
     return out
 
 
-def map50(scenes, cache, s: Settings, classes) -> float:
-    """mAP@0.5 over with_mask and without_mask under settings ``s`` (0 when undefined)."""
-    return mean_ap(class_aps(scenes, predictions(cache, s, classes), 0.5)) or 0.0
+class MapScorer:
+    """mAP@0.5 (with_mask, without_mask) of settings on the given scenes, remembered per
+    settings, and whether one setting's gain over another holds across bootstrap
+    resamples of the scenes."""
+
+    def __init__(self, scenes, cache, classes):
+        self.scenes, self.cache, self.classes = scenes, cache, classes
+        self._outcomes: dict[Settings, dict] = {}
+
+    def outcomes(self, s: Settings) -> dict:
+        if s not in self._outcomes:
+            self._outcomes[s] = scene_outcomes(
+                self.scenes, predictions(self.cache, s, self.classes), 0.5)
+        return self._outcomes[s]
+
+    def __call__(self, s: Settings) -> float:
+        return subset_map(self.outcomes(s), range(len(self.scenes)))
+
+    def gain_holds(self, a: Settings, b: Settings) -> bool:
+        """Whether ``b`` beats ``a`` in at least ``CONFIDENCE`` of the resamples."""
+        oa, ob = self.outcomes(a), self.outcomes(b)
+        return gain_holds(lambda idx: subset_map(ob, idx) - subset_map(oa, idx),
+                          len(self.scenes))
+
+
+def gain_holds(gain: Callable[[np.ndarray], float], n: int, seed: int = 0) -> bool:
+    """Whether ``gain(indices)`` is positive in at least ``CONFIDENCE`` of ``BOOTSTRAP``
+    resamples (with replacement) of ``n`` items."""
+    rng = np.random.default_rng(seed)
+    wins = sum(gain(rng.integers(0, n, n)) > 0 for _ in range(BOOTSTRAP))
+    return wins >= CONFIDENCE * BOOTSTRAP
 
 
 def fit_box_map(scenes, cache, face_threshold: float, rounds: int = 3) -> tuple[tuple, int]:
@@ -212,10 +245,11 @@ def mask_rates(probs, truth, classes, threshold: float) -> tuple[float, float]:
     return (rec_without + rec_with) / 2, rec_without
 
 
-def fit_mask_threshold(probs, truth, classes, default: float, min_faces: int = 5) -> float:
+def fit_mask_threshold(probs, truth, classes, default: float,
+                       min_faces: int = MASK_MIN_FACES) -> float:
     """The threshold with the best balanced accuracy among those that keep at least the
     default's without_mask recall (the middle of the best ones); the default unless it
-    gains ``MASK_GAIN``."""
+    gains ``MASK_GAIN``, and does so over bootstrap resamples of the faces."""
     if WITHOUT_MASK not in classes or min(truth.sum(), (~truth).sum()) < min_faces:
         return default
     base_ba, base_rec = mask_rates(probs, truth, classes, default)
@@ -228,7 +262,17 @@ def fit_mask_threshold(probs, truth, classes, default: float, min_faces: int = 5
     if best_ba < base_ba + MASK_GAIN:
         return default
     best = [t for ba, t in allowed if ba >= best_ba - 1e-9]
-    return best[len(best) // 2]
+    chosen = best[len(best) // 2]
+
+    def gain(idx) -> float:
+        p, t = probs[idx], truth[idx]
+        new, new_rec = mask_rates(p, t, classes, chosen)
+        old, old_rec = mask_rates(p, t, classes, default)
+        if np.isnan(new) or np.isnan(old) or new_rec < old_rec:
+            return -1.0
+        return new - old
+
+    return chosen if gain_holds(gain, len(truth)) else default
 
 
 def _best(options, score) -> tuple:
@@ -240,43 +284,41 @@ def _best(options, score) -> tuple:
 
 def fit_site(scenes, cache, classes, defaults: Settings, margin: float = 0.01) -> Fit:
     """Fit settings on ``scenes`` (with their cached detector output); see the module doc."""
-    m = lambda s: map50(scenes, cache, s, classes)  # noqa: E731
+    m = MapScorer(scenes, cache, classes)
+
+    def better(current: Settings, trial: Settings, gain: float = STEP_GAIN) -> bool:
+        return m(trial) > m(current) + gain and m.gain_holds(current, trial)
+
     base = m(defaults)
     s = replace(defaults)
     report: dict = {"map50_default": round(base, 4)}
     # 1. box convention
     box_map, pairs = fit_box_map(scenes, cache, defaults.face_threshold)
     report["box_pairs"] = pairs
-    trial = replace(s, box_map=box_map)
-    if box_map != IDENTITY and m(trial) > m(s) + STEP_GAIN:
-        s = trial
     report["box_map_fitted"] = list(box_map)
-    # 2. smallest face, in the site's convention
+    if box_map != IDENTITY and better(s, replace(s, box_map=box_map)):
+        s = replace(s, box_map=box_map)
+    # 2. smallest face, in the site's convention (ties go to the smaller face)
     sides = face_sides(scenes)
     if len(sides):
         report["annotated_face_px"] = {f"p{q}": round(float(np.percentile(sides, q)), 1)
                                        for q in (1, 5, 50)}
         options = sorted({0, *(int(MIN_FACE_SLACK * np.percentile(sides, q))
                                for q in MIN_FACE_PERCENTILES)}, reverse=True)
-        current = m(s)
-        # ties go to the smaller face (the later option)
-        chosen, value = _best(options, lambda v: m(replace(s, min_face=v)))
-        if value > current + STEP_GAIN:
+        chosen, _ = _best(options, lambda v: m(replace(s, min_face=v)))
+        if better(s, replace(s, min_face=chosen)):
             s = replace(s, min_face=chosen)
     # 3. face threshold (ties go to the higher threshold: fewer false boxes)
-    current = m(s)
     options = sorted({*FACE_THRESHOLDS, defaults.face_threshold})
     options = [t for t in options if t >= min(LOWEST_FACE_THRESHOLD, defaults.face_threshold)]
-    chosen, value = _best(options, lambda t: m(replace(s, face_threshold=t)))
-    if value > current + STEP_GAIN:
+    chosen, _ = _best(options, lambda t: m(replace(s, face_threshold=t)))
+    if better(s, replace(s, face_threshold=chosen)):
         s = replace(s, face_threshold=chosen)
     # the whole fit must beat the defaults by the margin
-    after = m(s)
-    report["kept_default"] = after < base + margin
-    if report["kept_default"]:
+    if s != defaults and not better(defaults, s, margin):
         s = replace(defaults)
-        after = base
-    report["map50_fitted"] = round(after, 4)
+    report["kept_default"] = s == defaults
+    report["map50_fitted"] = round(m(s), 4)
     # 4. mask decision on the faces found
     probs, truth = mask_outcomes(scenes, cache, s, classes)
     report["mask_faces"] = int(len(truth))

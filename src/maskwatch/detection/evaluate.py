@@ -114,10 +114,46 @@ def voc_ap(recall: Sequence[float], precision: Sequence[float]) -> float:
     """VOC all-point interpolated AP: area under the monotone precision envelope."""
     mrec = np.concatenate([[0.0], np.asarray(recall, np.float64), [1.0]])
     mpre = np.concatenate([[0.0], np.asarray(precision, np.float64), [0.0]])
-    for i in range(len(mpre) - 2, -1, -1):
-        mpre[i] = max(mpre[i], mpre[i + 1])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
     idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
     return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+def match_image(
+    boxes: Sequence[Sequence[float]], truths: Sequence[Sequence[float]],
+    difficult: Sequence[bool] | None, iou: float,
+) -> np.ndarray:
+    """Outcome of one image's detections, taken in the given (best-first) order: 1 true
+    positive, 0 false positive (nothing at ``iou``, or a truth already matched), -1 ignored
+    (a difficult truth)."""
+    out = np.zeros(len(boxes))
+    if not len(boxes) or not len(truths):
+        return out
+    difficult = difficult or [False] * len(truths)
+    ious = iou_matrix(np.asarray(boxes), np.asarray(truths))
+    used = np.zeros(len(truths), bool)
+    for k, row in enumerate(ious):
+        j = int(np.argmax(row))
+        if row[j] < iou:
+            continue
+        if difficult[j]:
+            out[k] = -1
+        elif not used[j]:
+            used[j] = True
+            out[k] = 1
+    return out
+
+
+def ap_from_outcomes(outcomes: np.ndarray, n_truth: int) -> float:
+    """VOC AP from the outcomes (see :func:`match_image`) of detections ranked best first."""
+    outcomes = np.asarray(outcomes)
+    outcomes = outcomes[outcomes >= 0]
+    if n_truth == 0:
+        return float("nan")
+    ctp = np.cumsum(outcomes == 1)
+    cfp = np.cumsum(outcomes == 0)
+    prec = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
+    return voc_ap(ctp / n_truth, prec)
 
 
 def average_precision(
@@ -137,32 +173,16 @@ def average_precision(
         for i, b in truths.items()
     )
     dets = sorted(detections, key=lambda d: -d[1])
-    used = {i: np.zeros(len(b), bool) for i, b in truths.items()}
-    tp = np.zeros(len(dets))
-    fp = np.zeros(len(dets))
-    for k, (img, _score, box) in enumerate(dets):
-        gts = truths.get(img, [])
-        if not gts:
-            fp[k] = 1
-            continue
-        ious = iou_matrix(np.asarray([box]), np.asarray(gts))[0]
-        j = int(np.argmax(ious))
-        if ious[j] >= iou:
-            if (difficult.get(img) or [False] * len(gts))[j]:
-                continue
-            if not used[img][j]:
-                used[img][j] = True
-                tp[k] = 1
-            else:
-                fp[k] = 1
-        else:
-            fp[k] = 1
+    per_image: dict[int, list[int]] = {}
+    for k, d in enumerate(dets):
+        per_image.setdefault(d[0], []).append(k)
+    outcomes = np.zeros(len(dets))
+    for img, ks in per_image.items():
+        outcomes[ks] = match_image([dets[k][2] for k in ks], truths.get(img, []),
+                                   difficult.get(img), iou)
     if n_truth == 0:
         return float("nan"), 0, 0
-    ctp, cfp = np.cumsum(tp), np.cumsum(fp)
-    rec = ctp / n_truth
-    prec = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
-    return voc_ap(rec, prec), int(tp.sum()), n_truth
+    return ap_from_outcomes(outcomes, n_truth), int(np.sum(outcomes == 1)), n_truth
 
 
 def _faces_of(result) -> list[tuple[tuple[int, int, int, int], float, str | None, dict]]:
@@ -240,6 +260,45 @@ def mean_ap(aps: dict[str, float]) -> float | None:
     """Mean of the with_mask and without_mask APs (None when neither has ground truth)."""
     both = [aps[c] for c in MAP_CLASSES if c in aps]
     return round(float(np.mean(both)), 4) if both else None
+
+
+def scene_outcomes(
+    scenes: Sequence[Scene], predictions: Sequence[list | None], iou: float = 0.5,
+    classes: Sequence[str] = MAP_CLASSES,
+) -> dict[str, list]:
+    """Per class, per scene: (detection scores, outcomes, number of truths), so that the AP
+    of any subset of the scenes (a bootstrap resample) is quick to compute with
+    :func:`subset_map`. None for scenes that were not read."""
+    out: dict[str, list] = {c: [] for c in classes}
+    for scene, faces in zip(scenes, predictions):
+        for c in classes:
+            if faces is None:
+                out[c].append(None)
+                continue
+            dets = sorted(((f[1] * f[3][c], f[0]) for f in faces if c in f[3]),
+                          key=lambda d: -d[0])
+            gts = [(b, d) for b, lab, d in zip(scene.boxes, scene.labels, scene.difficult)
+                   if lab == c]
+            hard = [d for _, d in gts]
+            outcomes = match_image([d[1] for d in dets], [b for b, _ in gts], hard, iou)
+            out[c].append((np.asarray([d[0] for d in dets]), outcomes,
+                           sum(1 for h in hard if not h)))
+    return out
+
+
+def subset_map(outcomes: dict[str, list], idx: Sequence[int]) -> float:
+    """Mean AP over the classes of :func:`scene_outcomes` for the scenes ``idx`` (repeats
+    allowed); 0 when no class has a truth there."""
+    aps = []
+    for per_scene in outcomes.values():
+        parts = [per_scene[i] for i in idx if per_scene[i] is not None]
+        n_truth = sum(p[2] for p in parts)
+        if not n_truth:
+            continue
+        scores = np.concatenate([p[0] for p in parts])
+        order = np.argsort(-scores, kind="stable")
+        aps.append(ap_from_outcomes(np.concatenate([p[1] for p in parts])[order], n_truth))
+    return float(np.mean(aps)) if aps else 0.0
 
 
 def face_ap(scenes: Sequence[Scene], predictions: Sequence[list | None], iou: float) -> float:

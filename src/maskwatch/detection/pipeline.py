@@ -48,14 +48,14 @@ class Face:
         return out
 
 
-def site_box(box, box_map, width: int, height: int) -> list[int]:
-    """A detector box mapped by a site's ``box_map`` (see ``SiteParams``), rounded and
-    clipped to the image; never empty."""
-    x1, y1, x2, y2 = calibrate_box(box[:4], box_map)
-    bx1 = int(np.clip(round(x1), 0, width - 1))
-    by1 = int(np.clip(round(y1), 0, height - 1))
-    return [bx1, by1, int(np.clip(round(x2), bx1 + 1, width)),
-            int(np.clip(round(y2), by1 + 1, height))]
+def site_boxes(boxes, box_map, width: int, height: int) -> np.ndarray:
+    """Detector boxes (N x 4) mapped by a site's ``box_map`` (see ``SiteParams``), rounded
+    and clipped to the image; never empty."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    x1, y1, x2, y2 = (np.round(v) for v in calibrate_box(b.T, box_map))
+    x1, y1 = np.clip(x1, 0, width - 1), np.clip(y1, 0, height - 1)
+    x2, y2 = np.clip(x2, x1 + 1, width), np.clip(y2, y1 + 1, height)
+    return np.stack([x1, y1, x2, y2], axis=1).astype(np.int64)
 
 
 def _load_classifier(classifier, threads: int, threshold: float | None = None):
@@ -124,15 +124,13 @@ class Detector:
 
         Faces are cropped for the classifier from the detector's own boxes; the site's box
         mapping only changes the boxes reported."""
-        h, w = rgb.shape[:2]
-        found, faces = [], []
-        for b in self.face_detector.detect(rgb):
-            box = [int(v) for v in b[:4]]
-            if self.box_map is not None:
-                box = site_box(box, self.box_map, w, h)
-            if min(box[2] - box[0], box[3] - box[1]) >= self.min_face:
-                found.append(b)
-                faces.append(Face(box=box, face_score=float(b[4])))
+        found = self.face_detector.detect(rgb)
+        boxes = [[int(v) for v in b[:4]] for b in found]
+        if self.box_map is not None and boxes:
+            boxes = site_boxes(boxes, self.box_map, rgb.shape[1], rgb.shape[0]).tolist()
+        keep = [i for i, b in enumerate(boxes) if min(b[2] - b[0], b[3] - b[1]) >= self.min_face]
+        found = [found[i] for i in keep]
+        faces = [Face(box=boxes[i], face_score=float(b[4])) for i, b in zip(keep, found)]
         if faces and self.classifier is not None:
             crops = [crop(rgb, b, self.margin) for b in found]
             for face, pred in zip(faces, self.classifier.classify(crops)):
