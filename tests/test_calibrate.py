@@ -182,3 +182,24 @@ def test_cli_calibrate_then_detect_with_the_site_model(tmp_path, tiny_model, cap
     assert site_r["map50"] > base_r["map50"] + 0.5
     assert site_r["box_map"] == report["box_map"] and site_r["min_face"] == report["min_face"]
     assert base_r["loose_match_share"] > 0.9 and site_r["loose_match_share"] < 0.1
+
+
+def test_serve_applies_and_reports_the_site_model(tmp_path, tiny_model):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from maskwatch.detection.pipeline import Detector
+    from maskwatch.serving.app import create_app
+
+    csv = site_scenes(tmp_path / "site", 30, HEAD_BOXES)
+    site = tmp_path / "site.onnx"
+    r = cal.calibrate(csv, site, model=tiny_model, progress=False,
+                      face_detector=BlobDetector())
+    detector = Detector(face_detector=BlobDetector(), classifier=str(site))
+    with TestClient(create_app(detector=detector)) as c:
+        info = c.get("/api/model").json()
+        assert info["site"]["box_map"] == r["box_map"]
+        assert info["threshold"] == r["mask_threshold"]
+        image = (tmp_path / "site" / "s0.png").read_bytes()
+        faces = c.post("/api/detect", files={"file": ("s0.png", image, "image/png")}).json()
+    assert len(faces["faces"]) == 3  # the background face is dropped by the site's min_face

@@ -19,7 +19,7 @@ import platform
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,9 @@ class ModelResponse(BaseModel):
     )
     input_size: int | None = Field(None, description="classifier input size in pixels")
     detector: str | None = Field(None, description="face detector in use")
+    site: dict[str, Any] | None = Field(
+        None, description="site settings in use (from `maskwatch calibrate`): box_map, "
+        "min_face, face_threshold, fitted")
     limits: dict[str, Any] = Field(description="upload size, pixel and concurrency limits")
     versions: dict[str, str | None] = Field(description="versions of maskwatch and its runtime")
 
@@ -534,6 +537,7 @@ def create_app(
             "threshold": getattr(info, "threshold", None),
             "input_size": getattr(info, "input_size", None),
             "detector": str(det_name) if det_name else None,
+            "site": asdict(det.site) if getattr(det, "site", None) else None,
             "limits": {
                 "max_upload_mb": settings.max_upload_mb,
                 "max_video_mb": settings.max_video_mb,
