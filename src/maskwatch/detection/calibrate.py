@@ -27,6 +27,7 @@ import numpy as np
 from maskwatch.detection.evaluate import (
     Scene,
     _greedy_pairs,
+    detect_scenes,
     iou_matrix,
     scene_outcomes,
     score_detections,
@@ -34,7 +35,6 @@ from maskwatch.detection.evaluate import (
 )
 from maskwatch.detection.pipeline import Detector, site_boxes
 from maskwatch.errors import MaskwatchError
-from maskwatch.imaging import load_rgb
 from maskwatch.inference.modelfile import SiteParams
 from maskwatch.inference.preprocess import decide
 from maskwatch.labels import WITH_MASK, WITHOUT_MASK
@@ -95,27 +95,22 @@ def run_detector(
 ) -> list[Cached | None]:
     """Run ``detector`` (its own boxes, no site settings) once per scene; None where the
     image cannot be read."""
-    from tqdm import tqdm
-
     classes = detector.classes
-    out: list[Cached | None] = []
-    for scene in tqdm(scenes, desc="detect", unit="img", disable=not progress):
-        try:
-            rgb = load_rgb(scene.path)
-        except MaskwatchError as exc:
-            out.append(None)
-            if on_error:
-                on_error(str(exc))
-            continue
-        faces = detector.detect(rgb)
-        out.append(Cached(
-            boxes=np.asarray([f.box for f in faces], np.float64).reshape(-1, 4),
-            scores=np.asarray([f.face_score for f in faces], np.float64),
-            probs=np.asarray([[f.scores.get(c, 0.0) for c in classes] for f in faces],
-                             np.float64).reshape(-1, len(classes)),
-            size=(rgb.shape[1], rgb.shape[0]),
-        ))
-    return out
+    sizes: list[tuple[int, int]] = []
+
+    def detect(rgb: np.ndarray) -> list:
+        sizes.append((rgb.shape[1], rgb.shape[0]))
+        return detector.detect(rgb)
+
+    found, _ = detect_scenes(scenes, detect, progress, on_error)
+    size_of = iter(sizes)  # one per scene that was read, in order
+    return [None if faces is None else Cached(
+        boxes=np.asarray([f[0] for f in faces], np.float64).reshape(-1, 4),
+        scores=np.asarray([f[1] for f in faces], np.float64),
+        probs=np.asarray([[f[3].get(c, 0.0) for c in classes] for f in faces],
+                         np.float64).reshape(-1, len(classes)),
+        size=next(size_of),
+    ) for faces in found]
 
 
 def _mapped(c: Cached, s: Settings) -> tuple[np.ndarray, np.ndarray]:
