@@ -44,8 +44,8 @@ def register(subparsers) -> None:
                    "(0: fit on all, no before/after)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out choice")
     p.add_argument("--margin", type=float, default=0.01,
-                   help="mAP@0.5 the fit must gain over the defaults on the fitting scenes, "
-                   "else the defaults are kept")
+                   help="mAP@0.5 the fit must gain on the fitting scenes to replace the "
+                   "detector's own settings (default: 0.01)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     add_threads_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
