@@ -93,6 +93,7 @@ def test_detect_json_csv_and_amber_boxes(model, tmp_path, capsys):
         assert iou(face["box"], box) > 0.5
         assert face["label"] == c and set(face["scores"]) == set(CLASSES)
     assert "incorrect_mask: 1" in captured.err
+    assert "mask worn wrongly: 33.3% of faces" in captured.err
     rows = list(csv.DictReader((tmp_path / "faces.csv").open()))
     assert sorted(r["label"] for r in rows) == sorted(CLASSES)
     wrong = next(r for r in rows if r["label"] == "incorrect_mask")

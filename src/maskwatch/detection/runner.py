@@ -14,7 +14,7 @@ from maskwatch.detection.images import detect_image, init_detector, process_imag
 from maskwatch.detection.video import TrackedVideo, VideoSource, is_camera, is_stream
 from maskwatch.errors import MaskwatchError
 from maskwatch.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_inputs, is_video_path
-from maskwatch.labels import CANONICAL, WITHOUT_MASK
+from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITHOUT_MASK
 
 
 def iter_sources(items: list[str], report) -> Iterator[tuple[str, str]]:
@@ -254,6 +254,9 @@ class Run:
             if self.detector.classes:
                 share = self.face_counts.get(WITHOUT_MASK, 0) / total
                 parts.append(f"without mask: {100 * share:.1f}% of faces")
+            if INCORRECT_MASK in self.detector.classes:
+                share = self.face_counts.get(INCORRECT_MASK, 0) / total
+                parts.append(f"mask worn wrongly: {100 * share:.1f}% of faces")
         for spec, counts in self.people.items():
             people = ", ".join(f"{k}: {v}" for k, v in counts.items()) or "nobody tracked"
             parts.append(f"{spec}: people {people}")
