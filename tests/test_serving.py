@@ -21,6 +21,8 @@ from maskwatch.detection.pipeline import Face  # noqa: E402
 from maskwatch.serving.app import Settings, create_app, is_loopback  # noqa: E402
 
 CLASSES = ["with_mask", "without_mask"]
+#: The server checks the Host header: tests reach it by its loopback address.
+BASE_URL = "http://127.0.0.1:8000"
 
 
 # ---------------------------------------------------------------- fakes
@@ -99,7 +101,8 @@ def png(rgb: np.ndarray) -> bytes:
 
 def client_for(detector=None, **settings) -> TestClient:
     detector = detector or FakeDetector()
-    return TestClient(create_app(detector=detector, settings=Settings(**settings)))
+    return TestClient(create_app(detector=detector, settings=Settings(**settings)),
+                      base_url=BASE_URL)
 
 
 @pytest.fixture()
@@ -499,7 +502,7 @@ def test_real_detector_end_to_end():
         real_classifier = False
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
         data = f.read()
-    with TestClient(create_app(detector=detector)) as c:
+    with TestClient(create_app(detector=detector), base_url=BASE_URL) as c:
         r = c.post("/api/detect", **upload(data, "grace_hopper.jpg", "image/jpeg"))
         assert r.status_code == 200, r.text
         body = r.json()
@@ -585,7 +588,7 @@ def test_detector_is_loaded_at_startup_from_settings(tmp_path):
     # a tiny classifier: mean colour -> 2 logits, "with_mask" when green dominates
     write_tiny_onnx(tmp_path / "tiny.onnx", [[-4.0, 4.0], [6.0, -6.0], [0.0, 0.0]])
     settings = Settings(model=str(tmp_path / "tiny.onnx"), detector="yunet", threads=1)
-    with TestClient(create_app(settings=settings)) as c:
+    with TestClient(create_app(settings=settings), base_url=BASE_URL) as c:
         info = c.get("/api/model").json()
         assert info["name"] == "tiny" and info["detector"] == "yunet"
         green = np.full((32, 32, 3), (20, 200, 30), np.uint8)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import glob
+import math
 import os
+import stat
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from maskwatch.errors import ImageError, MaskwatchError
 
@@ -86,22 +88,66 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(source, max_pixels: int | None = None) -> Image.Image:
-    """Open an image file (or file object) as upright 8-bit RGB Pillow image.
+#: EXIF orientation -> the transpose that makes the image upright.
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
 
-    Raises ImageError with a one-line reason for a missing, empty, truncated,
-    unrecognised or oversized file.
+
+def _check_regular(path: Path, name: str) -> None:
+    """Refuse what is not a regular, non-empty file (folders, devices, FIFOs, sockets)."""
+    if not path.exists():
+        raise ImageError(f"{name}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{name}: is a folder, not an image")
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"{name}: not a regular file (a device, pipe or socket)")
+    if st.st_size == 0:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+
+
+def _reduce(img: Image.Image, work_pixels: int) -> Image.Image:
+    """Decode ``img`` at a reduced size so that it holds at most about ``work_pixels``.
+
+    JPEG decodes straight at 1/2, 1/4 or 1/8 scale (draft); other formats are shrunk in
+    their own mode (1 byte a pixel for 1-bit, grey and palette images) before any RGB
+    conversion, so the full-size RGB copy is never made.
+    """
+    w, h = img.size
+    k = math.ceil(math.sqrt(w * h / work_pixels))
+    if k <= 1:
+        img.load()
+        return img
+    if img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
+        img.draft(img.mode, (max(1, w // k), max(1, h // k)))
+    img.load()
+    w2, h2 = img.size
+    if w2 * h2 <= work_pixels:
+        return img
+    k = math.ceil(math.sqrt(w2 * h2 / work_pixels))
+    size = (max(1, w2 // k), max(1, h2 // k))
+    try:
+        return img.reduce(k)
+    except ValueError:  # 1-bit, palette, 16-bit: nearest keeps the mode, allocates no more
+        return img.resize(size, Image.Resampling.NEAREST)
+
+
+def open_image_scaled(
+    source, max_pixels: int | None = None, work_pixels: int | None = None
+) -> tuple[Image.Image, tuple[float, float]]:
+    """Open an image as upright 8-bit RGB, shrunk to about ``work_pixels`` when larger.
+
+    Returns the image and (sx, sy): multiply its coordinates by these to get the original
+    image's. Raises ImageError with a one-line reason for a missing, empty, truncated,
+    unrecognised or oversized file, or for something that is not a regular file.
     """
     cap = MAX_PIXELS if max_pixels is None else max_pixels
     name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", "image")
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.exists():
-            raise ImageError(f"{name}: no such file")
-        if path.is_dir():
-            raise ImageError(f"{name}: is a folder, not an image")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{name}: empty file (0 bytes)")
+        _check_regular(Path(source), name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -114,9 +160,17 @@ def open_image(source, max_pixels: int | None = None) -> Image.Image:
                 )
             if w == 0 or h == 0:
                 raise ImageError(f"{name}: image has no pixels")
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            orientation = img.getexif().get(274, 1)
+            if work_pixels:
+                img = _reduce(img, work_pixels)
+            else:
+                img.load()
+            sx, sy = w / img.size[0], h / img.size[1]
+            if orientation in _ORIENTATION:  # shrunk copies lose their EXIF: turn by hand
+                img = img.transpose(_ORIENTATION[orientation])
+            if orientation in (5, 6, 7, 8):
+                sx, sy = sy, sx
+            return _to_rgb(img), (sx, sy)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -128,20 +182,38 @@ def open_image(source, max_pixels: int | None = None) -> Image.Image:
         raise ImageError(f"{name}: cannot decode image ({msg})") from None
 
 
+def open_image(source, max_pixels: int | None = None) -> Image.Image:
+    """Open an image file (or file object) as upright 8-bit RGB Pillow image, full size.
+
+    Raises ImageError as ``open_image_scaled`` does.
+    """
+    return open_image_scaled(source, max_pixels)[0]
+
+
 def load_rgb(source, max_pixels: int | None = None) -> np.ndarray:
     """Read an image as an upright HxWx3 uint8 RGB array (see open_image)."""
     return np.asarray(open_image(source, max_pixels))
 
 
-def decode_bytes(data: bytes, max_pixels: int | None = None, name: str = "upload") -> np.ndarray:
-    """Decode image bytes (an upload) to an RGB array, with the same checks as load_rgb."""
+def decode_upload(
+    data: bytes, max_pixels: int | None = None, work_pixels: int | None = None,
+    name: str = "upload",
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """Decode image bytes (an upload) to an RGB array of at most about ``work_pixels``,
+    and the (sx, sy) factors back to the original's coordinates (see open_image_scaled)."""
     import io
 
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
     buf = io.BytesIO(data)
     buf.name = name
-    return np.asarray(open_image(buf, max_pixels))
+    img, scale = open_image_scaled(buf, max_pixels, work_pixels)
+    return np.asarray(img), scale
+
+
+def decode_bytes(data: bytes, max_pixels: int | None = None, name: str = "upload") -> np.ndarray:
+    """Decode image bytes (an upload) to a full-size RGB array, with load_rgb's checks."""
+    return decode_upload(data, max_pixels, None, name)[0]
 
 
 def save_rgb(path: str | Path, rgb: np.ndarray, quality: int = 92) -> None:

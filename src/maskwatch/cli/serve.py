@@ -53,6 +53,15 @@ def register(subparsers) -> None:
     p.add_argument(
         "--max-video-jobs", type=int, default=4, help="video jobs queued or running at once"
     )
+    p.add_argument(
+        "--allowed-host", action="append", default=[], metavar="NAME",
+        help="a host name the server may be reached by, besides its address and loopback "
+        "names (repeatable; requests naming another Host get 403: DNS rebinding); default: none",
+    )
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a client has to send its request headers (then 408)")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds an upload may stall before the server gives up (408)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level")
@@ -72,7 +81,8 @@ def check_args(args) -> None:
         )
     if not 0 < args.port < 65536:
         raise MaskwatchError(f"--port must be 1-65535, got {args.port}")
-    for name in ("max_upload_mb", "max_video_mb", "max_concurrency", "max_video_jobs"):
+    for name in ("max_upload_mb", "max_video_mb", "max_concurrency", "max_video_jobs",
+                 "header_timeout", "body_timeout"):
         if getattr(args, name) <= 0:
             raise MaskwatchError(f"--{name.replace('_', '-')} must be positive")
     if args.api_key is not None and not args.api_key.strip():
@@ -100,6 +110,9 @@ def run(args) -> int:
         detector=args.detector,
         threads=args.threads,
         threshold=args.threshold,
+        host=args.host,
+        allowed_hosts=tuple(args.allowed_host),
+        body_timeout_s=args.body_timeout,
     )
     # Load the models before binding, so a bad --model is one clear error, not a traceback.
     kwargs = {"classifier": args.model, "threads": args.threads, "threshold": args.threshold}
@@ -109,6 +122,8 @@ def run(args) -> int:
     app = create_app(detector=detector, settings=settings)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"maskwatch: serving on http://{shown}:{args.port}/ (Ctrl+C to stop)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
+    from maskwatch.serving.server import server_config
+
+    uvicorn.Server(server_config(app, args.host, args.port, args.header_timeout,
+                                 args.log_level)).run()
     return 0

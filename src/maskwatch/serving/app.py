@@ -7,14 +7,23 @@ detector it loads ``maskwatch.detection.pipeline.Detector`` once at start-up; te
 Limits: uploads over the size cap get 413 (Content-Length and the bytes actually read are both
 checked), non-image uploads 415, undecodable ones 422 with the reason, and at most
 ``max_concurrency`` inference calls run at once in a thread pool; a request that cannot start
-within ``queue_wait_s`` gets 503 instead of piling up.
+within ``queue_wait_s`` gets 503 instead of piling up. Large images are decoded at a reduced
+size (``work_pixels``) and their boxes scaled back, so a small file cannot cost gigabytes.
+
+Browser attacks: a request whose ``Host`` is not the bound address or a name in
+``allowed_hosts`` gets 403 (DNS rebinding), and without an API key a POST/DELETE that a
+browser marks as coming from another site (``Origin``, ``Sec-Fetch-Site``) gets 403 too.
+A body that stalls for ``body_timeout_s`` gets 408. Every error is JSON ``{"detail": ...}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 import hmac
 import importlib.metadata
+import logging
 import platform
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,19 +33,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from maskwatch import __version__
 from maskwatch.errors import ImageError, MaskwatchError
-from maskwatch.imaging import IMAGE_SUFFIXES, MAX_PIXELS, VIDEO_SUFFIXES, decode_bytes
+from maskwatch.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_upload
 from maskwatch.serving.jobs import DONE, Job, JobManager, JobsBusy, process_video
 
 STATIC_DIR = Path(__file__).with_name("static")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+#: Bind addresses that listen on every interface (the Host check then needs allowed_hosts).
+WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+#: The server's default pixel cap: lower than the CLI's, since uploads come from others.
+SERVER_MAX_PIXELS = 40_000_000
+#: Larger uploads are decoded at a reduced size of about this many pixels (4000 x 3000).
+WORK_PIXELS = 12_000_000
+log = logging.getLogger("maskwatch.serving")
 MB = 1024 * 1024
 #: Room for multipart boundaries and part headers on top of the file-size cap.
 MULTIPART_SLACK = 64 * 1024
@@ -51,7 +69,8 @@ class Settings:
     max_video_mb: float = 100.0
     max_concurrency: int = 2
     queue_wait_s: float = 2.0
-    max_pixels: int = MAX_PIXELS
+    max_pixels: int = SERVER_MAX_PIXELS
+    work_pixels: int = WORK_PIXELS
     max_video_frames: int = 9000
     max_video_jobs: int = 4
     keep_finished_jobs: int = 20
@@ -60,6 +79,16 @@ class Settings:
     threads: int = 0
     threshold: float | None = None  # overrides the model's without_mask threshold
     jobs_dir: Path | None = None
+    host: str = "127.0.0.1"  # the bound address: requests must name it (or allowed_hosts)
+    allowed_hosts: tuple[str, ...] = ()  # other names the server may be reached by
+    body_timeout_s: float = 30.0  # an upload that sends nothing for this long gets 408
+
+    def host_names(self) -> set[str] | None:
+        """Host header values accepted (lower case, no port); None: any (wildcard bind)."""
+        extra = {h.strip().lower().strip("[]") for h in self.allowed_hosts if h.strip()}
+        if self.host.strip("[]") in WILDCARD_HOSTS and not extra:
+            return None
+        return {*LOOPBACK_HOSTS, self.host.lower().strip("[]"), *extra} - WILDCARD_HOSTS
 
     @property
     def max_upload_bytes(self) -> int:
@@ -147,6 +176,36 @@ class ModelResponse(BaseModel):
     versions: dict[str, str | None] = Field(description="versions of maskwatch and its runtime")
 
 
+class Problem(BaseModel):
+    """Every error answer."""
+
+    detail: str = Field(description="what went wrong, in one line")
+
+
+#: What each error status means, for the schema.
+ERROR_MEANINGS = {
+    400: "bad request (e.g. a malformed Content-Length)",
+    401: "missing or wrong API key",
+    403: "refused: unknown Host name, or a cross-site browser request to a keyless server",
+    404: "no such job",
+    408: "the upload stalled",
+    409: "the job is not done",
+    413: "too large (bytes, or for a video, frames x pixels over the job budget)",
+    415: "not an image / not a video",
+    422: "cannot decode, or a bad parameter",
+    500: "server error",
+    503: "busy: too many requests or jobs at once",
+    507: "the server's disk is full",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses plus those every /api route can give."""
+    every = (400, 401, 403, 500)
+    return {c: {"model": Problem, "description": ERROR_MEANINGS[c]}
+            for c in sorted({*every, *codes})}
+
+
 class Health(BaseModel):
     status: str = Field(description="`ok` once the detector is loaded")
     version: str
@@ -227,11 +286,13 @@ class _Upload:
             await self.file.close()
 
 
-async def _receive_upload(request: Request, limit: int, default_name: str) -> _Upload:
+async def _receive_upload(request: Request, limit: int, default_name: str,
+                          timeout: float = 30.0) -> _Upload:
     """Read one uploaded file (multipart `file` field or raw body), enforcing ``limit``.
 
     Content-Length is checked first; then the bytes actually received are counted, so a
-    missing or false Content-Length cannot get past the cap.
+    missing or false Content-Length cannot get past the cap. A client that sends nothing
+    for ``timeout`` seconds gets 408.
     """
     declared = request.headers.get("content-length")
     body_limit = limit + MULTIPART_SLACK
@@ -245,7 +306,10 @@ async def _receive_upload(request: Request, limit: int, default_name: str) -> _U
 
     async def receive():
         nonlocal received
-        message = await request.receive()
+        try:
+            message = await asyncio.wait_for(request.receive(), timeout)
+        except asyncio.TimeoutError:
+            raise _problem(408, f"the upload sent nothing for {timeout:g} s") from None
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > body_limit:
@@ -364,11 +428,18 @@ def create_app(
     )
     app.state.maskwatch = state
 
-    async def check_key(request: Request) -> None:
-        if not settings.api_key:
+    key_scheme = APIKeyHeader(
+        name="X-API-Key", auto_error=False, scheme_name="APIKey",
+        description="the server's key, when it has one (`maskwatch serve --api-key`)",
+    )
+    expected_key = settings.api_key.encode("utf-8") if settings.api_key else None
+
+    async def check_key(request: Request, _declared: str | None = Security(key_scheme)) -> None:
+        if expected_key is None:
             return
-        given = request.headers.get("x-api-key", "")
-        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+        # the raw bytes: a header decoded as Latin-1 would never match a UTF-8 key
+        given = next((v for k, v in request.scope["headers"] if k.lower() == b"x-api-key"), b"")
+        if not hmac.compare_digest(given, expected_key):
             raise _problem(401, "missing or wrong API key (send it in the X-API-Key header)",
                            **{"WWW-Authenticate": "X-API-Key"})
 
@@ -385,14 +456,19 @@ def create_app(
         finally:
             state.semaphore.release()
 
-    def decode(data: bytes, name: str) -> np.ndarray:
+    def decode(data: bytes, name: str) -> tuple[np.ndarray, tuple[float, float]]:
+        """The upload at no more than work_pixels, and the factors back to its full size."""
         try:
-            return decode_bytes(data, max_pixels=settings.max_pixels, name=name)
+            rgb, scale = decode_upload(data, settings.max_pixels, settings.work_pixels, name)
         except ImageError as exc:
             raise _problem(422, str(exc)) from None
+        if scale != (1.0, 1.0):
+            _trim_memory()  # hand the big decode buffers back to the system
+        return rgb, scale
 
     async def read_image(request: Request) -> tuple[bytes, str]:
-        upload = await _receive_upload(request, settings.max_upload_bytes, "upload")
+        upload = await _receive_upload(request, settings.max_upload_bytes, "upload",
+                                       settings.body_timeout_s)
         if not _allowed(upload.content_type, upload.filename, "image", IMAGE_SUFFIXES):
             raise _problem(415, f"{upload.filename}: expected an image (JPEG, PNG, ...), got "
                            f"{upload.content_type.split(';')[0] or 'no content type'}")
@@ -406,8 +482,7 @@ def create_app(
 
     api = APIRouter(prefix="/api", dependencies=[Depends(check_key)], tags=["api"])
     # the error answers both image routes document
-    image_errors = {413: {"description": "too large"}, 415: {"description": "not an image"},
-                    422: {"description": "cannot decode"}, 503: {"description": "busy"}}
+    image_errors = error_responses(408, 413, 415, 422, 503)
     image_media = ["image/jpeg", "image/png", "image/webp"]
 
     @api.post(
@@ -423,9 +498,10 @@ def create_app(
         data, name = await read_image(request)
 
         def work() -> dict:
-            rgb = decode(data, name)
-            records = _face_records(state.detector.detect(rgb))
-            return {"faces": records, "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
+            rgb, (sx, sy) = decode(data, name)
+            records = _scale_boxes(_face_records(state.detector.detect(rgb)), sx, sy)
+            width, height = round(rgb.shape[1] * sx), round(rgb.shape[0] * sy)
+            return {"faces": records, "width": width, "height": height,
                     "counts": _counts(records, list(getattr(state.classifier, "classes", [])))}
 
         return await run_limited(work)
@@ -443,7 +519,7 @@ def create_app(
         data, name = await read_image(request)
 
         def work() -> dict:
-            pred = state.classifier.classify([decode(data, name)])[0]
+            pred = state.classifier.classify([decode(data, name)[0]])[0]
             return {"label": pred.label, "score": float(pred.score),
                     "scores": {k: float(v) for k, v in pred.scores.items()}}
 
@@ -470,12 +546,12 @@ def create_app(
         "content type). Faces are found in every frame in the background; poll "
         "`GET /api/jobs/{id}` for progress, per-frame records and the annotated MP4.",
         openapi_extra=_multipart_schema("the video", ["video/mp4", "video/webm"]),
-        responses={413: {"description": "too large"}, 415: {"description": "not a video"},
-                   503: {"description": "too many jobs"}},
+        responses=error_responses(408, 413, 415, 422, 503, 507),
     )
     async def video(request: Request) -> dict:
         assert state.jobs is not None
-        upload = await _receive_upload(request, settings.max_video_bytes, "upload.mp4")
+        upload = await _receive_upload(request, settings.max_video_bytes, "upload.mp4",
+                                       settings.body_timeout_s)
         if not _allowed(upload.content_type, upload.filename, "video", VIDEO_SUFFIXES):
             raise _problem(415, f"{upload.filename}: expected a video (MP4, WebM, ...), got "
                            f"{upload.content_type.split(';')[0] or 'no content type'}")
@@ -504,7 +580,8 @@ def create_app(
                 "url": str(request.url_for("job_status", job_id=job.id).path)}
 
     @api.get("/jobs/{job_id}", response_model=JobStatus, name="job_status",
-             summary="Progress and results of a video job")
+             summary="Progress and results of a video job",
+             responses=error_responses(404, 422))
     async def get_job(job_id: str, request: Request) -> dict:
         job = state.jobs.get(job_id) if state.jobs else None
         if job is None:
@@ -513,7 +590,7 @@ def create_app(
 
     @api.get("/jobs/{job_id}/video", name="job_video", response_class=FileResponse,
              summary="The annotated H.264 MP4 of a finished job",
-             responses={200: {"content": {"video/mp4": {}}}, 409: {"description": "not done"}})
+             responses={200: {"content": {"video/mp4": {}}}, **error_responses(404, 409, 422)})
     async def get_job_video(job_id: str) -> FileResponse:
         job = state.jobs.get(job_id) if state.jobs else None
         if job is None:
@@ -524,7 +601,8 @@ def create_app(
         return FileResponse(job.output_path, media_type="video/mp4",
                             filename=f"{stem}-maskwatch.mp4")
 
-    @api.get("/model", response_model=ModelResponse, summary="The loaded model and limits")
+    @api.get("/model", response_model=ModelResponse, summary="The loaded model and limits",
+             responses=error_responses())
     async def model_info() -> dict:
         clf = state.classifier
         info = getattr(clf, "info", None)
@@ -542,6 +620,7 @@ def create_app(
                 "max_upload_mb": settings.max_upload_mb,
                 "max_video_mb": settings.max_video_mb,
                 "max_pixels": settings.max_pixels,
+                "work_pixels": settings.work_pixels,
                 "max_concurrency": settings.max_concurrency,
                 "max_video_frames": settings.max_video_frames,
                 "api_key_required": bool(settings.api_key),
@@ -579,9 +658,13 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
+    host_names = settings.host_names()
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
-        response = await call_next(request)
+        refusal = _refusal(request, host_names, keyless=not settings.api_key)
+        response = (JSONResponse({"detail": refusal}, status_code=403) if refusal
+                    else await call_next(request))
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         return response
@@ -590,7 +673,99 @@ def create_app(
     async def maskwatch_error(request: Request, exc: MaskwatchError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = next(iter(exc.errors()), {})
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"},
+                            status_code=422)
+
+    @app.exception_handler(OSError)
+    async def disk_error(request: Request, exc: OSError) -> JSONResponse:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return JSONResponse({"detail": "the server's disk is full; try again later"},
+                                status_code=507)
+        return JSONResponse({"detail": "the server could not read or write a file"},
+                            status_code=500)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"internal server error ({type(exc).__name__})"},
+                            status_code=500)
+
+    base_openapi = app.openapi
+
+    def openapi() -> dict:
+        schema = base_openapi()
+        if not settings.api_key:  # a keyless server: the key is optional on every route
+            for ops in schema.get("paths", {}).values():
+                for op in ops.values():
+                    if "security" in op and {} not in op["security"]:
+                        op["security"].append({})
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     return app
+
+
+def _scale_boxes(records: list[dict], sx: float, sy: float) -> list[dict]:
+    """Boxes found in a shrunk decode, in the uploaded image's pixels."""
+    if (sx, sy) == (1.0, 1.0):
+        return records
+    for rec in records:
+        x1, y1, x2, y2 = rec["box"]
+        rec["box"] = [round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy)]
+    return records
+
+
+def _trim_memory() -> None:
+    """Return freed heap to the system (glibc keeps it otherwise); a no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _split_host(value: str) -> tuple[str, str]:
+    """``host[:port]`` (IPv6 in brackets) -> (lower-case host, port or "")."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        return host, rest.lstrip(":")
+    host, _, port = value.partition(":") if value.count(":") == 1 else (value, "", "")
+    return host, port
+
+
+def _refusal(request: Request, host_names: set[str] | None, keyless: bool) -> str | None:
+    """Why a request is refused (403), or None: an unknown Host name (DNS rebinding), or a
+    browser's cross-site POST/DELETE to a server without a key."""
+    host_header = request.headers.get("host")
+    if host_names is not None and host_header is not None:
+        if _split_host(host_header)[0] not in host_names:
+            return (f"unknown Host {host_header!r}: this server answers to "
+                    + ", ".join(sorted(host_names)) + " (maskwatch serve --allowed-host)")
+    if not keyless or request.method in ("GET", "HEAD", "OPTIONS"):
+        return None
+    site = request.headers.get("sec-fetch-site", "").lower()
+    origin = request.headers.get("origin")
+    cross = site in ("cross-site", "same-site")
+    if origin is not None and not cross:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(origin)
+        own = _split_host(host_header or "")
+        try:
+            port = str(parts.port or "")
+        except ValueError:
+            port = "?"
+        cross = origin == "null" or (
+            (parts.hostname or "").lower(), port or "") != (own[0], own[1] or "")
+    if cross:
+        return ("cross-site request refused: this server has no API key, so only its own "
+                "page may post to it")
+    return None
 
 
 def _copy_file(src, dest: Path) -> None:
