@@ -7,6 +7,7 @@ metrics (IoU), so training and inference cut faces with the same rounding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,6 +15,24 @@ import numpy as np
 from maskwatch.errors import ImageError
 
 Box = tuple[int, int, int, int]
+
+#: Largest coordinate a box may have, in pixels (far beyond any image that can be read).
+MAX_COORD = 1_000_000
+
+
+def bad_box(box) -> str | None:
+    """Why a box's coordinates cannot be used (not 4 numbers, NaN, infinite, huge), or None."""
+    try:
+        values = [float(v) for v in box]
+    except (TypeError, ValueError):
+        return f"box {box!r} is not numeric"
+    if len(values) != 4:
+        return f"box has {len(values)} coordinates, not 4"
+    if not all(math.isfinite(v) for v in values):
+        return f"box {tuple(values)} has a NaN or infinite coordinate"
+    if any(abs(v) > MAX_COORD for v in values):
+        return f"box {tuple(values)} has a coordinate beyond {MAX_COORD:,} pixels"
+    return None
 
 
 def clip_box(box, width: int, height: int) -> Box | None:

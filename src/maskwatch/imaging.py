@@ -21,6 +21,8 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 #: Largest image accepted, in pixels (a 10,000 x 10,000 photo fits). Override with
 #: MASKWATCH_MAX_PIXELS. Larger files are refused as possible decompression bombs.
 MAX_PIXELS = int(os.environ.get("MASKWATCH_MAX_PIXELS", 120_000_000))
+#: Largest file read whole into memory (the audit hashes every file), in bytes.
+MAX_FILE_BYTES = int(float(os.environ.get("MASKWATCH_MAX_FILE_MB", 256)) * 1024 * 1024)
 
 
 def is_video_path(path: str | Path) -> bool:
@@ -107,6 +109,33 @@ def _check_regular(path: Path, name: str) -> None:
         raise ImageError(f"{name}: not a regular file (a device, pipe or socket)")
     if st.st_size == 0:
         raise ImageError(f"{name}: empty file (0 bytes)")
+
+
+def read_file_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; ImageError for anything else.
+
+    Opened without blocking, so a FIFO cannot hang the caller, and checked on the open
+    descriptor, so /dev/zero or a symlink to it is refused before anything is read.
+    """
+    name = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{name}: not a regular file (a device, pipe or socket)")
+        if st.st_size > max_bytes:
+            raise ImageError(f"{name}: {st.st_size:,} bytes, over the limit of {max_bytes:,} "
+                             "(MASKWATCH_MAX_FILE_MB)")
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:  # grew while being read
+        raise ImageError(f"{name}: over the limit of {max_bytes:,} bytes (MASKWATCH_MAX_FILE_MB)")
+    return data
 
 
 def _reduce(img: Image.Image, work_pixels: int) -> Image.Image:

@@ -45,13 +45,13 @@ def inspect_image(path: str | Path) -> ImageFacts:
 
     from maskwatch.data.hashing import phash_int
     from maskwatch.errors import ImageError
-    from maskwatch.imaging import MAX_PIXELS, open_image
+    from maskwatch.imaging import MAX_PIXELS, open_image, read_file_bytes
 
     facts = ImageFacts(str(path))
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        facts.error = f"{path}: cannot read ({exc.strerror or exc})"
+    try:  # regular files only, size-capped: not /dev/zero, not a FIFO
+        data = read_file_bytes(path)
+    except ImageError as exc:
+        facts.error = str(exc)
         return facts
     if not data:
         facts.error = f"{path}: empty file (0 bytes)"

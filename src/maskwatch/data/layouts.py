@@ -7,13 +7,14 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from maskwatch.boxes import clip_box
+from maskwatch.boxes import bad_box, clip_box
 from maskwatch.data.model import (
     Dataset,
     Sample,
+    csv_rows,
     is_manifest,
+    load_manifest,
     normalise_split,
-    read_manifest,
 )
 from maskwatch.errors import LayoutError
 from maskwatch.imaging import IMAGE_SUFFIXES
@@ -177,8 +178,8 @@ def parse_voc(xml_path: Path) -> tuple[str | None, tuple[int, int] | None, list]
     if size_el is not None:
         try:
             w, h = int(float(size_el.findtext("width"))), int(float(size_el.findtext("height")))
-            size = (w, h) if w > 0 and h > 0 else None
-        except (TypeError, ValueError):
+            size = (w, h) if 0 < w <= 1_000_000 and 0 < h <= 1_000_000 else None
+        except (TypeError, ValueError, OverflowError):
             size = None
     objects = []
     for obj in root.iter("object"):
@@ -206,7 +207,14 @@ def _image_index(folder: Path) -> dict[str, Path]:
     return index
 
 
-def _add_box(samples, skipped, notes, path, name, box, size, mapping, source, group, split):
+def _add_box(samples, skipped, notes, path, name, box, size, mapping, source, group, split,
+             where=None):
+    """Add one labelled box, or count and note why it is skipped (``where``: its row)."""
+    why = bad_box(box)
+    if why:
+        skipped["bad box"] += 1
+        notes.append(f"{where or path}: {why}")
+        return
     label = normalise_label(name, mapping) if name else None
     if label is None:
         skipped[f"class {name!r}"] += 1
@@ -257,7 +265,7 @@ def _load_voc(root: Path, ann_dir: Path, mapping) -> Dataset:
         group = img.relative_to(img_dir).with_suffix("").as_posix()
         for name, box in objects:
             _add_box(samples, skipped, notes, img, name, box, size, mapping, root.name, group,
-                     split)
+                     split, where=xml)
     if not samples and skipped.get("bad annotation file") == len(xmls) and notes:
         raise LayoutError(notes[0])
     return Dataset(root, "voc", samples, skipped, notes)
@@ -281,9 +289,9 @@ def _csv_columns(header: list[str]) -> dict[str, int] | None:
 
 def _is_box_csv(path: Path) -> bool:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             return _csv_columns(next(csv.reader(f), [])) is not None
-    except (OSError, UnicodeDecodeError):
+    except (OSError, csv.Error):
         return False
 
 
@@ -294,12 +302,13 @@ def _load_box_csv(csv_path: Path, mapping, images: Path | None) -> Dataset:
     skipped: Counter = Counter()
     notes: list[str] = []
     sizes: dict[Path, tuple[int, int] | None] = {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        cols = _csv_columns(next(reader, []))
+    # file names that are not UTF-8 come back as the same bytes (surrogateescape)
+    with open(csv_path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        rows = csv_rows(f, csv_path, skipped, notes)
+        cols = _csv_columns(next(rows, (1, []))[1])
         if cols is None:
             raise LayoutError(f"{csv_path}: no box columns (name,x1,x2,y1,y2,classname)")
-        for n, row in enumerate(reader, start=2):
+        for n, row in rows:
             if not any(c.strip() for c in row):
                 continue
             try:
@@ -308,7 +317,7 @@ def _load_box_csv(csv_path: Path, mapping, images: Path | None) -> Dataset:
                 cls = row[cols["label"]].strip()
             except (IndexError, ValueError):
                 skipped["bad CSV row"] += 1
-                notes.append(f"{csv_path}:{n}: bad row {row}")
+                notes.append(f"{csv_path}:{n}: bad row {str(row)[:200]}")
                 continue
             img = index.get(Path(name).name.lower()) or index.get(Path(name).stem.lower())
             if img is None:
@@ -318,7 +327,7 @@ def _load_box_csv(csv_path: Path, mapping, images: Path | None) -> Dataset:
                 sizes[img] = _image_size(img)
             group = img.relative_to(folder).with_suffix("").as_posix()
             _add_box(samples, skipped, notes, img, cls, box, sizes[img], mapping,
-                     csv_path.parent.name, group, None)
+                     csv_path.parent.name, group, None, where=f"{csv_path}:{n}")
     return Dataset(csv_path.parent, "csv", samples, skipped, notes)
 
 
@@ -360,7 +369,8 @@ def _yolo_names(root: Path, labels: Path, names) -> list[str]:
     for folder in (root, labels):
         f = folder / "classes.txt"
         if f.is_file():
-            return [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            text = f.read_text(encoding="utf-8", errors="replace")
+            return [ln.strip() for ln in text.splitlines() if ln.strip()]
     for f in (root / "data.yaml", root / "dataset.yaml"):
         if f.is_file():
             found = _yaml_names(f)
@@ -389,17 +399,25 @@ def _load_yolo(root: Path, labels: Path, img_dir: Path, mapping, names) -> Datas
         split = normalise_split(rel.parts[0]) if len(rel.parts) > 1 else None
         size = _image_size(img)
         group = img.relative_to(img_dir).with_suffix("").as_posix()
-        for n, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            text = txt.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            skipped["bad label file"] += 1
+            notes.append(f"{txt}: cannot read ({getattr(exc, 'reason', None) or exc})")
+            continue
+        for n, line in enumerate(text.splitlines(), start=1):
             parts = line.split()
             if not parts:
                 continue
             try:
                 cid = int(parts[0])
                 cx, cy, w, h = (float(v) for v in parts[1:5])
+                if not 0 <= cid < len(class_names):  # -1 must not mean the last class
+                    raise IndexError(cid)
                 name = class_names[cid]
             except (ValueError, IndexError):
                 skipped["bad label line"] += 1
-                notes.append(f"{txt}:{n}: bad line {line.strip()!r}")
+                notes.append(f"{txt}:{n}: bad line {line.strip()[:200]!r}")
                 continue
             if size is None:
                 skipped["unreadable image"] += 1
@@ -407,7 +425,7 @@ def _load_yolo(root: Path, labels: Path, img_dir: Path, mapping, names) -> Datas
             W, H = size
             box = ((cx - w / 2) * W, (cy - h / 2) * H, (cx + w / 2) * W, (cy + h / 2) * H)
             _add_box(samples, skipped, notes, img, name, box, size, mapping, root.name, group,
-                     split)
+                     split, where=f"{txt}:{n}")
     return Dataset(root, "yolo", samples, skipped, notes)
 
 
@@ -433,8 +451,7 @@ def load_dataset(
         raise LayoutError(f"{path}: no such file or folder")
     if path.is_file():
         if is_manifest(path):
-            samples = read_manifest(path)
-            return Dataset(path.parent, "manifest", samples)
+            return load_manifest(path)
         if path.suffix.lower() == ".csv" and _is_box_csv(path):
             return _check(_load_box_csv(path, mapping, Path(images) if images else None), path)
         raise LayoutError(f"{path}: not a dataset file; {EXPECTED_LAYOUTS}")

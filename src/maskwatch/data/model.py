@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.boxes import Box, crop
+from maskwatch.boxes import Box, bad_box, crop
 from maskwatch.errors import ImageError, LayoutError
 from maskwatch.labels import CANONICAL, sort_classes
 
@@ -98,6 +98,22 @@ def is_synthetic(sample: Sample) -> bool:
     return sample.source.split(":", 1)[0].strip().lower() == SYNTHETIC_SOURCE
 
 
+def csv_rows(f, path, skipped: Counter, notes: list[str]):
+    """Yield (line number, row) of a CSV file; a row the csv module refuses (a field over
+    its size limit, a stray NUL) is counted and noted in one line, and reading goes on."""
+    reader = csv.reader(f)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            skipped["bad CSV row"] += 1
+            notes.append(f"{path}:{reader.line_num}: {exc}")
+            continue
+        yield reader.line_num, row
+
+
 def read_face(sample: Sample, margin: float = 0.0) -> np.ndarray:
     """Return the sample's face as an HxWx3 uint8 RGB array.
 
@@ -150,47 +166,74 @@ def is_manifest(path: str | Path) -> bool:
     if not path.is_file() or path.suffix.lower() != ".csv":
         return False
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError):
+    except (OSError, csv.Error):
         return False
     cols = {c.strip().lower() for c in header}
     return {"path", "label"} <= cols
 
 
-def read_manifest(path: str | Path) -> list[Sample]:
-    """Read a manifest written by ``write_manifest`` (relative paths: to its folder)."""
+def load_manifest(path: str | Path) -> Dataset:
+    """Read a manifest written by ``write_manifest`` (relative paths: to its folder).
+
+    A bad row (unknown label or split, a box that is not numbers, NaN, infinite or huge, a
+    field the csv module refuses) is skipped and noted in one line; the rest is read.
+    LayoutError when no row is usable.
+    """
     path = Path(path)
     if not path.is_file():
         raise LayoutError(f"{path}: no such manifest file")
     base = path.parent
     out: list[Sample] = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        fields = {c.strip().lower() for c in (reader.fieldnames or [])}
-        if not {"path", "label"} <= fields:
+    skipped: Counter = Counter()
+    notes: list[str] = []
+
+    def skip(n: int, why: str) -> None:
+        skipped["bad manifest row"] += 1
+        notes.append(f"{path}:{n}: {why}")
+
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        rows = csv_rows(f, path, skipped, notes)
+        header = [c.strip().lower() for c in next(rows, (1, []))[1]]
+        if not {"path", "label"} <= set(header):
             raise LayoutError(f"{path}: not a manifest (needs columns path,label)")
-        for n, row in enumerate(reader, start=2):
-            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+        for n, values in rows:
+            row = {k: v.strip() for k, v in zip(header, values) if k}
+            if not any(row.values()):
+                continue
             label = row.get("label", "")
             if label not in CANONICAL:
-                raise LayoutError(f"{path}:{n}: unknown label {label!r}")
+                skip(n, f"unknown label {label[:80]!r}")
+                continue
+            if not row.get("path"):
+                skip(n, "no path")
+                continue
             p = Path(row["path"])
             if not p.is_absolute():
                 p = base / p
             box = None
             coords = [row.get(k, "") for k in ("x1", "y1", "x2", "y2")]
             if all(coords):
-                try:
-                    box = tuple(int(float(c)) for c in coords)
-                except ValueError:
-                    raise LayoutError(f"{path}:{n}: box {coords} is not numeric") from None
+                why = bad_box(coords)
+                if why:
+                    skip(n, why[:200])
+                    continue
+                box = tuple(int(float(c)) for c in coords)
             split = row.get("split") or None
             if split is not None and split not in SPLITS:
-                raise LayoutError(f"{path}:{n}: unknown split {split!r} (train, val, test)")
+                skip(n, f"unknown split {split[:80]!r} (train, val, test)")
+                continue
             sample = Sample(p, label, split, row.get("source", ""), row.get("group", ""), box)
-            if split in ("val", "test") and is_synthetic(sample):
+            if split in ("val", "test") and is_synthetic(sample):  # a data error, not a typo
                 raise LayoutError(f"{path}:{n}: synthetic sample in split {split!r}; made-up "
                                   "faces may only be in train")
             out.append(sample)
-    return out
+    if not out and notes:  # nothing usable: the first reason is the error
+        raise LayoutError(notes[0])
+    return Dataset(base, "manifest", out, skipped, notes)
+
+
+def read_manifest(path: str | Path) -> list[Sample]:
+    """The samples of a manifest (see ``load_manifest``; bad rows are skipped)."""
+    return load_manifest(path).samples
