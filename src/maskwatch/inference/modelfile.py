@@ -13,6 +13,49 @@ from maskwatch.labels import WITHOUT_MASK
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
+#: Bounds on what a model file may ask for, checked before anything is built or allocated.
+MAX_INPUT_SIZE = 1024
+MAX_CLASSES = 64
+#: Builder options a checkpoint may carry, and their allowed ranges.
+ARCH_ARG_RANGES: dict[str, tuple[float, float]] = {
+    "dropout": (0.0, 1.0),
+    "width_mult": (0.1, 4.0),
+    "input_size": (8, MAX_INPUT_SIZE),
+}
+#: Builder options that are true/false.
+ARCH_FLAGS = {"aux_logits"}
+
+
+def _number(value, what: str, lo: float, hi: float, integer: bool = False) -> float:
+    """``value`` as a finite number in lo..hi, else a one-line ModelError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if integer:
+        ok = ok and float(value).is_integer()
+    if not ok or not math.isfinite(value) or not lo <= value <= hi:
+        kind = "an integer" if integer else "a number"
+        raise ModelError(f"{what} is {str(value)[:60]!r}; expected {kind} in {lo:g}..{hi:g}")
+    return value
+
+
+def check_arch(header: dict, source: str = "checkpoint") -> tuple[str, int, dict]:
+    """(arch, num_outputs, arch_args) of a checkpoint header, checked before building:
+    known option names in sane ranges and an output count that fits the classes."""
+    arch, outputs, args = header.get("arch"), header.get("num_outputs"), header.get("arch_args")
+    if not isinstance(arch, str) or not isinstance(args, dict) or outputs is None:
+        raise ModelError(f"{source}: checkpoint header lacks its architecture")
+    outputs = int(_number(outputs, f"{source}: num_outputs", 1, MAX_CLASSES, integer=True))
+    classes = header.get("classes")
+    if isinstance(classes, list) and outputs not in (len(classes), 1):
+        raise ModelError(f"{source}: num_outputs {outputs} does not fit {len(classes)} classes")
+    for key, value in args.items():
+        if key in ARCH_FLAGS and isinstance(value, bool):
+            continue
+        if key not in ARCH_ARG_RANGES:
+            raise ModelError(f"{source}: unknown architecture option {str(key)[:40]!r}")
+        lo, hi = ARCH_ARG_RANGES[key]
+        _number(value, f"{source}: arch_args.{key}", lo, hi, integer=key == "input_size")
+    return arch, outputs, args
+
 
 @dataclass
 class SiteParams:
@@ -94,14 +137,30 @@ class ModelInfo:
     site: SiteParams | None = None
 
     def __post_init__(self) -> None:
+        """Check every field, so a hostile model file fails in one line before any use."""
+        if not isinstance(self.name, str) or len(self.name) > 200:
+            raise ModelError("model name must be a string of at most 200 characters")
+        if (not isinstance(self.classes, list) or not 2 <= len(self.classes) <= MAX_CLASSES
+                or not all(isinstance(c, str) and 0 < len(c) <= 100 for c in self.classes)
+                or len(set(self.classes)) != len(self.classes)):
+            raise ModelError(f"classes must be 2-{MAX_CLASSES} distinct names, got "
+                             f"{str(self.classes)[:80]}")
+        _number(self.input_size, "input_size", 8, MAX_INPUT_SIZE, integer=True)
+        self.input_size = int(self.input_size)
+        for what, values, lo in (("mean", self.mean, -10.0), ("std", self.std, 1e-6)):
+            if not isinstance(values, list) or len(values) != 3:
+                raise ModelError(f"{what} must be 3 numbers, got {str(values)[:60]}")
+            for v in values:
+                _number(v, what, lo, 10.0)
+        _number(self.threshold, "threshold", 0.0, 1.0)
         if self.site is not None and not isinstance(self.site, SiteParams):
             self.site = SiteParams.from_dict(self.site)
         if self.head not in ("softmax", "sigmoid"):
-            raise ModelError(f"unknown head {self.head!r} (expected softmax or sigmoid)")
+            raise ModelError(f"unknown head {str(self.head)[:40]!r} (expected softmax or sigmoid)")
         if self.head == "sigmoid" and len(self.classes) != 2:
             raise ModelError("a sigmoid head needs exactly 2 classes")
-        if not 0.0 <= float(self.threshold) <= 1.0:
-            raise ModelError(f"threshold {self.threshold} is outside 0..1")
+        if not isinstance(self.extra, dict):
+            raise ModelError("extra must be a JSON object")
 
     @property
     def positive_index(self) -> int | None:
@@ -113,6 +172,8 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelInfo:
+        if not isinstance(data, dict):
+            raise ModelError("model metadata is not a JSON object")
         try:
             known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
             return cls(**known)
@@ -127,9 +188,13 @@ class ModelInfo:
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"{path}: model metadata file not found")
+        if path.stat().st_size > 1024 * 1024:
+            raise ModelError(f"{path}: model metadata over 1 MB")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except ModelError as exc:
+            raise ModelError(f"{path}: {exc}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ModelError(f"{path}: not valid JSON ({exc})") from None
 
 

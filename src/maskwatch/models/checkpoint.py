@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from maskwatch.errors import ModelError
-from maskwatch.inference.modelfile import ModelInfo
+from maskwatch.inference.modelfile import ModelInfo, check_arch
 
 FORMAT_VERSION = 1
 HEADER_KEY = "maskwatch"
@@ -95,18 +95,19 @@ def build_from_header(header: dict, source: str = "checkpoint"):
     """An untrained model with the architecture a checkpoint header describes."""
     from maskwatch.models import create_model
 
-    try:
-        name, outputs, args = header["arch"], int(header["num_outputs"]), header["arch_args"]
-    except (KeyError, TypeError, ValueError):
-        raise ModelError(f"{source}: checkpoint header lacks its architecture") from None
+    name, outputs, args = check_arch(header, source)  # before anything is allocated
     return create_model(name, outputs, **args)
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu"):
     """Load a checkpoint -> (model in eval mode on ``device``, ModelInfo)."""
-    tensors, header = read_state(path)
-    info = ModelInfo.from_dict(header)
+    header = read_header(path)  # checked before the tensors are read
+    try:
+        info = ModelInfo.from_dict(header)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
     model = build_from_header(header, str(path))
+    tensors, _ = read_state(path)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
