@@ -239,7 +239,7 @@ def _safetensors_bytes(meta_json: str, tensor_bytes: bytes = b"\0" * 16) -> byte
 def test_fuzz_checkpoint_reader(data):
     pytest.importorskip("safetensors")
     pytest.importorskip("torch")
-    from maskwatch.training.checkpoint import load_checkpoint, read_header
+    from maskwatch.models.checkpoint import load_checkpoint, read_header
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "c.safetensors"

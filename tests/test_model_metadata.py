@@ -49,7 +49,7 @@ BAD_ARCH = [
 def test_bad_architecture_is_refused_before_building(change, monkeypatch):
     """build_from_header must not call the model builder (5.7 GB for width_mult 1e6)."""
     import maskwatch.models as models
-    from maskwatch.training.checkpoint import build_from_header
+    from maskwatch.models.checkpoint import build_from_header
 
     built = []
     monkeypatch.setattr(models, "create_model", lambda *a, **k: built.append((a, k)))
@@ -70,7 +70,7 @@ def test_checkpoint_with_hostile_header_fails_in_one_line(tmp_path):
     torch = pytest.importorskip("torch")
     from safetensors.torch import save_file
 
-    from maskwatch.training.checkpoint import load_checkpoint
+    from maskwatch.models.checkpoint import load_checkpoint
 
     for i, change in enumerate([{"input_size": 100000}, {"classes": []},
                                 {"arch_args": {"width_mult": 1e6}}]):
