@@ -233,3 +233,91 @@ def test_server_errors_are_json(exc, status):
         r = c.post("/api/detect", files={"file": ("x.png", png(scene()), "image/png")})
     assert r.status_code == status
     assert r.headers["content-type"] == "application/json" and r.json()["detail"]
+
+
+# ---------------------------------------------------------------- item 1: video job budget
+
+
+def test_video_over_budget_is_refused_from_its_header(tmp_path):
+    from test_serving import write_video
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, frames=20, w=96, h=64)  # 20 x 6144 = 0.12 megapixel-frames
+    files = {"file": ("clip.mp4", clip.read_bytes(), "video/mp4")}
+    jobs = tmp_path / "jobs"
+    with client_for(video_budget_mpx=0.1, jobs_dir=jobs) as c:
+        r = c.post("/api/video", files=files)
+        assert r.status_code == 413, r.text
+        assert "job budget" in r.json()["detail"] and "96x64" in r.json()["detail"]
+        assert not any(jobs.iterdir())  # no job, no file kept
+    with client_for(video_budget_mpx=0.2, jobs_dir=jobs) as c:
+        assert c.post("/api/video", files=files).status_code == 202
+        assert c.get("/api/model").json()["limits"]["video_budget_mpx"] == 0.2
+
+
+def test_budget_also_holds_while_decoding(tmp_path):
+    """A container whose header is silent or lies is stopped at the budget mid-way."""
+    from test_serving import write_video
+
+    from maskwatch.serving.jobs import Job, OverBudget, process_video
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, frames=20, w=96, h=64)
+    job = Job("j", tmp_path, clip, "clip.mp4")
+    with pytest.raises(OverBudget, match="stopped at frame 10"):
+        process_video(job, threading.Event(), FakeDetector().detect, lambda rgb, f: rgb,
+                      max_frames=1000, max_pixels=10**8, budget=10 * 96 * 64)
+    assert not job.output_path.exists() and not list(tmp_path.glob("*.part.mp4"))
+
+
+def test_delete_cancels_a_running_job_and_frees_its_slot(tmp_path):
+    from test_serving import wait_job, write_video
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, frames=40)
+    files = {"file": ("clip.mp4", clip.read_bytes(), "video/mp4")}
+    jobs = tmp_path / "jobs"
+    with client_for(FakeDetector(delay=0.2), max_video_jobs=1, jobs_dir=jobs) as c:
+        job = c.post("/api/video", files=files).json()
+        assert c.post("/api/video", files=files).status_code == 503  # the one slot is taken
+        for _ in range(100):
+            if c.get(job["url"]).json()["frames_done"] > 0:
+                break
+            time.sleep(0.05)
+        r = c.delete(job["url"])
+        assert r.status_code == 200 and r.json()["id"] == job["id"]
+        body = wait_job(c, job["url"])
+        assert body["status"] == "cancelled" and body["frames_done"] < 40
+        assert not (jobs / job["id"]).exists()  # upload and partial video deleted
+        assert c.post("/api/video", files=files).status_code == 202  # the slot is free
+        assert c.delete("/api/jobs/nope").status_code == 404
+
+
+# ---------------------------------------------------------------- item 2: a failed video write
+
+
+def test_job_whose_video_cannot_be_written_fails_and_leaves_no_file(tmp_path):
+    """ffmpeg writing to a full device: the job is an error, not `done` with a broken MP4."""
+    from test_serving import write_video
+
+    from maskwatch.serving.jobs import FAILED, JobManager, process_video
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, frames=6)
+    manager = JobManager(lambda job, stop: process_video(
+        job, stop, FakeDetector().detect, lambda rgb, f: rgb, 100, 10**8), root=tmp_path / "j")
+    try:
+        job = manager.new_job("clip.mp4", ".mp4")
+        job.input_path.write_bytes(clip.read_bytes())
+        (job.dir / "annotated.part.mp4").symlink_to("/dev/full")  # every write: ENOSPC
+        manager.start(job)
+        for _ in range(300):
+            if not job.active:
+                break
+            time.sleep(0.05)
+        assert job.status == FAILED, job.status
+        assert "cannot write the video" in job.error and "\n" not in job.error
+        assert not job.output_path.exists()
+        assert not (job.dir / "annotated.part.mp4").exists()
+    finally:
+        manager.shutdown()

@@ -55,6 +55,39 @@ def same_file_key(path: str | Path) -> str:
 
 # ---------------------------------------------------------------------- output file
 
+#: A spreadsheet runs a cell that starts with one of these as a formula.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: How output files are encoded: file names that are not UTF-8 keep their bytes.
+ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+
+
+def csv_cell(value):
+    """A cell no spreadsheet will run: text starting with = + - @ (or a tab or carriage
+    return) gets a leading ``'``, as OWASP advises; numbers such as ``-3`` stay as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value
+
+
+def csv_uncell(value: str) -> str:
+    """The text ``csv_cell`` was given (for reading our own CSV files back)."""
+    return value[1:] if value[:1] == "'" and value[1:2].startswith(FORMULA_START) else value
+
+
+def csv_text(rows: Iterable[Sequence]) -> str:
+    """CSV lines (``\n`` ended) for ``rows``, every cell made safe by ``csv_cell``."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([csv_cell(c) for c in r] for r in rows)
+    return buf.getvalue()
+
+
+def write_error(path: str | Path, exc: OSError) -> MaskwatchError:
+    """The one-line error for a failed write (a full disk, a lost mount...)."""
+    return MaskwatchError(f"{path}: cannot write ({exc.strerror or exc})")
+
 
 def json_line(obj) -> str:
     """One JSON object on one line (compact), newline included."""
@@ -79,7 +112,7 @@ def read_done(path: str | Path) -> dict[str, int]:
     if not path.is_file():
         return done
     fmt = output_format(path)
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, newline="", **ENCODING) as f:
         text = f.read()
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]  # drop the partial record
@@ -103,7 +136,7 @@ def read_done(path: str | Path) -> dict[str, int]:
                                  "output file?")
         frame = r.get("frame")
         frame = -1 if frame in (None, "") else int(frame)
-        key = same_file_key(r["path"])
+        key = same_file_key(r["path"] if fmt == "jsonl" else csv_uncell(r["path"]))
         done[key] = max(done.get(key, -1), frame)
     return done
 
@@ -129,14 +162,14 @@ class AppendWriter:
         if exists:
             self._cut_partial_line()
             if self.format == "csv" and columns:
-                with open(self.path, encoding="utf-8", newline="") as f:
+                with open(self.path, newline="", **ENCODING) as f:
                     header = next(csv.reader(f), None)
                 if header != columns:
                     raise MaskwatchError(f"{self.path}: its CSV columns differ from this "
                                          "run's (another model or command?)")
-        self._file = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        self._file = open(self.path, "a", newline="", **ENCODING)  # noqa: SIM115
         if self.format == "csv" and columns and self._file.tell() == 0:
-            self._write_text(self._csv_text([columns]))
+            self._write_text(csv_text([columns]))
 
     def _cut_partial_line(self) -> None:
         with open(self.path, "rb+") as f:
@@ -147,25 +180,25 @@ class AppendWriter:
                 print(f"maskwatch: {self.path}: dropped a half-written last record",
                       file=sys.stderr)
 
-    @staticmethod
-    def _csv_text(rows: list[list]) -> str:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(rows)
-        return buf.getvalue()
-
     def _write_text(self, text: str) -> None:
-        self._file.write(text)
-        self._file.flush()
+        try:
+            self._file.write(text)
+            self._file.flush()
+        except OSError as exc:  # a full disk: one line; --resume cuts the half record
+            raise write_error(self.path, exc) from None
 
     def write(self, record: dict | None = None, rows: list[list] | None = None) -> None:
         """One input's results: a JSON record (.jsonl) or CSV rows (.csv)."""
         if self.format == "jsonl":
             self._write_text(json_line(record))
         elif rows:
-            self._write_text(self._csv_text(rows))
+            self._write_text(csv_text(rows))
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
 
 
 # ---------------------------------------------------------------------- process pool

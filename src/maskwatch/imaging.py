@@ -247,10 +247,14 @@ def decode_bytes(data: bytes, max_pixels: int | None = None, name: str = "upload
 
 def save_rgb(path: str | Path, rgb: np.ndarray, quality: int = 92) -> None:
     """Write an RGB array; the format follows the suffix (JPEG by default)."""
+    from maskwatch.files import write_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(rgb)
     if path.suffix.lower() in (".jpg", ".jpeg", ""):
-        img.save(path, "JPEG", quality=quality)
+        write_atomic(path, lambda tmp: img.save(tmp, "JPEG", quality=quality), "image")
     else:
-        img.save(path)
+        fmt = Image.registered_extensions().get(path.suffix.lower())
+        if fmt is None:
+            raise ImageError(f"{path}: unknown image format {path.suffix!r}")
+        write_atomic(path, lambda tmp: img.save(tmp, fmt), "image")

@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # a full disk, a lost mount: one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"maskwatch: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -54,6 +54,11 @@ def register(subparsers) -> None:
         "--max-video-jobs", type=int, default=4, help="video jobs queued or running at once"
     )
     p.add_argument(
+        "--video-budget", type=float, default=3000.0, metavar="MPX",
+        help="most frames x pixels one video job may cost, in megapixels (3000: 48 s of "
+        "1080p at 30 fps); larger uploads get 413 from their header, before any work",
+    )
+    p.add_argument(
         "--allowed-host", action="append", default=[], metavar="NAME",
         help="a host name the server may be reached by, besides its address and loopback "
         "names (repeatable; requests naming another Host get 403: DNS rebinding); default: none",
@@ -82,7 +87,7 @@ def check_args(args) -> None:
     if not 0 < args.port < 65536:
         raise MaskwatchError(f"--port must be 1-65535, got {args.port}")
     for name in ("max_upload_mb", "max_video_mb", "max_concurrency", "max_video_jobs",
-                 "header_timeout", "body_timeout"):
+                 "header_timeout", "body_timeout", "video_budget"):
         if getattr(args, name) <= 0:
             raise MaskwatchError(f"--{name.replace('_', '-')} must be positive")
     if args.api_key is not None and not args.api_key.strip():
@@ -106,6 +111,7 @@ def run(args) -> int:
         max_video_mb=args.max_video_mb,
         max_concurrency=args.max_concurrency,
         max_video_jobs=args.max_video_jobs,
+        video_budget_mpx=args.video_budget,
         model=args.model,
         detector=args.detector,
         threads=args.threads,

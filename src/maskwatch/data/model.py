@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import csv
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from maskwatch.batching import ENCODING, csv_text, csv_uncell
 from maskwatch.boxes import Box, bad_box, crop
 from maskwatch.errors import ImageError, LayoutError
+from maskwatch.files import write_atomic
 from maskwatch.labels import CANONICAL, sort_classes
 
 #: Canonical split names used in ``Sample.split`` and in manifests.
@@ -149,15 +150,16 @@ def write_manifest(path: str | Path, samples, force: bool = False) -> Path:
         raise MaskwatchError(f"{path}: already exists (use --force to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.parent.resolve()
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(MANIFEST_COLUMNS)
-        for s in samples:
-            box = s.box if s.box is not None else ("", "", "", "")
-            w.writerow([_fmt_path(s.path, base), s.label, s.split or "", s.source, s.group, *box])
-    os.replace(tmp, path)
-    return path
+    rows = [MANIFEST_COLUMNS]
+    for s in samples:
+        box = s.box if s.box is not None else ("", "", "", "")
+        rows.append([_fmt_path(s.path, base), s.label, s.split or "", s.source, s.group, *box])
+
+    def write(tmp: Path) -> None:  # cells a spreadsheet would run are escaped (csv_cell)
+        with open(tmp, "w", newline="", **ENCODING) as f:
+            f.write(csv_text(rows))
+
+    return write_atomic(path, write, "manifest")
 
 
 def is_manifest(path: str | Path) -> bool:
@@ -199,7 +201,7 @@ def load_manifest(path: str | Path) -> Dataset:
         if not {"path", "label"} <= set(header):
             raise LayoutError(f"{path}: not a manifest (needs columns path,label)")
         for n, values in rows:
-            row = {k: v.strip() for k, v in zip(header, values) if k}
+            row = {k: csv_uncell(v.strip()) for k, v in zip(header, values) if k}
             if not any(row.values()):
                 continue
             label = row.get("label", "")

@@ -32,7 +32,9 @@ def process_image(detector, spec: str, out) -> tuple[list | None, str | None, Pa
         return faces, None, None
     path = out() if callable(out) else out
     try:
-        save_rgb(path, draw_faces(rgb, faces))
+        save_rgb(path, draw_faces(rgb, faces))  # no partial file is left on failure
+    except MaskwatchError as exc:
+        return faces, str(exc), None
     except (OSError, ValueError) as exc:
         return faces, f"{path}: cannot write ({exc})", None
     return faces, None, path

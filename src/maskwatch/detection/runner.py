@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from maskwatch.batching import AppendWriter, json_line, read_done, same_file_key, select_shard
+from maskwatch.batching import (
+    ENCODING,
+    AppendWriter,
+    csv_text,
+    json_line,
+    read_done,
+    same_file_key,
+    select_shard,
+    write_error,
+)
 from maskwatch.detection.alerts import NON_COMPLIANT
 from maskwatch.detection.images import detect_image, init_detector, process_image
-from maskwatch.detection.video import TrackedVideo, VideoSource, is_camera, is_stream
+from maskwatch.detection.video import (
+    TrackedVideo,
+    VideoSource,
+    VideoWriteError,
+    is_camera,
+    is_stream,
+)
 from maskwatch.errors import MaskwatchError
 from maskwatch.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_inputs, is_video_path
 from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITHOUT_MASK
@@ -102,15 +116,14 @@ class Run:
         self.namer = OutputNamer(Path(out), overwrite) if out else None
         self.classes = [c for c in CANONICAL if c in detector.classes] or list(detector.classes)
         self._csv_file = None
-        self._csv = None
-        if csv_path:
-            path = Path(csv_path)
+        self._csv_path = Path(csv_path) if csv_path else None
+        if self._csv_path is not None:
+            path = self._csv_path
             if path.exists() and not overwrite:
                 raise MaskwatchError(f"{path}: already exists (use --overwrite to replace it)")
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._csv_file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-            self._csv = csv.writer(self._csv_file)
-            self._csv.writerow([*CSV_COLUMNS, *[f"p_{c}" for c in self.classes]])
+            self._csv_file = open(path, "w", newline="", **ENCODING)  # noqa: SIM115
+            self._write_csv([[*CSV_COLUMNS, *[f"p_{c}" for c in self.classes]]])
         # --output FILE (.jsonl/.csv), appended per input; --resume: what it already holds
         self.output = None
         self.done: dict[str, int] = {}
@@ -125,6 +138,23 @@ class Run:
 
             self.alert = AlertHook(alert_after, alert_command, alert_url, alert_interval,
                                    non_compliant=non_compliant)
+
+    def _write_csv(self, rows: list[list]) -> None:
+        """Append rows to --csv; a failed write removes the partial file and stops the run."""
+        try:
+            self._csv_file.write(csv_text(rows))
+            self._csv_file.flush()
+        except OSError as exc:
+            self._drop_csv()
+            raise write_error(self._csv_path, exc) from None
+
+    def _drop_csv(self) -> None:
+        try:
+            self._csv_file.close()
+        except OSError:
+            pass
+        self._csv_file = None
+        self._csv_path.unlink(missing_ok=True)
 
     def fail(self, msg: str) -> None:
         self.failures.append(msg)
@@ -150,8 +180,8 @@ class Run:
         if self.json_lines:
             self.stdout.write(json_line(record))
             self.stdout.flush()
-        if self._csv is not None:
-            self._csv.writerows(self._rows(path, frame, faces))
+        if self._csv_file is not None:
+            self._write_csv(self._rows(path, frame, faces))
         if self.output is not None:
             # a face-less input still gets a row (no face fields), so --resume sees it
             rows = self._rows(path, frame, faces) or [
@@ -213,6 +243,7 @@ class Run:
         if self.namer is not None:
             out = lambda: self.namer.path(f"{src.name}.mp4", spec)  # noqa: E731
         video = TrackedVideo(src, self.detector.detect, out, self.max_frames)
+        write_failed: VideoWriteError | None = None
         bar = tqdm(total=self.max_frames or src.frame_count, desc=src.name, unit="frame",
                    disable=self.quiet, file=sys.stderr, dynamic_ncols=True)
         try:
@@ -225,6 +256,8 @@ class Run:
                 if index > last:
                     self.emit(spec, index, faces)
                 bar.update(1)
+        except VideoWriteError as exc:
+            write_failed = exc
         finally:
             bar.close()
             src.close()
@@ -232,7 +265,9 @@ class Run:
             self.people[spec] = video.people()
             if video.written is not None:
                 self.outputs.append(video.written)
-        if video.frames == 0:
+        if write_failed is not None:  # ffmpeg failed (a full disk): no file was kept
+            self.fail(str(write_failed))
+        elif video.frames == 0:
             self.fail(f"{spec}: no frame could be decoded")
         elif src.ended_early():
             self.fail(f"{spec}: stopped at frame {src.frames_read} of {src.frame_count} "
@@ -240,7 +275,11 @@ class Run:
 
     def close(self) -> None:
         if self._csv_file is not None:
-            self._csv_file.close()
+            try:
+                self._csv_file.close()
+            except OSError as exc:
+                self._drop_csv()
+                raise write_error(self._csv_path, exc) from None
         if self.output is not None:
             self.output.close()
         if self.alert:

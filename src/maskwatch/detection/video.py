@@ -100,6 +100,10 @@ class VideoSource:
         self.close()
 
 
+class VideoWriteError(MaskwatchError):
+    """The annotated video could not be written (ffmpeg failed: a full disk...)."""
+
+
 def ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
@@ -121,14 +125,16 @@ def has_audio(path: str | Path) -> bool:
 class VideoWriter:
     """H.264 (libx264, yuv420p) MP4 writer through imageio-ffmpeg's bundled ffmpeg.
 
-    Frames are written to ``<out>.part.mp4`` and renamed on :meth:`close`; if ``audio_from``
-    has an audio track it is muxed in, otherwise (or if that fails) a warning says it was
-    dropped. Odd widths/heights are padded by one pixel (yuv420p needs even sizes).
+    Frames are piped to ffmpeg, which writes ``<out>.part.mp4``, renamed on :meth:`close`;
+    if ``audio_from`` has an audio track it is muxed in, otherwise (or if that fails) a
+    warning says it was dropped. Odd widths/heights are padded by one pixel (yuv420p needs
+    even sizes). If ffmpeg fails (a full disk: "Error writing trailer"), the partial file
+    is removed and MaskwatchError says why in one line.
     """
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int],
                  audio_from: str | Path | None = None, quality: int = 23):
-        import imageio_ffmpeg
+        import tempfile
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,12 +147,13 @@ class VideoWriter:
         params = ["-crf", str(quality), "-preset", "veryfast", "-movflags", "+faststart"]
         if self.size[0] % 2 or self.size[1] % 2:
             params += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
-        self._gen = imageio_ffmpeg.write_frames(
-            str(self.tmp), self.size, fps=self.fps, codec="libx264", pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p", macro_block_size=1, output_params=params,
-            ffmpeg_log_level="error",
-        )
-        self._gen.send(None)
+        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo",
+               "-pix_fmt", "rgb24", "-s", f"{self.size[0]}x{self.size[1]}",
+               "-r", f"{self.fps:.3f}", "-i", "-", "-an", "-c:v", "libx264",
+               "-pix_fmt", "yuv420p", *params, str(self.tmp)]
+        self._log = tempfile.TemporaryFile()  # ffmpeg's errors, read when it fails
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                      stderr=self._log)
         self._closed = False
 
     def write(self, rgb: np.ndarray) -> None:
@@ -154,15 +161,59 @@ class VideoWriter:
             import cv2
 
             rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
-        self._gen.send(np.ascontiguousarray(rgb, dtype=np.uint8))
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes())
+        except OSError:  # ffmpeg quit (a full disk, a bad size): say why, drop the file
+            self._fail()
         self.frames += 1
 
+    def _ffmpeg_error(self) -> str:
+        self._log.seek(0)
+        lines = [ln.strip() for ln in self._log.read().decode(errors="replace").splitlines()]
+        lines = [ln for ln in lines if ln]
+        return lines[-1][:300] if lines else f"exit status {self._proc.returncode}"
+
+    def _fail(self) -> None:
+        """Stop ffmpeg, remove the partial file and raise its error as one line."""
+        self._closed = True
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        msg = self._ffmpeg_error()
+        self._log.close()
+        self.tmp.unlink(missing_ok=True)
+        raise VideoWriteError(f"{self.path}: cannot write the video ({msg})")
+
+    def abort(self) -> None:
+        """Stop ffmpeg and remove the partial file (the work was cancelled or failed)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._proc.kill()
+        self._proc.wait()
+        self._log.close()
+        self.tmp.unlink(missing_ok=True)
+
     def close(self) -> Path:
-        """Finish the file (also after Ctrl-C) and mux the source's audio; returns the path."""
+        """Finish the file (also after Ctrl-C) and mux the source's audio; returns the path.
+
+        Raises MaskwatchError (and removes the partial file) when ffmpeg failed."""
         if self._closed:
             return self.path
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            self._fail()
+        if self._proc.wait() != 0 or not self.tmp.is_file() or self.frames == 0:
+            self._fail()
         self._closed = True
-        self._gen.close()
+        self._log.close()
         if self.audio_from is not None and not is_camera(str(self.audio_from)) and (
             has_audio(self.audio_from)
         ):
@@ -183,7 +234,12 @@ class VideoWriter:
                 if muxed.exists():
                     muxed.unlink()
                 self._warn(f"{self.path.name}: audio dropped (mux failed: {' '.join(err)})")
-        self.tmp.replace(self.path)
+        try:
+            self.tmp.replace(self.path)
+        except OSError as exc:
+            self.tmp.unlink(missing_ok=True)
+            raise VideoWriteError(f"{self.path}: cannot write the video "
+                                 f"({exc.strerror or exc})") from None
         return self.path
 
     def _warn(self, msg: str) -> None:
@@ -270,13 +326,20 @@ class BackgroundWriter:
             raise self._error
         self._q.put((frame, faces))
 
+    def abort(self) -> None:
+        """Stop encoding and remove the partial file (the work failed or was cancelled)."""
+        self._error = self._error or VideoWriteError("aborted")
+        self._q.put(_DONE)
+        self._thread.join()
+        self.writer.abort()
+
     def close(self) -> Path:
         self._q.put(_DONE)
         self._thread.join()
-        path = self.writer.close()
         if self._error is not None:
+            self.writer.abort()
             raise self._error
-        return path
+        return self.writer.close()
 
 
 class TrackedVideo:
@@ -322,9 +385,16 @@ class TrackedVideo:
                         )
                     writer.write(rgb, faces)
                 self.frames += 1
-        finally:
+        except KeyboardInterrupt:  # Ctrl-C on a camera: keep what was recorded
             if writer is not None:
                 self.written = writer.close()
+            raise
+        except BaseException:  # failed, cancelled, or the loop left early: no partial file
+            if writer is not None:
+                writer.abort()
+            raise
+        if writer is not None:
+            self.written = writer.close()  # VideoWriteError (file removed) if ffmpeg failed
 
     def people(self) -> dict[str, int]:
         """People per label: each track seen long enough counts once (see IoUTracker)."""

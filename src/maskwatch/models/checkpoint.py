@@ -7,18 +7,14 @@ The safetensors metadata key ``maskwatch`` holds ``ModelInfo.to_dict()`` plus
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from maskwatch.errors import ModelError
+from maskwatch.files import write_atomic
 from maskwatch.inference.modelfile import ModelInfo, check_arch
 
 FORMAT_VERSION = 1
 HEADER_KEY = "maskwatch"
-
-
-def _atomic_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def model_arch(model) -> dict:
@@ -33,12 +29,10 @@ def save_state(path: str | Path, tensors: dict, header: dict) -> None:
     """Write tensors + a JSON header to a safetensors file atomically (tmp + rename)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_path(path)
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    save_file(clean, str(tmp), metadata={HEADER_KEY: json.dumps(header)})
-    os.replace(tmp, path)
+    meta = {HEADER_KEY: json.dumps(header)}
+    write_atomic(path, lambda tmp: save_file(clean, str(tmp), metadata=meta), "checkpoint",
+                 ModelError)
 
 
 def save_checkpoint(path: str | Path, model, info: ModelInfo) -> None:

@@ -44,7 +44,16 @@ from starlette.datastructures import UploadFile
 from maskwatch import __version__
 from maskwatch.errors import ImageError, MaskwatchError
 from maskwatch.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_upload
-from maskwatch.serving.jobs import DONE, Job, JobManager, JobsBusy, process_video
+from maskwatch.serving.jobs import (
+    DONE,
+    Job,
+    JobManager,
+    JobsBusy,
+    OverBudget,
+    check_budget,
+    probe_video,
+    process_video,
+)
 
 STATIC_DIR = Path(__file__).with_name("static")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -72,6 +81,9 @@ class Settings:
     max_pixels: int = SERVER_MAX_PIXELS
     work_pixels: int = WORK_PIXELS
     max_video_frames: int = 9000
+    #: frames x pixels one video job may cost, in megapixels (3000: 48 s of 1080p at 30 fps,
+    #: 11 s of 4K); checked from the container's header before the job is accepted
+    video_budget_mpx: float = 3000.0
     max_video_jobs: int = 4
     keep_finished_jobs: int = 20
     model: str | None = None
@@ -97,6 +109,11 @@ class Settings:
     @property
     def max_video_bytes(self) -> int:
         return int(self.max_video_mb * MB)
+
+    @property
+    def video_budget(self) -> int:
+        """The job budget in pixels (frames x width x height)."""
+        return int(self.video_budget_mpx * 1e6)
 
 
 # ---------------------------------------------------------------- response models (OpenAPI)
@@ -399,7 +416,8 @@ def create_app(
         state.semaphore = asyncio.Semaphore(settings.max_concurrency)
         state.jobs = JobManager(
             lambda job, stop: process_video(
-                job, stop, det.detect, settings.max_video_frames, settings.max_pixels
+                job, stop, det.detect, settings.max_video_frames, settings.max_pixels,
+                settings.video_budget,
             ),
             max_active=settings.max_video_jobs,
             keep_finished=settings.keep_finished_jobs,
@@ -570,6 +588,15 @@ def create_app(
                 await asyncio.to_thread(_copy_file, upload.file.file, job.input_path)
             if job.input_path.stat().st_size == 0:
                 raise _problem(422, f"{upload.filename}: empty file (0 bytes)")
+            name = Path(upload.filename).name
+            try:  # the budget, from the container's header, before the job is queued
+                facts = await asyncio.to_thread(probe_video, job.input_path, name)
+                check_budget(facts, name, settings.max_video_frames, settings.max_pixels,
+                             settings.video_budget)
+            except OverBudget as exc:
+                raise _problem(413, str(exc)) from None
+            except MaskwatchError as exc:
+                raise _problem(422, str(exc)) from None
         except BaseException:
             state.jobs.discard(job)
             raise
@@ -586,6 +613,17 @@ def create_app(
         job = state.jobs.get(job_id) if state.jobs else None
         if job is None:
             raise _problem(404, "no such job (finished jobs are kept for a limited time)")
+        return job_status(job, request)
+
+    @api.delete("/jobs/{job_id}", response_model=JobStatus, name="job_delete",
+                summary="Cancel a video job and delete its files",
+                description="A queued job is dropped, a running one stops at its next frame; "
+                "the upload and the annotated video are deleted.",
+                responses=error_responses(404, 422))
+    async def delete_job(job_id: str, request: Request) -> dict:
+        job = state.jobs.cancel(job_id) if state.jobs else None
+        if job is None:
+            raise _problem(404, "no such job")
         return job_status(job, request)
 
     @api.get("/jobs/{job_id}/video", name="job_video", response_class=FileResponse,
@@ -623,6 +661,7 @@ def create_app(
                 "work_pixels": settings.work_pixels,
                 "max_concurrency": settings.max_concurrency,
                 "max_video_frames": settings.max_video_frames,
+                "video_budget_mpx": settings.video_budget_mpx,
                 "api_key_required": bool(settings.api_key),
             },
             "versions": {

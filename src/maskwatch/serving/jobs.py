@@ -25,7 +25,59 @@ class JobsBusy(MaskwatchError):
 
 
 class JobCancelled(Exception):
-    """Raised inside a job when the server shuts down."""
+    """Raised inside a job when the server shuts down or the job is deleted."""
+
+
+class OverBudget(MaskwatchError):
+    """A video whose frames x pixels exceed the job budget."""
+
+
+@dataclass
+class VideoFacts:
+    """What a video container's header says, read before a job is accepted."""
+
+    width: int
+    height: int
+    frames: int | None  # None when the container does not say
+    fps: float
+
+    def work(self, max_frames: int) -> int | None:
+        """Pixels to process (frames x width x height, frames capped), None if unknown."""
+        if self.frames is None:
+            return None
+        return min(self.frames, max_frames) * self.width * self.height
+
+
+def probe_video(path: Path, name: str) -> VideoFacts:
+    """Read a video's size, frame count and rate from its header (no frame is decoded
+    beyond what OpenCV needs to open it); MaskwatchError when it cannot be opened."""
+    from maskwatch.detection.video import VideoSource
+
+    try:
+        src = VideoSource(str(path))
+    except MaskwatchError:
+        raise MaskwatchError(f"{name}: not a video file that can be read") from None
+    try:
+        if src.width <= 0 or src.height <= 0:
+            raise MaskwatchError(f"{name}: the video does not say its frame size")
+        return VideoFacts(src.width, src.height, src.frame_count, src.fps)
+    finally:
+        src.close()
+
+
+def check_budget(facts: VideoFacts, name: str, max_frames: int, max_pixels: int,
+                 budget: int) -> None:
+    """Refuse a video over the pixel cap or the job budget, before any work is queued."""
+    w, h = facts.width, facts.height
+    if w * h > max_pixels:
+        raise OverBudget(f"{name}: {w}x{h} frames are over the limit of {max_pixels:,} pixels")
+    work = facts.work(max_frames)
+    if work is not None and work > budget:
+        raise OverBudget(
+            f"{name}: {w}x{h} x {min(facts.frames or 0, max_frames):,} frames is "
+            f"{work / 1e6:,.0f} megapixel-frames, over this server's job budget of "
+            f"{budget / 1e6:,.0f} (send a shorter or smaller clip)"
+        )
 
 
 @dataclass
@@ -49,6 +101,7 @@ class Job:
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
     def output_path(self) -> Path:
@@ -140,13 +193,30 @@ class JobManager:
         with self._lock:
             return self._jobs.get(job_id)
 
+    def cancel(self, job_id: str) -> Job | None:
+        """Stop a queued or running job and delete its files (a finished job's too);
+        None when there is no such job. A running job stops at its next frame."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            job.cancel.set()
+            if job.status == QUEUED:
+                job.status = CANCELLED
+            if not job.active:
+                if job.status == DONE:
+                    job.status = CANCELLED
+                shutil.rmtree(job.dir, ignore_errors=True)
+            return job
+
     def _run(self, job: Job) -> None:
-        if self._stop.is_set():
+        if self._stop.is_set() or job.cancel.is_set():
             job.status = CANCELLED
+            shutil.rmtree(job.dir, ignore_errors=True)
             return
         job.status, job.started = RUNNING, time.time()
         try:
-            self._process(job, self._stop)
+            self._process(job, _Either(self._stop, job.cancel))
             job.status = DONE
         except JobCancelled:
             job.status = CANCELLED
@@ -157,6 +227,11 @@ class JobManager:
         finally:
             job.finished = time.time()
             job.input_path.unlink(missing_ok=True)
+            if job.status != DONE:  # no half-written video is ever served
+                job.output_path.unlink(missing_ok=True)
+            if job.cancel.is_set():
+                job.status = CANCELLED
+                shutil.rmtree(job.dir, ignore_errors=True)
 
     def _evict_locked(self) -> None:
         finished = sorted((j for j in self._jobs.values() if not j.active), key=lambda j: j.created)
@@ -179,18 +254,31 @@ class JobManager:
                 shutil.rmtree(job.dir, ignore_errors=True)
 
 
+class _Either:
+    """Set when either event is (the server stops, or the job is deleted)."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+
 def process_video(
     job: Job,
     stop: threading.Event,
     detect: Callable[[np.ndarray], list],
     max_frames: int,
     max_pixels: int,
+    budget: int | None = None,
 ) -> None:
     """Detect and track faces in every frame of job.input_path and write the annotated
     H.264 MP4 with the source's audio: the same video path as ``maskwatch detect``.
 
     Fills job.records with ``{"frame", "time", "faces"}`` per frame and job.people with
-    the people per label the tracker counted.
+    the people per label the tracker counted. ``budget`` bounds frames x pixels also while
+    decoding, for containers whose header lies or is silent. A failed write (a full disk)
+    fails the job, and no partial file is kept.
     """
     from maskwatch.detection.video import TrackedVideo, VideoSource
 
@@ -214,6 +302,9 @@ def process_video(
                     f"{job.filename}: {w}x{h} frames are over the limit of {max_pixels:,} "
                     "pixels"
                 )
+            if budget is not None and (index + 1) * w * h > budget:
+                raise OverBudget(f"{job.filename}: stopped at frame {index}: over this "
+                                 f"server's job budget of {budget / 1e6:,.0f} megapixel-frames")
             job.width, job.height = w, h
             job.records.append({"frame": index, "time": round(index / src.fps, 4),
                                 "faces": [f.to_dict() for f in faces]})

@@ -31,6 +31,7 @@ from torch import nn
 
 from maskwatch.data.model import is_synthetic
 from maskwatch.errors import MaskwatchError, ModelError
+from maskwatch.files import write_atomic
 from maskwatch.inference.modelfile import ModelInfo
 from maskwatch.inference.preprocess import to_input
 from maskwatch.models import checkpoint as ckpt
@@ -470,13 +471,18 @@ METRIC_COLUMNS = [
 
 def write_metrics(out: Path, history: list[dict]) -> None:
     """metrics.csv, metrics.json and curves.png from the per-epoch history."""
-    with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for row in history:
-            w.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
-    (out / "metrics.json").write_text(json.dumps(history, indent=2) + "\n")
-    plot_curves(out / "curves.png", history)
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            for row in history:
+                w.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+
+    # each file whole or not at all: a full disk fails the run in one line
+    write_atomic(out / "metrics.csv", write_csv, "metrics")
+    write_atomic(out / "metrics.json",
+                 lambda tmp: tmp.write_text(json.dumps(history, indent=2) + "\n"), "metrics")
+    write_atomic(out / "curves.png", lambda tmp: plot_curves(tmp, history), "plot")
 
 
 def plot_curves(path: Path, history: list[dict]) -> None:
@@ -497,7 +503,7 @@ def plot_curves(path: Path, history: list[dict]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 

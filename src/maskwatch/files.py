@@ -1,0 +1,66 @@
+"""Writing whole files safely: a hidden temporary beside the target, renamed when complete.
+
+A failed write (a full disk) removes the temporary and raises one MaskwatchError line, so no
+half-written file is ever left under the real name; temporaries left by a killed process
+(``kill -9`` mid-save) are removed by the next write to the same name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from maskwatch.errors import MaskwatchError
+
+
+def temp_path(path: Path) -> Path:
+    """``.<name>.<pid>.tmp`` beside ``path`` (hidden, and named after its writer)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete the temporaries of ``path`` whose writer process is gone; returns them."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None], what: str = "file",
+                 error: type[MaskwatchError] = MaskwatchError) -> Path:
+    """Call ``write(tmp)`` to fill a temporary, then rename it to ``path``.
+
+    On any failure the temporary is deleted; an OSError (or a library's I/O error) becomes
+    ``error("<path>: cannot write the <what> (<reason>)")``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:  # a full disk, Ctrl-C: no partial file is left
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":
+            lines = str(exc).strip().splitlines()
+            reason = getattr(exc, "strerror", None) or (lines[0][:160] if lines else "")
+            raise error(f"{path}: cannot write the {what} ({reason or type(exc).__name__})"
+                        ) from None
+        raise
+    return path
