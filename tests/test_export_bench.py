@@ -72,12 +72,13 @@ def test_bench_json_has_every_section(checkpoint, tmp_path):
     onnx_path = tmp_path / "m.onnx"
     assert main(["export", "--model", str(checkpoint), "--out", str(onnx_path)]) == 0
     cmd = [sys.executable, "-m", "maskwatch", "bench", "--json", "--model", str(onnx_path),
-           "--seconds", "0.05", "--serve-seconds", "1", "--clients", "2", "--threads", "1"]
+           "--seconds", "0.05", "--serve-seconds", "1", "--clients", "2", "--threads", "1",
+           "--soak-seconds", "2", "--soak-clients", "4"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     for key in ("classifier", "pipeline", "cold_start", "training", "distributed", "serve",
-                "memory"):
+                "soak", "memory"):
         assert key in report, key
     for batch in ("batch_1", "batch_32"):
         row = report["classifier"][batch]
@@ -89,4 +90,8 @@ def test_bench_json_has_every_section(checkpoint, tmp_path):
     assert report["distributed"]["processes_1"] > 0 and report["distributed"]["processes_2"] > 0
     assert report["serve"]["requests"] > 0 and report["serve"]["p95_ms"] >= report["serve"][
         "p50_ms"]
+    soak = report["soak"]
+    assert soak["requests"] > 0 and soak["p99_ms"] >= soak["p95_ms"] >= soak["p50_ms"]
+    assert soak["server_rss_mb_before"] > 0 and soak["server_rss_mb_after"] > 0
+    assert "busy_503" in soak and soak["over_budget_video"]["status"] == 413
     assert report["memory"]["peak_rss_mb"] > 0

@@ -134,23 +134,10 @@ def test_cross_site_posts_are_refused_without_a_key():
 
 
 def _serve(settings: Settings, header_timeout: float):
-    import uvicorn
+    from maskwatch.serving.server import serve_in_thread
 
-    from maskwatch.serving.server import server_config
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
     app = create_app(detector=FakeDetector(), settings=settings)
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port, header_timeout, "warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    return server, thread, port
+    return serve_in_thread(app, header_timeout_s=header_timeout, log_level="warning")
 
 
 def _read_all(sock: socket.socket, limit: float) -> bytes:

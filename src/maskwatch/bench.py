@@ -35,7 +35,8 @@ import numpy as np
 
 from maskwatch.errors import MaskwatchError
 
-SECTIONS = ("classifier", "pipeline", "cold_start", "training", "distributed", "serve", "memory")
+SECTIONS = ("classifier", "pipeline", "cold_start", "training", "distributed", "serve", "soak",
+            "memory")
 REFERENCE_SIZE = 224
 
 
@@ -277,28 +278,17 @@ def bench_training(threads: int, seconds: float, size: int, batch: int = 64,
 def bench_serve(model: Path, threads: int, seconds: float, clients: int) -> dict:
     """Requests/s and latency of POST /api/detect, server and load on 127.0.0.1."""
     import io
-    import socket
-    import threading
 
-    import uvicorn
     from PIL import Image
 
     from maskwatch.detection.pipeline import Detector
     from maskwatch.serving.app import Settings, create_app
     from maskwatch.serving.loadtest import run_load
+    from maskwatch.serving.server import serve_in_thread
 
     detector = Detector(classifier=model, threads=threads)
     app = create_app(detector=detector, settings=Settings(max_concurrency=2))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
+    server, thread, port = serve_in_thread(app)
     buf = io.BytesIO()
     Image.fromarray(test_frames(1)[0]).save(buf, "JPEG", quality=90)
     try:
@@ -309,6 +299,106 @@ def bench_serve(model: Path, threads: int, seconds: float, clients: int) -> dict
         thread.join(timeout=10)
     result.update(clients=clients, seconds=seconds, image="640x480 JPEG, 5 faces")
     return result
+
+
+def _rss_mb(pid: int) -> float | None:
+    """Resident memory of a process, in MB (Linux /proc), or None."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def over_budget_video(path: Path, width: int = 4096, height: int = 2160, frames: int = 600,
+                      fps: int = 30) -> Path:
+    """A small file for a big job: black 4K H.264, one encoded second looped (cheap)."""
+    import subprocess
+
+    from maskwatch.detection.video import ffmpeg_exe
+
+    one = path.with_name("one-second.mp4")
+    base = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y"]
+    subprocess.run([*base, "-f", "lavfi", "-i", f"color=c=black:s={width}x{height}:r={fps}",
+                    "-frames:v", str(fps), "-c:v", "libx264", "-preset", "ultrafast",
+                    "-pix_fmt", "yuv420p", str(one)], check=True, timeout=300)
+    subprocess.run([*base, "-stream_loop", str(max(0, frames // fps - 1)), "-i", str(one),
+                    "-c", "copy", str(path)], check=True, timeout=300)
+    one.unlink()
+    return path
+
+
+def bench_soak(model: Path, threads: int, seconds: float, clients: int, tmp: Path) -> dict:
+    """Soak and overload: `maskwatch serve` in its own process under ``clients`` concurrent
+    /api/detect clients for ``seconds``, an over-budget video upload in the middle of it;
+    requests/s, p50/p95/p99, errors, 503s and the server's memory before and after."""
+    import io
+    import subprocess
+    import threading
+
+    import httpx
+    from PIL import Image
+
+    from maskwatch.serving.loadtest import run_load
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "maskwatch", "serve", "--port", str(port), "--model",
+           str(model), "--threads", str(threads), "--max-concurrency", "2",
+           "--log-level", "error"]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError("maskwatch serve did not start: "
+                                   + server.stderr.read().decode(errors="replace")[-300:])
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("maskwatch serve did not answer /healthz within 120 s")
+            time.sleep(0.2)
+        video = over_budget_video(tmp / "over-budget.mp4")
+        buf = io.BytesIO()
+        Image.fromarray(test_frames(1)[0]).save(buf, "JPEG", quality=90)
+        httpx.post(f"{base}/api/detect", content=buf.getvalue(), timeout=60,
+                   headers={"content-type": "image/jpeg"})  # warm: models fully loaded
+        rss_before = _rss_mb(server.pid)
+        upload: dict = {}
+
+        def post_video() -> None:
+            time.sleep(seconds / 2)
+            t0 = time.perf_counter()
+            with open(video, "rb") as f:
+                r = httpx.post(f"{base}/api/video", timeout=60,
+                               files={"file": ("over-budget.mp4", f, "video/mp4")})
+            upload.update(status=r.status_code, ms=round((time.perf_counter() - t0) * 1000, 1),
+                          detail=r.json().get("detail") if r.status_code != 202 else None,
+                          size_kb=round(video.stat().st_size / 1024, 1))
+
+        side = threading.Thread(target=post_video, daemon=True)
+        side.start()
+        load = run_load(f"{base}/api/detect", buf.getvalue(), clients=clients,
+                        seconds=seconds)
+        side.join(timeout=120)
+        time.sleep(1.0)
+        rss_after = _rss_mb(server.pid)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    load.update(clients=clients, seconds=seconds, image="640x480 JPEG, 5 faces",
+                server_rss_mb_before=rss_before, server_rss_mb_after=rss_after,
+                over_budget_video={"video": "4096x2160, 600 frames (20 s at 30 fps)", **upload})
+    return load
 
 
 def _free_port() -> int:
@@ -383,6 +473,7 @@ def peak_memory_mb() -> float:
 
 def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
               seconds: float = 3.0, serve_seconds: float = 20.0, clients: int = 8,
+              soak_seconds: float = 30.0, soak_clients: int = 16,
               log: Callable[[str], None] = lambda m: None) -> dict:
     """Run the chosen sections and return one dict of results."""
     import onnxruntime
@@ -406,6 +497,7 @@ def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
             "training": lambda: bench_training(threads, seconds, size),
             "distributed": lambda: bench_distributed(seconds),
             "serve": lambda: bench_serve(model_path, threads, serve_seconds, clients),
+            "soak": lambda: bench_soak(model_path, threads, soak_seconds, soak_clients, tmp),
         }
         for name in sections:
             if name in jobs:

@@ -20,7 +20,10 @@ def register(subparsers) -> None:
         "classifier (torch eager, ONNX fp32, int8) against MobileNetV2 at 224 px; frames/s of "
         "the whole pipeline on 640x480 frames with 5 faces, against res10 SSD + MobileNetV2 "
         "when its wheel is installed; cold start of `maskwatch classify`; training images/s; "
-        "requests/s and latency of /api/detect; peak memory. Quote ratios from one run.",
+        "requests/s and latency of /api/detect; a soak and overload run of `maskwatch serve` "
+        "(16-32 clients on /api/detect, an over-budget /api/video upload, p50/p95/p99, 503s, "
+        "server memory before and after); peak memory. Quote ratios from one run.\n\n"
+        "example: maskwatch bench --sections serve soak --soak-clients 32 --json",
     )
     add_model_argument(p)
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
@@ -30,6 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("--serve-seconds", type=float, default=20.0,
                    help="duration of the /api/detect load")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients for the load")
+    p.add_argument("--soak-seconds", type=float, default=30.0,
+                   help="duration of the soak and overload run")
+    p.add_argument("--soak-clients", type=int, default=16,
+                   help="concurrent /api/detect clients in the soak run (16-32 overloads it)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -49,6 +56,7 @@ def run(args) -> int:
     report = run_bench(
         sections=args.sections, model=args.model, threads=args.threads, seconds=args.seconds,
         serve_seconds=args.serve_seconds, clients=args.clients,
+        soak_seconds=args.soak_seconds, soak_clients=args.soak_clients,
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     if args.json:

@@ -543,6 +543,13 @@ def create_app(
 
         return await run_limited(work)
 
+    def known_job(lookup: Callable[[str], Job | None] | None, job_id: str) -> Job:
+        """The job ``lookup`` finds, or 404."""
+        job = lookup(job_id) if lookup else None
+        if job is None:
+            raise _problem(404, "no such job (finished jobs are kept for a limited time)")
+        return job
+
     def job_status(job: Job, request: Request) -> dict:
         done = job.status == DONE
         return {
@@ -610,10 +617,7 @@ def create_app(
              summary="Progress and results of a video job",
              responses=error_responses(404, 422))
     async def get_job(job_id: str, request: Request) -> dict:
-        job = state.jobs.get(job_id) if state.jobs else None
-        if job is None:
-            raise _problem(404, "no such job (finished jobs are kept for a limited time)")
-        return job_status(job, request)
+        return job_status(known_job(state.jobs.get if state.jobs else None, job_id), request)
 
     @api.delete("/jobs/{job_id}", response_model=JobStatus, name="job_delete",
                 summary="Cancel a video job and delete its files",
@@ -621,10 +625,8 @@ def create_app(
                 "the upload and the annotated video are deleted.",
                 responses=error_responses(404, 422))
     async def delete_job(job_id: str, request: Request) -> dict:
-        job = state.jobs.cancel(job_id) if state.jobs else None
-        if job is None:
-            raise _problem(404, "no such job")
-        return job_status(job, request)
+        return job_status(known_job(state.jobs.cancel if state.jobs else None, job_id),
+                          request)
 
     @api.get("/jobs/{job_id}/video", name="job_video", response_class=FileResponse,
              summary="The annotated H.264 MP4 of a finished job",

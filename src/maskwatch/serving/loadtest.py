@@ -37,9 +37,10 @@ def run_load(
     """Send ``image_bytes`` to ``url`` (``/api/detect`` if only a base URL is given) from
     ``clients`` threads, each with one request in flight, for ``seconds``.
 
-    Returns ``{"requests", "rps", "p50_ms", "p95_ms", "errors", "status"}``: requests
-    answered (any status), successful answers per second, latency percentiles of the
-    successful ones, failed requests (non-200 or connection errors) and a count per status.
+    Returns ``{"requests", "rps", "p50_ms", "p95_ms", "p99_ms", "errors", "busy_503",
+    "status"}``: requests answered (any status), successful answers per second, latency
+    percentiles of the successful ones, failed requests (non-200 or connection errors),
+    503 answers (server busy) and a count per status.
     """
     import httpx
 
@@ -83,6 +84,8 @@ def run_load(
         "rps": round(len(latencies) / elapsed, 2) if elapsed > 0 else 0.0,
         "p50_ms": round(float(np.percentile(ok, 50)), 1) if ok is not None else None,
         "p95_ms": round(float(np.percentile(ok, 95)), 1) if ok is not None else None,
+        "p99_ms": round(float(np.percentile(ok, 99)), 1) if ok is not None else None,
         "errors": total - len(latencies),
+        "busy_503": status.get("503", 0),
         "status": dict(sorted(status.items())),
     }

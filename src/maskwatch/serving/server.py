@@ -79,3 +79,28 @@ def server_config(app, host: str, port: int, header_timeout_s: float = HEADER_TI
     return uvicorn.Config(app, host=host, port=port, log_level=log_level,
                           http=protocol_class(header_timeout_s), timeout_keep_alive=5,
                           timeout_graceful_shutdown=5)
+
+
+def serve_in_thread(app, host: str = "127.0.0.1", header_timeout_s: float = HEADER_TIMEOUT_S,
+                    log_level: str = "error", start_timeout_s: float = 10.0):
+    """Start ``app`` on a free port of ``host`` in a daemon thread (benchmarks, tests).
+
+    Returns (server, thread, port); stop it with ``server.should_exit = True`` and
+    ``thread.join()``.
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(server_config(app, host, port, header_timeout_s, log_level))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return server, thread, port
