@@ -252,7 +252,7 @@ def test_budget_also_holds_while_decoding(tmp_path):
     write_video(clip, frames=20, w=96, h=64)
     job = Job("j", tmp_path, clip, "clip.mp4")
     with pytest.raises(OverBudget, match="stopped at frame 10"):
-        process_video(job, threading.Event(), FakeDetector().detect, lambda rgb, f: rgb,
+        process_video(job, threading.Event(), FakeDetector().detect,
                       max_frames=1000, max_pixels=10**8, budget=10 * 96 * 64)
     assert not job.output_path.exists() and not list(tmp_path.glob("*.part.mp4"))
 
@@ -292,7 +292,7 @@ def test_job_whose_video_cannot_be_written_fails_and_leaves_no_file(tmp_path):
     clip = tmp_path / "clip.mp4"
     write_video(clip, frames=6)
     manager = JobManager(lambda job, stop: process_video(
-        job, stop, FakeDetector().detect, lambda rgb, f: rgb, 100, 10**8), root=tmp_path / "j")
+        job, stop, FakeDetector().detect, 100, 10**8), root=tmp_path / "j")
     try:
         job = manager.new_job("clip.mp4", ".mp4")
         job.input_path.write_bytes(clip.read_bytes())
