@@ -236,3 +236,34 @@ def test_temporaries_of_a_killed_save_are_removed(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 300 KB tmpfs: a real full disk (needs root; skipped where mount is refused)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)],
+                              capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        done = None
+    if done is None or done.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root); /dev/full tests cover it")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)
+
+
+def test_video_writer_on_a_really_full_disk(tiny_disk):
+    """ffmpeg fills the disk ("Error closing file"/"writing trailer"): one line, no file."""
+    from maskwatch.detection.video import VideoWriteError, VideoWriter
+
+    rng = np.random.default_rng(0)
+    writer = VideoWriter(tiny_disk / "out.mp4", 10, (320, 240))
+    with pytest.raises(VideoWriteError, match="No space left on device"):
+        for _ in range(60):
+            writer.write(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+        writer.close()
+    assert list(tiny_disk.iterdir()) == []
