@@ -182,7 +182,8 @@ def test_api_counts_and_classify(model):
         return {"files": {"file": ("x.png", buf.getvalue(), "image/png")}}
 
     settings = Settings(model=str(model), detector="centerface", threads=1)
-    with TestClient(create_app(settings=settings)) as c:
+    # the server checks the Host header: reach it by its loopback address
+    with TestClient(create_app(settings=settings), base_url="http://127.0.0.1") as c:
         assert c.get("/api/model").json()["classes"] == list(CLASSES)
         r = c.post("/api/detect", **png(_scene()[0])).json()
         assert r["counts"] == {"with_mask": 1, "without_mask": 1, "incorrect_mask": 1,
