@@ -196,7 +196,7 @@ def test_serve_applies_and_reports_the_site_model(tmp_path, tiny_model):
     r = cal.calibrate(csv, site, model=tiny_model, progress=False,
                       face_detector=BlobDetector())
     detector = Detector(face_detector=BlobDetector(), classifier=str(site))
-    with TestClient(create_app(detector=detector)) as c:
+    with TestClient(create_app(detector=detector), base_url="http://127.0.0.1") as c:
         info = c.get("/api/model").json()
         assert info["site"]["box_map"] == r["box_map"]
         assert info["threshold"] == r["mask_threshold"]
