@@ -224,6 +224,32 @@ def load_rgb(source, max_pixels: int | None = None) -> np.ndarray:
     return np.asarray(open_image(source, max_pixels))
 
 
+def as_rgb(image, max_pixels: int | None = None) -> np.ndarray:
+    """An HxWx3 uint8 RGB array from a file path, a Pillow image or an array.
+
+    Arrays are taken as RGB (HxW grey and HxWx4 RGBA are converted; floats must be
+    0-255); Pillow images and files are converted from any mode, files turned upright.
+    """
+    if isinstance(image, (str, Path)):
+        return load_rgb(image, max_pixels)
+    if isinstance(image, Image.Image):
+        return np.asarray(_to_rgb(image))
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"expected a file path, a PIL image or an RGB array, got "
+                         f"{type(image).__name__}")
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[..., :3]
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ImageError(f"expected an HxWx3 RGB array, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        if image.dtype.kind == "f" and image.size and float(np.nanmax(image)) <= 1.0:
+            raise ImageError("got a float array in 0..1: pass uint8 RGB (multiply by 255)")
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    return image
+
+
 def decode_upload(
     data: bytes, max_pixels: int | None = None, work_pixels: int | None = None,
     name: str = "upload",

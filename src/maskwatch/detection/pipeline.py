@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from maskwatch.detection.faces import (
     make_face_detector,
 )
 from maskwatch.errors import MaskwatchError
+from maskwatch.imaging import as_rgb
 from maskwatch.inference.modelfile import SiteParams
 
 #: Default margin added around each face box before classification, as a fraction of the
@@ -56,6 +58,34 @@ def site_boxes(boxes, box_map, width: int, height: int) -> np.ndarray:
     x1, y1 = np.clip(x1, 0, width - 1), np.clip(y1, 0, height - 1)
     x2, y2 = np.clip(x2, x1 + 1, width), np.clip(y2, y1 + 1, height)
     return np.stack([x1, y1, x2, y2], axis=1).astype(np.int64)
+
+
+class BGRWarning(UserWarning):
+    """The image passed to Detector.detect looks like OpenCV's BGR, not RGB."""
+
+
+#: How much bluer than red (mean, 0-255) the skin of most faces must be to call an array BGR.
+BGR_MARGIN = 8.0
+
+
+def looks_bgr(rgb: np.ndarray, boxes) -> bool:
+    """Whether the faces in ``boxes`` suggest ``rgb`` holds BGR (OpenCV's order).
+
+    Skin of every tone, under ordinary light, has more red than blue. The test looks at
+    each face's forehead and eye band (x 25-75%, y 15-45% of the box: above any mask):
+    when more than half of the faces are bluer than red by ``BGR_MARGIN`` there, the
+    channels are almost surely swapped. With no face it says False.
+    """
+    votes = []
+    for box in boxes:
+        x1, y1, x2, y2 = (float(v) for v in box[:4])
+        w, h = x2 - x1, y2 - y1
+        band = rgb[int(max(0, y1 + 0.15 * h)):int(max(0, y1 + 0.45 * h)) + 1,
+                   int(max(0, x1 + 0.25 * w)):int(max(0, x1 + 0.75 * w)) + 1]
+        if band.size:
+            r, b = float(band[..., 0].mean()), float(band[..., 2].mean())
+            votes.append(b - r > BGR_MARGIN)
+    return bool(votes) and sum(votes) > len(votes) / 2
 
 
 def _load_classifier(classifier, threads: int, threshold: float | None = None):
@@ -119,17 +149,28 @@ class Detector:
     def classes(self) -> list[str]:
         return list(self.classifier.classes) if self.classifier is not None else []
 
-    def detect(self, rgb: np.ndarray) -> list[Face]:
-        """Detect and classify all faces in one HxWx3 uint8 RGB frame (one classifier batch).
+    def detect(self, image) -> list[Face]:
+        """Detect and classify all faces in one image (one classifier batch).
 
-        Faces are cropped for the classifier from the detector's own boxes; the site's box
-        mapping only changes the boxes reported."""
+        ``image``: a file path, a Pillow image or an HxWx3 uint8 RGB array. An array whose
+        faces look blue rather than red is probably BGR (``cv2.imread``'s order): it gets
+        a BGRWarning; convert with ``rgb = bgr[..., ::-1]``. Faces are cropped for the
+        classifier from the detector's own boxes; the site's box mapping only changes the
+        boxes reported."""
+        rgb = as_rgb(image)
         found = self.face_detector.detect(rgb)
         boxes = [[int(v) for v in b[:4]] for b in found]
         if self.box_map is not None and boxes:
             boxes = site_boxes(boxes, self.box_map, rgb.shape[1], rgb.shape[0]).tolist()
         keep = [i for i, b in enumerate(boxes) if min(b[2] - b[0], b[3] - b[1]) >= self.min_face]
         found = [found[i] for i in keep]
+        if isinstance(image, np.ndarray) and looks_bgr(rgb, found):
+            warnings.warn(
+                "maskwatch: the faces in this array look blue, so it is probably BGR "
+                "(OpenCV's order); mask labels on BGR images are unreliable. Pass RGB: "
+                "rgb = bgr[..., ::-1], or pass the file path.",
+                BGRWarning, stacklevel=2,
+            )
         faces = [Face(box=boxes[i], face_score=float(b[4])) for i, b in zip(keep, found)]
         if faces and self.classifier is not None:
             crops = [crop(rgb, b, self.margin) for b in found]

@@ -1,0 +1,85 @@
+"""The Python API a new user reaches first: ``maskwatch.Detector().detect(...)`` takes a path,
+a Pillow image or an RGB array, and warns when an array looks BGR."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from detection_helpers import SkinClassifier, head, scene, write_image
+from PIL import Image
+
+import maskwatch
+from maskwatch.detection.pipeline import BGRWarning, looks_bgr
+from maskwatch.errors import ImageError
+from maskwatch.imaging import as_rgb
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return maskwatch.Detector("yunet", classifier=SkinClassifier(), threads=1)
+
+
+def test_as_rgb_accepts_paths_pil_and_arrays(tmp_path):
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0] = 200
+    path = write_image(tmp_path / "red.png", rgb)
+    assert (as_rgb(path) == rgb).all() and (as_rgb(str(path)) == rgb).all()
+    assert (as_rgb(Image.fromarray(rgb)) == rgb).all()
+    assert as_rgb(Image.fromarray(rgb[..., 0])).shape == (20, 30, 3)  # grey Pillow image
+    assert as_rgb(rgb) is rgb
+    assert as_rgb(rgb[..., 0]).shape == (20, 30, 3)  # grey array
+    rgba = np.dstack([rgb, np.full((20, 30), 255, np.uint8)])
+    assert (as_rgb(rgba) == rgb).all()
+    assert as_rgb(rgb.astype(np.float32)).dtype == np.uint8
+    with pytest.raises(ImageError, match="float array in 0..1"):
+        as_rgb(np.full((4, 4, 3), 0.5, np.float32))
+    with pytest.raises(ImageError, match="HxWx3"):
+        as_rgb(np.zeros((4, 4, 5), np.uint8))
+    with pytest.raises(ImageError, match="path, a PIL image or an RGB array"):
+        as_rgb([[1, 2, 3]])
+    with pytest.raises(ImageError, match="no such file"):
+        as_rgb(tmp_path / "missing.jpg")
+
+
+def test_looks_bgr_on_skin_bands():
+    skin = np.zeros((100, 100, 3), np.uint8)
+    skin[:] = (205, 150, 120)  # light skin; darker tones keep red above blue too
+    dark = np.zeros((100, 100, 3), np.uint8)
+    dark[:] = (95, 62, 48)
+    box = (10, 10, 90, 90)
+    assert not looks_bgr(skin, [box]) and not looks_bgr(dark, [box])
+    assert looks_bgr(skin[..., ::-1], [box]) and looks_bgr(dark[..., ::-1], [box])
+    grey = np.full((100, 100, 3), 128, np.uint8)
+    assert not looks_bgr(grey, [box])  # no colour cast: no claim
+    assert not looks_bgr(skin[..., ::-1], [])  # no face: no claim
+    # the majority of faces decides: one blue-lit face among skin-toned ones is not BGR
+    two = np.concatenate([skin, skin, skin[..., ::-1]], axis=1)
+    boxes = [(10, 10, 90, 90), (110, 10, 190, 90), (210, 10, 290, 90)]
+    assert not looks_bgr(two, boxes)
+    assert looks_bgr(two[..., ::-1], boxes)
+
+
+def test_detect_takes_path_pil_or_array_alike(detector, tmp_path):
+    img, _ = scene()
+    path = write_image(tmp_path / "scene.png", img)
+    results = [detector.detect(x) for x in (img, path, str(path), Image.open(path))]
+    boxes = [[f.box for f in faces] for faces in results]
+    assert len(boxes[0]) == 2
+    assert all(b == boxes[0] for b in boxes)
+
+
+def test_detect_warns_on_bgr_array_only(detector, tmp_path):
+    rgb = np.ascontiguousarray(head())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BGRWarning)
+        assert detector.detect(rgb)  # RGB: no warning
+    with pytest.warns(BGRWarning, match=r"bgr\[\.\.\., ::-1\]"):
+        faces = detector.detect(np.ascontiguousarray(rgb[..., ::-1]))
+    assert faces  # it still answers
+    # a file is decoded by maskwatch itself, so it is never BGR: no warning
+    path = write_image(tmp_path / "head.png", rgb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BGRWarning)
+        detector.detect(path)
