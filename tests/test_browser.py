@@ -311,3 +311,177 @@ def test_video_upload_shows_annotated_video(server, browser, tmp_path):
     duration = page.evaluate("() => document.getElementById('video-result').duration")
     assert 0.5 < duration < 2.0
     page.close()
+
+
+# ---------------------------------------------------------------- usability (issue 15)
+
+
+def _upload_face(page, tmp_path, name="face.png"):
+    import cv2
+
+    path = tmp_path / name
+    cv2.imwrite(str(path), face_frames(n=4)[0][..., ::-1])  # 320 x 240
+    page.set_input_files("#image-input", str(path))
+    page.wait_for_selector("#image-canvas:not([hidden])", timeout=10000)
+    page.wait_for_selector("#image-download:not([hidden])", timeout=5000)
+    return path
+
+
+def _face_detail(page) -> float:
+    """Fine detail (mean difference between neighbouring pixels) in the middle of the face
+    of the uploaded photo, as drawn on the image canvas."""
+    return page.evaluate("""() => {
+        const c = document.getElementById('image-canvas');
+        const k = c.width / 320;  // the uploaded photo is 320 px wide
+        const w = Math.round(40 * k);
+        const d = c.getContext('2d').getImageData(Math.round(140 * k), Math.round(100 * k),
+                                                  w, w).data;
+        let s = 0, n = 0;
+        for (let i = 4; i < d.length; i += 4) {
+            if ((i / 4) % w) { s += Math.abs(d[i + 1] - d[i - 3]); n++; }
+        }
+        return s / n;
+    }""")
+
+
+def test_docs_and_favicon_load_without_internet(server, browser):
+    page = browser.new_page()
+    outside: list[str] = []
+    missing: list[str] = []
+
+    def only_local(route):
+        if route.request.url.startswith(server.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    page.goto(server.url)
+    page.wait_for_load_state("networkidle")
+    page.get_by_role("link", name="API docs").click()
+    page.wait_for_selector(".swagger-ui .opblock", timeout=15000)  # the routes are listed
+    assert page.locator(".opblock-summary-path", has_text="/api/detect").count() >= 1
+    assert outside == [] and missing == []
+    page.close()
+
+
+def test_placeholder_sentence_stays_one_paragraph(server, browser):
+    for width in (1000, 390):
+        page = browser.new_page(viewport={"width": width, "height": 800})
+        page.goto(server.url)
+        # "Press" and "Start camera" sit on the same line (a grid used to split them)
+        gap = page.evaluate("""() => {
+            const p = document.getElementById('cam-placeholder');
+            const strong = p.querySelector('strong');
+            const range = document.createRange();
+            const first = p.querySelector('span').firstChild;
+            range.setStart(first, 0);
+            range.setEnd(first, 5);
+            return Math.abs(range.getBoundingClientRect().top
+                            - strong.getBoundingClientRect().top);
+        }""")
+        assert gap < 4, (width, gap)
+        page.close()
+
+
+def test_phone_screen_live_labels_and_layout(server, browser):
+    context = browser.new_context(viewport={"width": 390, "height": 844},
+                                  device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.goto(server.url)
+    # nothing sticks out sideways on a 390 px wide phone
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    page.get_by_role("button", name="Start camera").click()
+    page.wait_for_function(
+        "() => +document.getElementById('live').dataset.faces >= 1", timeout=15000)
+    page.wait_for_function(
+        "() => document.getElementById('cam-overlay').dataset.labelPx", timeout=5000)
+    overlay = page.evaluate("""() => { const c = document.getElementById('cam-overlay');
+        return [c.width, c.clientWidth, +c.dataset.labelPx]; }""")
+    assert overlay[0] == 2 * overlay[1]  # drawn at the screen's resolution
+    assert overlay[2] >= 12  # captions at least 12 CSS px tall, not 12 device px
+    page.get_by_role("button", name="Stop").click()
+    context.close()
+
+
+@pytest.mark.parametrize("width", [1000, 390])
+def test_image_fills_the_card_and_downloads(server, browser, tmp_path, width):
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.goto(server.url)
+    _upload_face(page, tmp_path)
+    shown = page.evaluate("""() => { const c = document.getElementById('image-canvas');
+        const card = c.parentElement.getBoundingClientRect();
+        const r = c.getBoundingClientRect();
+        return [r.width, card.width, c.width, +c.dataset.labelPx, r.right <= card.right]; }""")
+    assert shown[0] > shown[1] * 0.8  # a 320 px photo fills the card, not 320 px of it
+    assert shown[2] >= 320 and shown[3] >= 12 and shown[4]
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= width
+    with page.expect_download() as info:
+        page.get_by_role("link", name="Download annotated image").click()
+    download = info.value
+    assert download.suggested_filename == "face-maskwatch.jpg"
+    saved = tmp_path / "download.jpg"
+    download.save_as(saved)
+    from PIL import Image
+
+    with Image.open(saved) as img:
+        assert img.format == "JPEG" and img.width == shown[2]
+    page.close()
+
+
+def test_threshold_slider_relabels_with_the_server(server, browser, tmp_path):
+    page = browser.new_page()
+    page.goto(server.url)
+    page.wait_for_function("() => document.getElementById('threshold-value').textContent"
+                           " !== '…'", timeout=5000)
+    _upload_face(page, tmp_path)
+    without = page.locator("#image-counts [data-label=without_mask] dd")
+    assert int(without.inner_text()) >= 1  # the bare face is unmasked at the default
+    with page.expect_request(lambda r: "threshold=0.99" in r.url):
+        page.evaluate("""() => { const s = document.getElementById('threshold');
+            s.value = '0.99'; s.dispatchEvent(new Event('input'));
+            s.dispatchEvent(new Event('change')); }""")
+    page.wait_for_function("() => document.querySelector("
+                           "'#image-counts [data-label=without_mask] dd').textContent === '0'",
+                           timeout=10000)
+    assert page.inner_text("#threshold-value") == "0.99"
+    page.close()
+
+
+def test_drop_paste_example_and_blur(server, browser, tmp_path):
+    page = browser.new_page()
+    page.goto(server.url)
+    page.get_by_role("button", name="Try an example photo").click()
+    page.wait_for_selector("#image-canvas:not([hidden])", timeout=15000)
+    assert int(page.get_attribute("#image-canvas", "data-faces")) >= 1
+    assert page.get_attribute("#image-download", "download") == "example-maskwatch.jpg"
+    # a dropped file and a pasted one are checked like a chosen one
+    for event in ("drop", "paste"):
+        page.evaluate("""async (event) => {
+            const blob = await (await fetch('/example.jpg')).blob();
+            const dt = new DataTransfer();
+            dt.items.add(new File([blob], event + '.jpg', {type: 'image/jpeg'}));
+            const e = event === 'drop'
+                ? new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true})
+                : new ClipboardEvent('paste', {clipboardData: dt, bubbles: true,
+                                               cancelable: true});
+            (event === 'drop' ? document.getElementById('image-card') : document)
+                .dispatchEvent(e);
+        }""", event)
+        page.wait_for_function(
+            f"() => document.getElementById('image-download').download === "
+            f"'{event}-maskwatch.jpg'", timeout=10000)
+    # blur: the face loses its detail in the result, and comes back when switched off
+    _upload_face(page, tmp_path)
+    sharp = _face_detail(page)
+    page.get_by_label("Blur faces").check()
+    page.wait_for_function("() => !document.getElementById('image-message').textContent"
+                           ".startsWith('Checking')", timeout=10000)
+    page.wait_for_timeout(300)
+    blurred = _face_detail(page)
+    if os.environ.get("MASKWATCH_SCREENSHOT"):
+        page.screenshot(path=os.environ["MASKWATCH_SCREENSHOT"] + ".blur.png", full_page=True)
+    assert blurred < sharp / 3, (sharp, blurred)
+    page.close()

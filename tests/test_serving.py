@@ -130,6 +130,36 @@ def test_detect_returns_boxes_labels_and_counts(client):
     assert body["counts"] == {"with_mask": 1, "without_mask": 1, "total": 2}
 
 
+def test_detect_threshold_per_request(client):
+    data = png(scene())
+    strict = client.post("/api/detect?threshold=0.95", **upload(data)).json()
+    assert [f["label"] for f in strict["faces"]] == ["with_mask", "with_mask"]
+    assert strict["faces"][0]["score"] == strict["faces"][0]["scores"]["with_mask"]
+    assert strict["counts"] == {"with_mask": 2, "without_mask": 0, "total": 2}
+    eager = client.post("/api/detect?threshold=0.1", **upload(data)).json()
+    assert [f["label"] for f in eager["faces"]] == ["without_mask", "without_mask"]
+    # the server's own threshold again without the parameter
+    plain = client.post("/api/detect", **upload(data)).json()
+    assert [f["label"] for f in plain["faces"]] == ["without_mask", "with_mask"]
+    assert client.post("/api/detect?threshold=1.5", **upload(data)).status_code == 422
+
+
+def test_docs_favicon_and_example_are_served_locally(client):
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "http" not in docs.text.replace("http-equiv", "")  # no CDN address at all
+    for asset in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"):
+        assert client.get(asset).status_code == 200, asset
+    assert client.get("/redoc").status_code == 404  # its script would come from a CDN
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert Image.open(io.BytesIO(icon.content)).format == "ICO"
+    example = client.get("/example.jpg")  # the fake detector has no face detector: the photo
+    assert example.status_code == 200 and example.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(example.content)).size == (512, 600)
+    assert "/favicon.ico" in client.get("/").text
+
+
 def test_detect_accepts_raw_jpeg_body_and_exif_rotation(client):
     # a 120x80 scene stored sideways with EXIF orientation 6: the server must see it upright
     img = Image.fromarray(scene()).transpose(Image.Transpose.ROTATE_90)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Security
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
@@ -54,6 +54,7 @@ from maskwatch.serving.jobs import (
     probe_video,
     process_video,
 )
+from maskwatch.serving.page import add_page_routes
 
 STATIC_DIR = Path(__file__).with_name("static")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -245,6 +246,20 @@ def _too_large(limit: int) -> HTTPException:
 
 def _face_records(faces: list) -> list[dict]:
     return [f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in faces]
+
+
+def _relabel(records: list[dict], classes: list[str], threshold: float) -> None:
+    """Choose each face's label again from its class probabilities with another
+    without_mask threshold (the classifier's own decision rule)."""
+    from maskwatch.inference.preprocess import decide
+
+    for rec in records:
+        scores = rec.get("scores") or {}
+        if not classes or any(c not in scores for c in classes):
+            continue
+        label = classes[int(decide(np.array([[scores[c] for c in classes]]), classes,
+                                   threshold)[0])]
+        rec["label"], rec["score"] = label, scores[label]
 
 
 def _counts(records: list[dict], classes: list[str]) -> dict[str, int]:
@@ -443,6 +458,8 @@ def create_app(
             "key, 413 too large, 415 not an image/video, 422 cannot decode, 503 busy."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served from local files by add_page_routes
+        redoc_url=None,
     )
     app.state.maskwatch = state
 
@@ -512,15 +529,23 @@ def create_app(
         openapi_extra=_multipart_schema("the image", image_media),
         responses=image_errors,
     )
-    async def detect(request: Request) -> dict:
+    async def detect(
+        request: Request,
+        threshold: float | None = Query(
+            None, ge=0.0, le=1.0, description="call a face without_mask when its probability "
+            "reaches this, for this request only (default: the server's threshold)"),
+    ) -> dict:
         data, name = await read_image(request)
 
         def work() -> dict:
             rgb, (sx, sy) = decode(data, name)
             records = _scale_boxes(_face_records(state.detector.detect(rgb)), sx, sy)
+            classes = list(getattr(state.classifier, "classes", []))
+            if threshold is not None:
+                _relabel(records, classes, threshold)
             width, height = round(rgb.shape[1] * sx), round(rgb.shape[0] * sy)
             return {"faces": records, "width": width, "height": height,
-                    "counts": _counts(records, list(getattr(state.classifier, "classes", [])))}
+                    "counts": _counts(records, classes)}
 
         return await run_limited(work)
 
@@ -698,6 +723,7 @@ def create_app(
         })
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    add_page_routes(app, lambda: getattr(state.detector, "face_detector", None))
 
     host_names = settings.host_names()
 

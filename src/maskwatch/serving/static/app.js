@@ -17,7 +17,12 @@
     without_mask: "Without mask",
     incorrect_mask: "Mask worn wrongly",
   };
+  // the same captions as the CLI's drawings (maskwatch.detection.draw)
   const SHORT = { with_mask: "mask", without_mask: "no mask", incorrect_mask: "worn wrongly" };
+  const PLACES = ["above", "below", "inside-top", "inside-bottom"];
+  const BLUR_MARGIN = 0.15; // fraction of the face box added on each side when blurring
+  const LIVE_BLUR_MARGIN = 0.3; // more on the live view: boxes lag a moving face a little
+  const MIN_LABEL_CSS_PX = 12; // smallest caption, in CSS pixels whatever the screen density
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -32,6 +37,10 @@
     snapUrl: null,
     imageUrl: null,
     videoUrl: null,
+    downloadUrl: null,
+    threshold: null, // null: the server's; set once the user moves the slider
+    blur: false,
+    lastImage: null, // the last checked image file, re-checked when the threshold changes
   };
 
   // ------------------------------------------------------------------ API
@@ -84,7 +93,11 @@
       if (info.classes && info.classes.length) state.classes = info.classes;
       const parts = [`Model: ${info.name || "unnamed"}`];
       if (info.detector) parts.push(`face detector: ${info.detector}`);
-      if (info.threshold != null) parts.push(`no-mask threshold: ${info.threshold}`);
+      if (info.threshold != null) {
+        parts.push(`no-mask threshold: ${info.threshold}`);
+        $("threshold").value = String(info.threshold);
+        $("threshold-value").textContent = Number(info.threshold).toFixed(2);
+      }
       $("model-line").textContent = parts.join(" · ");
       const v = info.versions || {};
       $("versions").textContent = `maskwatch ${v.maskwatch || ""}`;
@@ -103,10 +116,16 @@
     return counts;
   }
 
+  // Classes in the model's order first (as on every card), then anything else.
+  function orderedCounts(counts) {
+    const keys = [...state.classes, ...Object.keys(counts).filter((k) => !state.classes.includes(k))];
+    return keys.filter((k) => k in counts).map((k) => [k, counts[k]]);
+  }
+
   function renderCounts(dl, faces, counts) {
     counts = counts || countFaces(faces);
     dl.replaceChildren();
-    for (const [label, n] of Object.entries(counts)) {
+    for (const [label, n] of orderedCounts(counts)) {
       if (label === "total" || label === "max_faces_in_frame") continue;
       const item = document.createElement("div");
       item.className = label;
@@ -120,38 +139,123 @@
     }
   }
 
-  // Draw boxes for faces whose coordinates are in a (srcW x srcH) image onto ctx,
-  // scaled to the canvas size.
-  function drawFaces(ctx, faces, srcW, srcH) {
+  // Caption of a face: the label, "maybe" when the model gives it less than even odds
+  // (chosen because P(no mask) reached the low threshold), and the label's probability.
+  function labelText(f) {
+    let text = f.label ? SHORT[f.label] || f.label : "face";
+    if (f.label && f.score != null && f.score < 0.5) text = `maybe ${text}`;
+    const score = f.label ? f.score : f.face_score;
+    if (score != null) text += ` ${Number(score).toFixed(2)}`;
+    if (f.track_id != null) text = `#${f.track_id} ${text}`;
+    return text;
+  }
+
+  function overlap(a, b) {
+    const w = Math.min(a[2], b[2]) - Math.max(a[0], b[0]);
+    const h = Math.min(a[3], b[3]) - Math.max(a[1], b[1]);
+    return w > 0 && h > 0 ? w * h : 0;
+  }
+
+  // Top-left corner of each caption: the first place (above, below, inside the top,
+  // inside the bottom of its box; flush left, else flush right) that covers no other face
+  // and no caption placed before; else the place covering the least. Same rule as the CLI.
+  function placeLabels(boxes, sizes, width, height) {
+    const placed = [];
+    boxes.forEach(([x1, y1, x2, y2], i) => {
+      const [lw, lh] = sizes[i];
+      const clamp = (v, hi) => Math.min(Math.max(0, v), Math.max(0, hi));
+      let best = null;
+      let bestCost = Infinity;
+      for (const place of PLACES) {
+        const ty = clamp({ above: y1 - lh, below: y2, "inside-top": y1, "inside-bottom": y2 - lh }[place],
+          height - lh);
+        for (const tx0 of [x1, x2 - lw]) {
+          const tx = clamp(tx0, width - lw);
+          const rect = [tx, ty, tx + lw, ty + lh];
+          let cost = 0;
+          boxes.forEach((b, j) => { if (j !== i) cost += overlap(rect, b); });
+          for (const r of placed) cost += overlap(rect, r);
+          if (cost < bestCost) { best = rect; bestCost = cost; }
+          if (cost === 0) break;
+        }
+        if (bestCost === 0) break;
+      }
+      placed.push(best);
+    });
+    return placed;
+  }
+
+  // Blur the faces: each box (grown by margin) of `source` (an image or video of
+  // srcW x srcH) is shrunk to a 6-cell mosaic and drawn back smoothed inside an ellipse.
+  function blurFaces(ctx, source, faces, srcW, srcH, margin) {
     const sx = ctx.canvas.width / srcW;
     const sy = ctx.canvas.height / srcH;
-    const base = Math.max(ctx.canvas.width, ctx.canvas.height);
-    const line = Math.max(2, Math.round(base / 320));
-    const fontPx = Math.max(12, Math.round(base / 55));
-    ctx.font = `600 ${fontPx}px system-ui, sans-serif`;
-    ctx.textBaseline = "top";
+    const tiny = document.createElement("canvas");
+    const tctx = tiny.getContext("2d");
     for (const f of faces) {
       const [x1, y1, x2, y2] = f.box;
-      const x = x1 * sx;
-      const y = y1 * sy;
-      const w = (x2 - x1) * sx;
-      const h = (y2 - y1) * sy;
-      const colour = COLOURS[f.label] || "#a0a0a0";
-      ctx.lineWidth = line;
-      ctx.strokeStyle = colour;
-      ctx.strokeRect(x, y, w, h);
-      let text = f.label ? SHORT[f.label] || f.label : "face";
-      if (f.score != null) text += ` ${Number(f.score).toFixed(2)}`;
+      const bw = x2 - x1;
+      const bh = y2 - y1;
+      const rx1 = Math.max(0, x1 - bw * margin);
+      const ry1 = Math.max(0, y1 - bh * margin);
+      const rw = Math.min(srcW, x2 + bw * margin) - rx1;
+      const rh = Math.min(srcH, y2 + bh * margin) - ry1;
+      if (rw < 2 || rh < 2) continue;
+      tiny.width = 6;
+      tiny.height = Math.max(1, Math.round((6 * rh) / rw));
+      tctx.drawImage(source, rx1, ry1, rw, rh, 0, 0, tiny.width, tiny.height);
+      ctx.save();
+      ctx.beginPath();
+      ctx.ellipse((rx1 + rw / 2) * sx, (ry1 + rh / 2) * sy, (rw / 2) * sx, (rh / 2) * sy, 0, 0,
+        2 * Math.PI);
+      ctx.clip();
+      ctx.imageSmoothingEnabled = true;
+      ctx.imageSmoothingQuality = "high";
+      ctx.drawImage(tiny, 0, 0, tiny.width, tiny.height, rx1 * sx, ry1 * sy, rw * sx, rh * sy);
+      ctx.restore();
+    }
+  }
+
+  // Draw boxes and captions for faces whose coordinates are in a (srcW x srcH) image onto
+  // ctx, scaled to the canvas size. `k` is canvas pixels per CSS pixel where the canvas is
+  // shown, so lines and captions have a readable size on screen: captions grow with the
+  // face, from 12 to 18 CSS px. The smallest caption size (CSS px) goes in data-label-px.
+  function drawFaces(ctx, faces, srcW, srcH, k = 1) {
+    const sx = ctx.canvas.width / srcW;
+    const sy = ctx.canvas.height / srcH;
+    const boxes = faces.map((f) => [f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy]);
+    const captions = faces.map((f, i) => {
+      const faceCss = (boxes[i][2] - boxes[i][0]) / k;
+      const fontPx = Math.ceil(Math.min(18, Math.max(MIN_LABEL_CSS_PX, faceCss / 8)) * k);
+      ctx.font = `600 ${fontPx}px system-ui, sans-serif`;
+      const text = labelText(f);
       const pad = Math.round(fontPx / 4);
-      const tw = ctx.measureText(text).width + 2 * pad;
-      const th = fontPx + 2 * pad;
-      const tx = Math.min(Math.max(0, x), Math.max(0, ctx.canvas.width - tw));
-      const ty = y - th >= 0 ? y - th : Math.min(y + h, ctx.canvas.height - th);
+      return { text, fontPx, pad, size: [ctx.measureText(text).width + 2 * pad, fontPx + 2 * pad] };
+    });
+    const rects = placeLabels(boxes, captions.map((c) => c.size), ctx.canvas.width,
+      ctx.canvas.height);
+    ctx.textBaseline = "top";
+    faces.forEach((f, i) => {
+      const [x1, y1, x2, y2] = boxes[i];
+      const colour = COLOURS[f.label] || "#a0a0a0";
+      ctx.lineWidth = Math.min(4, Math.max(2, Math.round((x2 - x1) / k / 40))) * k;
+      ctx.strokeStyle = colour;
+      ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+      const { text, fontPx, pad } = captions[i];
+      const [tx, ty, tx2, ty2] = rects[i];
       ctx.fillStyle = colour;
-      ctx.fillRect(tx, ty, tw, th);
+      ctx.fillRect(tx, ty, tx2 - tx, ty2 - ty);
+      ctx.font = `600 ${fontPx}px system-ui, sans-serif`;
       ctx.fillStyle = f.label === "incorrect_mask" || f.label === "with_mask" ? "#000" : "#fff";
       ctx.fillText(text, tx + pad, ty + pad);
-    }
+    });
+    const smallest = Math.min(...captions.map((c) => c.fontPx / k));
+    ctx.canvas.dataset.labelPx = faces.length ? String(Math.round(smallest * 10) / 10) : "";
+  }
+
+  // The detect route, with the slider's threshold once the user has moved it.
+  function detectUrl() {
+    return state.threshold == null ? "/api/detect" : `/api/detect?threshold=${state.threshold}`;
   }
 
   // ------------------------------------------------------------------ live camera
@@ -243,7 +347,7 @@
     grab.toBlob(async (blob) => {
       try {
         if (!blob) throw new ApiError("could not capture a frame", 0);
-        const result = await api("/api/detect", {
+        const result = await api(detectUrl(), {
           method: "POST",
           headers: { "Content-Type": "image/jpeg" },
           body: blob,
@@ -290,7 +394,8 @@
       }
       const ctx = overlay.getContext("2d");
       ctx.clearRect(0, 0, cw, ch);
-      drawFaces(ctx, state.faces, vw, vh);
+      if (state.blur) blurFaces(ctx, video, state.faces, vw, vh, LIVE_BLUR_MARGIN);
+      drawFaces(ctx, state.faces, vw, vh, dpr);
     }
     requestAnimationFrame(paintOverlay);
   }
@@ -304,7 +409,9 @@
     canvas.height = vh;
     const ctx = canvas.getContext("2d");
     ctx.drawImage(video, 0, 0, vw, vh);
-    drawFaces(ctx, state.faces, vw, vh);
+    if (state.blur) blurFaces(ctx, video, state.faces, vw, vh, LIVE_BLUR_MARGIN);
+    // captions sized for the snapshot as shown, about as wide as the live view
+    drawFaces(ctx, state.faces, vw, vh, Math.max(1, vw / (live.clientWidth || vw)));
     canvas.toBlob((blob) => {
       if (state.snapUrl) URL.revokeObjectURL(state.snapUrl);
       state.snapUrl = URL.createObjectURL(blob);
@@ -329,45 +436,124 @@
     el.classList.toggle("info", info);
   }
 
-  $("image-input").addEventListener("change", async () => {
-    const file = $("image-input").files[0];
-    if (!file) return;
+  // Check one image file: boxes drawn over the photo at the card's width (at least the
+  // photo's own resolution), counts, and a download of the annotated image.
+  async function checkImage(file) {
+    state.lastImage = file;
     message("image-message", "Checking the image…", true);
     $("image-counts").hidden = true;
     const form = new FormData();
-    form.append("file", file, file.name);
+    form.append("file", file, file.name || "pasted.png");
     try {
-      const result = await api("/api/detect", { method: "POST", body: form });
+      const result = await api(detectUrl(), { method: "POST", body: form });
       if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
       state.imageUrl = URL.createObjectURL(file);
       const img = new Image();
       img.src = state.imageUrl;
       await img.decode();
       const canvas = $("image-canvas");
-      canvas.width = result.width;
-      canvas.height = result.height;
-      const ctx = canvas.getContext("2d");
-      ctx.drawImage(img, 0, 0, result.width, result.height);
-      drawFaces(ctx, result.faces, result.width, result.height);
       canvas.hidden = false;
+      // shown as wide as the card allows (and at most 80% of the window's height)
+      const cardWidth = canvas.parentElement.clientWidth -
+        parseFloat(getComputedStyle(canvas.parentElement).paddingLeft) * 2;
+      const cssWidth = Math.min(cardWidth, (0.8 * window.innerHeight * result.width) / result.height);
+      const dpr = window.devicePixelRatio || 1;
+      const scale = Math.max(1, (cssWidth * dpr) / result.width);
+      canvas.width = Math.round(result.width * scale);
+      canvas.height = Math.round(result.height * scale);
+      canvas.style.width = `${cssWidth}px`;
+      const ctx = canvas.getContext("2d");
+      ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+      if (state.blur) blurFaces(ctx, img, result.faces, result.width, result.height, BLUR_MARGIN);
+      drawFaces(ctx, result.faces, result.width, result.height, canvas.width / cssWidth);
       canvas.dataset.faces = String(result.faces.length);
       renderCounts($("image-counts"), result.faces, result.counts);
       $("image-counts").hidden = false;
       message("image-message", result.faces.length ? "" : "No face was found in this image.",
         true);
+      canvas.toBlob((blob) => {
+        if (state.downloadUrl) URL.revokeObjectURL(state.downloadUrl);
+        state.downloadUrl = URL.createObjectURL(blob);
+        const link = $("image-download");
+        link.href = state.downloadUrl;
+        link.download = `${(file.name || "image").replace(/\.[^.]+$/, "")}-maskwatch.jpg`;
+        link.hidden = false;
+      }, "image/jpeg", 0.92);
     } catch (err) {
       $("image-canvas").hidden = true;
+      $("image-download").hidden = true;
+      message("image-message", err.message);
+    }
+  }
+
+  $("image-input").addEventListener("change", () => {
+    const file = $("image-input").files[0];
+    if (file) checkImage(file);
+  });
+
+  $("example").addEventListener("click", async () => {
+    try {
+      const response = await fetch("/example.jpg");
+      if (!response.ok) throw new ApiError(`example photo unavailable (${response.status})`, 0);
+      const blob = await response.blob();
+      checkImage(new File([blob], "example.jpg", { type: "image/jpeg" }));
+    } catch (err) {
       message("image-message", err.message);
     }
   });
+
+  // A dropped or pasted file goes to the image or the video check, by its type.
+  function takeFile(file) {
+    if (!file) return false;
+    if (file.type.startsWith("image/")) {
+      checkImage(file);
+      return true;
+    }
+    if (file.type.startsWith("video/")) {
+      checkVideo(file);
+      return true;
+    }
+    message("image-message", `${file.name || "This file"} is not an image or a video.`);
+    return false;
+  }
+
+  const dropZone = $("image-card");
+  dropZone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    dropZone.classList.add("dragging");
+  });
+  dropZone.addEventListener("dragleave", () => dropZone.classList.remove("dragging"));
+  dropZone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    dropZone.classList.remove("dragging");
+    takeFile(event.dataTransfer.files[0]);
+  });
+  document.addEventListener("paste", (event) => {
+    const files = [...((event.clipboardData && event.clipboardData.files) || [])];
+    const file = files.find((f) => f.type.startsWith("image/") || f.type.startsWith("video/"));
+    if (file && takeFile(file)) event.preventDefault();
+  });
+
+  // ------------------------------------------------------------------ options
+
+  $("threshold").addEventListener("input", () => {
+    $("threshold-value").textContent = Number($("threshold").value).toFixed(2);
+  });
+  $("threshold").addEventListener("change", () => {
+    state.threshold = Number($("threshold").value);
+    if (state.lastImage) checkImage(state.lastImage);
+  });
+  $("blur").addEventListener("change", () => {
+    state.blur = $("blur").checked;
+    if (state.lastImage) checkImage(state.lastImage);
+  });
+  $("options").addEventListener("submit", (event) => event.preventDefault());
 
   // ------------------------------------------------------------------ video upload
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-  $("video-input").addEventListener("change", async () => {
-    const file = $("video-input").files[0];
-    if (!file) return;
+  async function checkVideo(file) {
     const input = $("video-input");
     input.disabled = true;
     message("video-message", "");
@@ -380,7 +566,7 @@
     try {
       const form = new FormData();
       form.append("file", file, file.name);
-      const job = await api("/api/video", { method: "POST", body: form });
+      const job = await api(videoUrl(), { method: "POST", body: form });
       let status;
       for (;;) {
         status = await api(job.url);
@@ -423,6 +609,20 @@
     } finally {
       input.disabled = false;
     }
+  }
+
+  // The video route, with the page's threshold and blur choice.
+  function videoUrl() {
+    const params = new URLSearchParams();
+    if (state.threshold != null) params.set("threshold", String(state.threshold));
+    if (state.blur) params.set("blur", "all");
+    const query = params.toString();
+    return query ? `/api/video?${query}` : "/api/video";
+  }
+
+  $("video-input").addEventListener("change", () => {
+    const file = $("video-input").files[0];
+    if (file) checkVideo(file);
   });
 
   loadModel();
