@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
+
+# commands that save by default (runs/COMMAND/N) write into a temporary folder, not the repo
+os.environ.setdefault("MASKWATCH_RUNS", tempfile.mkdtemp(prefix="maskwatch-test-runs-"))
 
 
 def datasets_path() -> Path:

@@ -71,7 +71,7 @@ def test_split_never_overwrites_without_force(flat, tmp_path, capsys):
     assert main(cmd) == 2
     assert "already exists" in capsys.readouterr().err
     assert (out / "manifest.csv").read_text() == "precious"
-    assert main([*cmd, "--force", "--json"]) == 0
+    assert main([*cmd, "--force", "--json"]) == 0  # the old spelling of --overwrite
     assert (out / "manifest.csv").read_text().startswith("path,label,split")
     assert '"samples":80' in capsys.readouterr().out
 
@@ -131,7 +131,7 @@ def test_crop_by_scene(voc, tmp_path, capsys):
     assert scene_splits["scene3"] == scene_splits["copy"]  # exact duplicate scenes together
     ds = load_dataset(out)
     assert ds.layout == "class-folders" and len(ds) == 18
-    # refuses a non-empty folder unless --force, and leaves it as it was
+    # refuses a non-empty folder unless --overwrite, and leaves it as it was
     before = {p: p.stat().st_mtime_ns for p in files}
     assert main(cmd) == 2
     assert "not empty" in capsys.readouterr().err

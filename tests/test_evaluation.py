@@ -171,9 +171,9 @@ def test_target_recall_written_beside_the_model(tmp_path, checkpoint, capsys):
     # evaluating the new file at its own threshold reaches the recall
     assert cli_main(["evaluate", "--data", str(data), "--model", str(written), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["recall_positive"] == 1.0
-    # a second write would replace the copy: refused without --force
+    # a second write would replace the copy: refused without --overwrite
     assert cli_main(argv) == 2
-    assert "--force" in capsys.readouterr().err
+    assert "--overwrite" in capsys.readouterr().err
 
 
 def test_evaluate_out_folder_has_plots_and_gallery(tmp_path, checkpoint, capsys):
@@ -193,7 +193,7 @@ def test_evaluate_out_folder_has_plots_and_gallery(tmp_path, checkpoint, capsys)
     assert len(thumbs) == n_wrong
     for t in thumbs:
         assert f"errors/{t.name}" in html
-    # the folder now has files: a second run needs --force
+    # the folder now has files: a second run needs --overwrite
     assert cli_main(["evaluate", "--data", str(data), "--model", str(checkpoint),
                      "--out", str(out)]) == 2
 

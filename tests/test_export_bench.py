@@ -54,7 +54,7 @@ def test_export_matches_torch_and_quantises(checkpoint, tmp_path, capsys, make_f
     assert clf.predict_proba(faces).shape == (5, 2)
     int8 = Classifier(tmp_path / "exported.int8.onnx")
     assert np.abs(int8.predict_proba(faces) - clf.predict_proba(faces)).max() < 0.5
-    # never overwrites without --force
+    # never overwrites without --overwrite
     assert main(["export", "--model", str(checkpoint), "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
 

@@ -101,7 +101,7 @@ def output_format(path: str | Path) -> str:
         return "jsonl"
     if suffix == ".csv":
         return "csv"
-    raise MaskwatchError(f"{path}: --output must end in .jsonl or .csv")
+    raise MaskwatchError(f"{path}: --results must end in .jsonl or .csv")
 
 
 def read_done(path: str | Path) -> dict[str, int]:
@@ -143,19 +143,22 @@ def read_done(path: str | Path) -> dict[str, int]:
 
 class AppendWriter:
     """Appends records to a .jsonl or .csv file, flushing each input's record(s) in one
-    write. Refuses an existing non-empty file unless ``resume``; on resume a half-written
-    last line is cut off (only the bytes after the last newline) and the CSV header must
-    match."""
+    write. Refuses an existing non-empty file unless ``resume`` (append) or ``overwrite``
+    (start it again); on resume a half-written last line is cut off (only the bytes after
+    the last newline) and the CSV header must match."""
 
     def __init__(self, path: str | Path, columns: list[str] | None = None,
-                 resume: bool = False):
+                 resume: bool = False, overwrite: bool = False):
         self.path = Path(path)
         self.format = output_format(self.path)
         self.columns = columns
         exists = self.path.is_file() and self.path.stat().st_size > 0
         if exists and not resume:
-            raise MaskwatchError(f"{self.path}: already exists; pass --resume to continue it "
-                                 "or choose another --output")
+            if not overwrite:
+                raise MaskwatchError(f"{self.path}: already exists; pass --resume to continue "
+                                     "it, --overwrite to replace it, or choose another file")
+            self.path.unlink()
+            exists = False
         if self.path.exists() and not self.path.is_file():
             raise MaskwatchError(f"{self.path}: not a file")
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="maskwatch",
         description="Train, evaluate and run face-mask detectors.",
         formatter_class=HelpFormatter,
+        epilog="examples:\n  maskwatch demo\n  maskwatch detect street.jpg clip.mp4\n"
+        "  maskwatch serve\n\n`maskwatch COMMAND --help` explains each command.",
     )
     parser.add_argument("--version", action="version", version=f"maskwatch {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

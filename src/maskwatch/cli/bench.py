@@ -22,8 +22,9 @@ def register(subparsers) -> None:
         "when its wheel is installed; cold start of `maskwatch classify`; training images/s; "
         "requests/s and latency of /api/detect; a soak and overload run of `maskwatch serve` "
         "(16-32 clients on /api/detect, an over-budget /api/video upload, p50/p95/p99, 503s, "
-        "server memory before and after); peak memory. Quote ratios from one run.\n\n"
-        "example: maskwatch bench --sections serve soak --soak-clients 32 --json",
+        "server memory before and after); peak memory. Quote ratios from one run.",
+        examples=["maskwatch bench", "maskwatch bench --sections classifier pipeline -j",
+                  "maskwatch bench --sections serve soak --soak-clients 32 -j"],
     )
     add_model_argument(p)
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
@@ -37,7 +38,7 @@ def register(subparsers) -> None:
                    help="duration of the soak and overload run")
     p.add_argument("--soak-clients", type=int, default=16,
                    help="concurrent /api/detect clients in the soak run (16-32 overloads it)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("-j", "--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 

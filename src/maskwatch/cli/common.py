@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from maskwatch.batching import json_line
 
@@ -30,16 +32,70 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return text + " (default: %(default)s)"
 
 
-def add_command(subparsers, name: str, help: str, description: str | None = None):
-    """Add a sub-command parser that uses the project's help formatter."""
+def add_command(subparsers, name: str, help: str, description: str | None = None,
+                examples: list[str] | None = None):
+    """Add a sub-command parser that uses the project's help formatter; ``examples``
+    (command lines, ``# comment`` allowed) end its ``--help``."""
+    epilog = None
+    if examples:
+        epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
     return subparsers.add_parser(
-        name, help=help, description=description or help, formatter_class=HelpFormatter
+        name, help=help, description=description or help, formatter_class=HelpFormatter,
+        epilog=epilog,
     )
+
+
+def add_alias(parser, old: str, dest: str, **kwargs) -> None:
+    """Accept the old spelling ``old`` of an option without listing it in ``--help``
+    (kept for one release)."""
+    parser.add_argument(old, dest=dest, help=argparse.SUPPRESS, **kwargs)
+
+
+def add_overwrite_argument(parser, help: str) -> None:
+    """``--overwrite`` (``--force`` still works): the one name for replacing files."""
+    parser.add_argument("--overwrite", action="store_true", help=help)
+    add_alias(parser, "--force", "overwrite", action="store_true")
+
+
+#: Where results go when no --out is given: RUNS/COMMAND/N, a new numbered folder each run.
+RUNS_DIR = "runs"
+
+
+def add_save_arguments(parser, what: str) -> None:
+    """``-o/--out DIR`` and ``--no-save``: ``what`` is saved by default to a new numbered
+    folder ``runs/COMMAND/N`` (``$MASKWATCH_RUNS`` instead of ``runs``)."""
+    parser.add_argument("-o", "--out", default=None, metavar="DIR",
+                        help=f"folder for {what} (default: a new numbered folder "
+                        "runs/COMMAND/N, printed at the end)")
+    parser.add_argument("--no-save", action="store_true", help=f"do not write {what}")
+
+
+def save_folder(args: argparse.Namespace, command: str) -> Path | None:
+    """The folder chosen by ``--out``/``--no-save``: None with --no-save, else --out, else
+    the next free ``runs/COMMAND/N`` (created)."""
+    if args.no_save:
+        return None
+    if args.out:
+        return Path(args.out)
+    return new_run_folder(command)
+
+
+def new_run_folder(command: str) -> Path:
+    """Create and return ``RUNS/command/N`` with N one more than the largest there."""
+    root = Path(os.environ.get("MASKWATCH_RUNS") or RUNS_DIR) / command
+    root.mkdir(parents=True, exist_ok=True)
+    n = max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=0) + 1
+    while True:
+        try:
+            (root / str(n)).mkdir()
+            return root / str(n)
+        except FileExistsError:  # another run took it
+            n += 1
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model",
+        "-m", "--model",
         default=None,
         help="classifier: an .onnx file with its .json beside it (one written by `maskwatch "
         "calibrate` also carries its site's box convention, smallest face and thresholds), "
@@ -49,7 +105,7 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_threshold_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--threshold", type=float, default=None,
+        "-t", "--threshold", type=float, default=None,
         help="call a face without_mask when its probability reaches this (0-1); lower misses "
         "fewer unmasked faces and raises more false alarms (default: the model's, see "
         "MODEL_CARD.md)",
@@ -81,14 +137,15 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def add_batch_arguments(p: argparse.ArgumentParser) -> None:
-    """--workers, --output, --resume and --shard (classify and detect)."""
-    p.add_argument("--workers", type=int, default=1,
+    """--workers, --results, --resume and --shard (classify and detect)."""
+    p.add_argument("-w", "--workers", type=int, default=1,
                    help="worker processes, each with its own model (1: this process)")
-    p.add_argument("--output", default=None, metavar="FILE",
-                   help="append results to FILE (.jsonl or .csv) as they come, one flushed "
-                   "record per input; an existing FILE needs --resume")
+    p.add_argument("-r", "--results", default=None, metavar="FILE",
+                   help="write results to FILE (.jsonl or .csv) as they come, one flushed "
+                   "record per input; an existing FILE needs --resume or --overwrite")
+    add_alias(p, "--output", "results")
     p.add_argument("--resume", action="store_true",
-                   help="with --output: skip inputs already recorded in FILE and append")
+                   help="with --results: skip inputs already recorded in FILE and append")
     p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                    help="only part I of N (0-based) of the inputs: the k-th file by sorted "
                    "path goes to part k mod N")

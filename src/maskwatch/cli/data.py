@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from maskwatch.cli.common import add_command, print_json
+from maskwatch.cli.common import add_command, add_overwrite_argument, print_json
 
 ORDER = 10
 
@@ -20,38 +20,48 @@ def _add_loading(p: argparse.ArgumentParser) -> None:
                    help="YOLO class names, comma separated, in class-id order")
     p.add_argument("--images", default=None, help="folder of the images of a CSV of boxes")
     p.add_argument("--workers", type=int, default=2, help="processes that decode images")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _add_split(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--ratios", nargs="+", type=float, default=[0.8, 0.1, 0.1],
                    metavar="R", help="train val [test] fractions")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same split)")
-    p.add_argument("--force", action="store_true", help="replace/write into existing output")
-    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_overwrite_argument(p, "replace/write into existing output")
+    p.add_argument("-j", "--json", action="store_true", help="print a JSON summary on stdout")
 
 
 def register(subparsers) -> None:
-    p = add_command(subparsers, "data", help="audit, split and crop datasets")
+    p = add_command(subparsers, "data", help="audit, split and crop datasets",
+                    examples=["maskwatch data audit faces/",
+                              "maskwatch data split faces/ -o split/",
+                              "maskwatch data crop scenes/ -o crops/ --margin 0.15"])
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
     a = add_command(sub, "audit", help="report counts, sizes, bad files, duplicates and "
-                    "leakage of a dataset (changes nothing)")
+                    "leakage of a dataset (changes nothing)",
+                    examples=["maskwatch data audit faces/",
+                              "maskwatch data audit boxes.csv --images photos/ -j"])
     _add_loading(a)
-    a.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    a.add_argument("-j", "--json", action="store_true", help="print one JSON object on stdout")
     a.add_argument("--examples", type=int, default=5, help="examples listed per finding")
     a.set_defaults(func=run_audit)
 
     s = add_command(sub, "split", help="group- and near-duplicate-aware stratified split, "
-                    "written as DIR/manifest.csv")
+                    "written as DIR/manifest.csv",
+                    examples=["maskwatch data split faces/ -o split/ --ratios 0.8 0.1 0.1",
+                              "maskwatch data split yolo/ --names mask,no_mask -o split/ -j"])
     _add_loading(s)
     _add_split(s)
     s.set_defaults(func=run_split)
 
     c = add_command(sub, "crop", help="crop the faces of a box dataset into "
-                    "DIR/<split>/<class>/, splitting by scene")
+                    "DIR/<split>/<class>/, splitting by scene",
+                    examples=["maskwatch data crop scenes/ -o crops/",
+                              "maskwatch data crop boxes.csv --images photos/ -o crops/ "
+                              "--margin 0.15 --overwrite"])
     _add_loading(c)
     _add_split(c)
     c.add_argument("--margin", type=float, default=0.1,
@@ -136,7 +146,7 @@ def run_split(args) -> int:
 
     parse_ratios(args.ratios)
     ds = _load(args)
-    manifest, summary = write_split(ds, args.out, args.ratios, args.seed, force=args.force,
+    manifest, summary = write_split(ds, args.out, args.ratios, args.seed, force=args.overwrite,
                                     workers=args.workers, progress=not args.quiet)
     _print_summary(summary, args)
     if not args.json:
@@ -151,7 +161,7 @@ def run_crop(args) -> int:
     parse_ratios(args.ratios)
     ds = _load(args)
     summary = crop_dataset(ds, args.out, args.ratios, margin=args.margin, seed=args.seed,
-                           min_size=args.min_size, force=args.force, workers=args.workers,
+                           min_size=args.min_size, force=args.overwrite, workers=args.workers,
                            progress=not args.quiet)
     _print_summary(summary, args)
     if not args.json:

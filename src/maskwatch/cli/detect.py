@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from maskwatch.cli.common import (
+    add_alias,
     add_batch_arguments,
     add_command,
     add_model_argument,
+    add_overwrite_argument,
+    add_save_arguments,
     add_threads_argument,
     add_threshold_argument,
     print_json,
+    save_folder,
 )
 
 ORDER = 40
@@ -45,6 +48,28 @@ def _add_detector_arguments(p: argparse.ArgumentParser) -> None:
                    "the site model's, else 0)")
 
 
+def _add_drawing_arguments(p: argparse.ArgumentParser) -> None:
+    from maskwatch.detection.draw import BLUR_CHOICES
+
+    g = p.add_argument_group("drawing (annotated copies)")
+    g.add_argument("--no-labels", action="store_true",
+                   help="boxes only: no caption over each face and no count overlay")
+    g.add_argument("--no-scores", action="store_true",
+                   help="captions without the probability (e.g. 'no mask')")
+    g.add_argument("--line-width", type=_positive, default=None, metavar="PX",
+                   help="box line width in pixels (default: grows with face and image size)")
+    g.add_argument("--blur", nargs="?", const="all", default=None, choices=BLUR_CHOICES,
+                   help="blur faces in everything written: all of them (--blur), or only "
+                   "--blur masked / --blur unmasked (default: no blur)")
+
+
+def _annotator(args: argparse.Namespace):
+    from maskwatch.detection.draw import Annotator
+
+    return Annotator(labels=not args.no_labels, scores=not args.no_scores,
+                     width=args.line_width, blur=args.blur)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -69,22 +94,30 @@ def register(subparsers) -> None:
         description="Find faces and label each: with_mask, without_mask (or incorrect_mask).\n"
         "INPUT: image files, folders (recursive), globs, video files, a camera index (0) or\n"
         "a stream URL (rtsp://, http://). Exit status 1 if an input failed.\n\n"
-        "Large collections: --workers N spreads the images over N processes (own detector,\n"
+        "Annotated copies (boxes, labels; videos as H.264 .mp4 with their audio) are saved\n"
+        "to a new folder runs/detect/N, named at the end; -o DIR chooses the folder and\n"
+        "--no-save skips them. Cameras and streams are saved only with -o. A caption reads\n"
+        "'no mask 0.93': the label and its probability; 'maybe' marks a label below 0.5,\n"
+        "chosen because P(no mask) reached the model's low threshold (see -t).\n\n"
+        "Large collections: -w N spreads the images over N processes (own detector,\n"
         "1 thread each unless --threads); results are recorded in input order. Videos are\n"
         "not split: each runs in the main process, frame by frame, after the images.\n"
-        "--output FILE.jsonl|.csv appends each image's (or frame's) result, flushed;\n"
+        "-r FILE.jsonl|.csv writes each image's (or frame's) result as it comes, flushed;\n"
         "--resume skips what FILE holds; --shard I/N takes part I of N of the inputs.",
+        examples=[
+            "maskwatch detect street.jpg                  # saved to runs/detect/N",
+            "maskwatch detect photos/ clip.mp4 -o annotated/ --blur unmasked",
+            "maskwatch detect 0 --alert-command ./notify.sh --no-save   # camera 0",
+            "maskwatch detect /data/photos -w 8 -r faces.csv --no-save -q",
+        ],
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, globs, videos, "
                    "camera index or stream URL")
-    p.add_argument("--out", default=None,
-                   help="folder for annotated copies (images keep their name, videos become "
-                   "H.264 .mp4); existing files are never overwritten unless --overwrite")
-    p.add_argument("--json", action="store_true",
+    add_save_arguments(p, "annotated copies (images keep their name, videos become .mp4)")
+    p.add_argument("-j", "--json", action="store_true",
                    help="print one JSON object per image or video frame on stdout")
-    p.add_argument("--csv", default=None, metavar="FILE", help="write one row per face here")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing output files instead of adding -1, -2... to names")
+    add_overwrite_argument(p, "replace existing files (annotated copies, --results) instead "
+                           "of adding -1, -2... to names or refusing")
     add_model_argument(p)
     p.add_argument("--faces-only", action="store_true",
                    help="only detect faces, without the mask classifier")
@@ -94,6 +127,7 @@ def register(subparsers) -> None:
                    "the box per side)")
     p.add_argument("--max-frames", type=_positive, default=None,
                    help="stop each video, camera or stream after this many frames")
+    _add_drawing_arguments(p)
     alert = p.add_argument_group("alerts (videos, cameras, streams)")
     alert.add_argument("--alert-after", type=_positive, default=10, metavar="N",
                        help="alert when a non-compliant face has been seen for N consecutive "
@@ -110,8 +144,9 @@ def register(subparsers) -> None:
     alert.add_argument("--alert-interval", type=float, default=60.0, metavar="SECONDS",
                        help="at most one alert per this many seconds")
     add_threads_argument(p)
-    add_batch_arguments(p)  # --workers, --output, --resume, --shard
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_batch_arguments(p)  # --workers, --results, --resume, --shard
+    add_alias(p, "--csv", "results")  # the old per-face CSV: now --results FILE.csv
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_detect)
 
     e = add_command(
@@ -124,12 +159,15 @@ def register(subparsers) -> None:
         "  - false boxes per image by box size (small unannotated background faces?);\n"
         "  - the share of boxes that match only at IoU 0.3-0.5 (a high share hints that\n"
         "    the annotators draw boxes another way: see `maskwatch calibrate`).\n"
-        "--faces-only scores the face detector alone.\n\n"
-        "example: maskwatch evaluate-detection --data scenes/ --json",
+        "--faces-only scores the face detector alone.",
+        examples=[
+            "maskwatch evaluate-detection -d face-mask-detection/",
+            "maskwatch evaluate-detection -d scenes.csv --upscale --face-threshold 0.2 -j",
+        ],
     )
-    e.add_argument("--data", required=True, metavar="DIR",
+    e.add_argument("-d", "--data", required=True, metavar="DIR",
                    help="dataset with boxes, e.g. annotations/*.xml + images/")
-    e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    e.add_argument("-j", "--json", action="store_true", help="print one JSON object on stdout")
     e.add_argument("--limit", type=_positive, default=None, help="only the first N scenes")
     add_model_argument(e)
     e.add_argument("--faces-only", action="store_true",
@@ -141,17 +179,22 @@ def register(subparsers) -> None:
                    help="IoU at which a ground-truth face counts as found for recall and "
                    "false boxes")
     add_threads_argument(e)
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=run_evaluate)
 
     d = add_command(
         subparsers, "demo",
         help="run the pipeline on a sample photo (unmasked + masked copy) and save the result",
+        description="Run the pipeline on the sample portrait that ships with matplotlib, once\n"
+        "as it is and once with a mask drawn on, and save maskwatch-demo.jpg.",
+        examples=["maskwatch demo                 # saved to runs/demo/N",
+                  "maskwatch demo -o out/demo --blur"],
     )
-    d.add_argument("--out", default=".", help="folder for maskwatch-demo.jpg")
-    d.add_argument("--overwrite", action="store_true", help="replace an existing demo image")
+    add_save_arguments(d, "maskwatch-demo.jpg")
+    add_overwrite_argument(d, "replace an existing demo image")
     add_model_argument(d)
     d.add_argument("--detector", default="centerface", choices=DETECTORS, help="face detector")
+    _add_drawing_arguments(d)
     add_threads_argument(d)
     d.set_defaults(func=run_demo)
 
@@ -178,13 +221,17 @@ def detector_options(args: argparse.Namespace) -> dict:
 
 def run_detect(args: argparse.Namespace) -> int:
     from maskwatch.detection.runner import run_detect as _run
+    from maskwatch.detection.video import is_camera, is_stream
 
+    live_only = all(is_camera(i) or is_stream(i) for i in args.inputs)
     return _run(
-        args.inputs, detector_options(args), out=args.out, json_lines=args.json,
-        csv_path=args.csv, overwrite=args.overwrite, max_frames=args.max_frames,
+        args.inputs, detector_options(args),
+        out=None if live_only and not args.out else save_folder(args, "detect"),
+        save_live=bool(args.out), annotate=_annotator(args), json_lines=args.json,
+        overwrite=args.overwrite, max_frames=args.max_frames,
         alert_after=args.alert_after, alert_command=args.alert_command,
         alert_url=args.alert_url, alert_interval=args.alert_interval, workers=args.workers,
-        output=args.output, resume=args.resume, shard=args.shard, quiet=args.quiet,
+        results=args.results, resume=args.resume, shard=args.shard, quiet=args.quiet,
         non_compliant=args.non_compliant,
     )
 
@@ -192,10 +239,12 @@ def run_detect(args: argparse.Namespace) -> int:
 def run_demo(args) -> int:
     from maskwatch.detection.demo import run_demo as _run
 
-    return _run(args.out, args.detector, args.model, args.threads, args.overwrite)
+    return _run(save_folder(args, "demo"), args.detector, args.model, args.threads,
+                args.overwrite, _annotator(args))
 
 
 def run_evaluate(args) -> int:
+    from maskwatch.console import note
     from maskwatch.detection.evaluate import evaluate_detection, load_scenes
     from maskwatch.detection.pipeline import Detector
 
@@ -203,7 +252,7 @@ def run_evaluate(args) -> int:
     detector = Detector(**detector_options(args))
     report = evaluate_detection(
         scenes, detector.detect, recall_iou=args.recall_iou, progress=not args.quiet,
-        on_error=lambda msg: print(f"maskwatch: error: {msg}", file=sys.stderr),
+        on_error=lambda msg: note(f"error: {msg}"),
     )
     report["detector"] = detector.face_detector.name
     report["face_threshold"] = detector.face_detector.threshold

@@ -12,6 +12,8 @@ def register(subparsers) -> None:
         add_batch_arguments,
         add_command,
         add_model_argument,
+        add_overwrite_argument,
+        add_save_arguments,
         add_threads_argument,
         add_threshold_argument,
     )
@@ -26,10 +28,19 @@ def register(subparsers) -> None:
         "classes: without_mask when P(without_mask) >= threshold, as deployed, else the\n"
         "likelier of the classes left; with_mask and without_mask always stay. The report\n"
         "states the rule and how many faces the full model answered with a left-out class.\n\n"
-        "example: maskwatch evaluate --data faces/ --model runs/r1/best.safetensors --json",
+        "The report (metrics.json, confusion matrix and ROC plots, a gallery of the mistakes)\n"
+        "goes to a new folder runs/evaluate/N, named at the end; -o DIR chooses it, --no-save\n"
+        "skips it. A warning says when the model's metadata lists the dataset among its\n"
+        "training data: scores on data the model saw are optimistic.",
+        examples=[
+            "maskwatch evaluate -d faces/ -m runs/r1/best.safetensors",
+            "maskwatch evaluate -d split/manifest.csv --split test -t 0.5 -j",
+            "maskwatch evaluate -d val.csv -m model.onnx --target-recall 0.98 --write-threshold",
+        ],
     )
-    p.add_argument("--data", required=True, help="dataset folder, CSV or manifest")
+    p.add_argument("-d", "--data", required=True, help="dataset folder, CSV or manifest")
     add_model_argument(p)
+    add_threshold_argument(p)
     p.add_argument("--split", default="test",
                    help="split to score: train, val, test or all (data without splits: all)")
     p.add_argument("--margin", type=float, default=None,
@@ -39,17 +50,15 @@ def register(subparsers) -> None:
     p.add_argument("--incorrect", choices=("drop", "merge"), default="drop",
                    help="incorrect_mask faces for a 2-class model: drop them, or count them "
                    "as without_mask (default: drop)")
-    p.add_argument("--out", default=None,
-                   help="folder for confusion/ROC plots and a gallery of the mistakes")
+    add_save_arguments(p, "the report: metrics, confusion/ROC plots, a gallery of mistakes")
     p.add_argument("--target-recall", type=float, default=None,
                    help="choose the without_mask threshold reaching this recall (e.g. 0.98)")
     p.add_argument("--write-threshold", action="store_true",
                    help="store the chosen threshold in a copy of the model beside it "
-                   "(<name>.recallR.*), or in the model itself with --force")
-    p.add_argument("--force", action="store_true",
-                   help="allow overwriting the model (--write-threshold) or files in --out")
+                   "(<name>.recallR.*), or in the model itself with --overwrite")
+    add_overwrite_argument(p, "allow replacing the model (--write-threshold) or files in -o")
     p.add_argument("--batch-size", type=int, default=64, help="faces per inference batch")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("-j", "--json", action="store_true", help="print one JSON object")
     add_threads_argument(p)
     p.set_defaults(func=run_evaluate)
 
@@ -57,18 +66,24 @@ def register(subparsers) -> None:
         subparsers, "classify", help="label face images (mask / no mask)",
         description="Label face crops: each image is taken as one face.\n\n"
         "Large collections: --workers N runs N processes (own model, 1 thread each unless\n"
-        "--threads); results keep the input order. --output FILE.jsonl|.csv appends each\n"
+        "--threads); results keep the input order. -r FILE.jsonl|.csv writes each\n"
         "result as it comes (flushed, so a crash keeps what was written); --resume skips\n"
         "images already in FILE; --shard I/N spreads one job over N machines.",
+        examples=[
+            "maskwatch classify face.jpg crops/ \"more/*.png\"",
+            "maskwatch classify crops/ -t 0.5 -j",
+            "maskwatch classify /data/crops -w 4 -r crops.jsonl --resume",
+        ],
     )
     c.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
     add_model_argument(c)
-    c.add_argument("--json", action="store_true",
+    c.add_argument("-j", "--json", action="store_true",
                    help="one JSON object per image: path, label, score, scores")
     c.add_argument("--batch-size", type=int, default=32, help="faces per inference batch")
     add_threshold_argument(c)
     add_threads_argument(c)
     add_batch_arguments(c)
+    add_overwrite_argument(c, "replace an existing --results file")
     c.set_defaults(func=run_classify)
 
 
@@ -114,7 +129,8 @@ def _human(m: dict, threshold_info: dict | None, failed: int, dropped: int) -> s
 def run_evaluate(args) -> int:
     from pathlib import Path
 
-    from maskwatch.cli.common import print_json
+    from maskwatch.cli.common import print_json, save_folder
+    from maskwatch.console import note
     from maskwatch.data import load_dataset, read_face
     from maskwatch.errors import MaskwatchError
     from maskwatch.evaluation.evaluate import (
@@ -124,6 +140,7 @@ def run_evaluate(args) -> int:
         score_samples,
         scored_classes,
         select_split,
+        trained_on,
         write_threshold,
     )
     from maskwatch.inference.classifier import Classifier
@@ -135,10 +152,16 @@ def run_evaluate(args) -> int:
     if args.target_recall is not None and not 0 < args.target_recall <= 1:
         raise MaskwatchError("--target-recall must be between 0 and 1")
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and any(out.iterdir()) and not args.force:
-        raise MaskwatchError(f"{out}: folder is not empty; choose another --out or pass --force")
+    if out is not None and out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise MaskwatchError(f"{out}: folder is not empty; choose another -o or pass "
+                             "--overwrite")
     ds = load_dataset(args.data, mapping=args.mapping)
-    clf = Classifier(args.model, threads=args.threads, batch_size=args.batch_size)
+    clf = Classifier(args.model, threads=args.threads, batch_size=args.batch_size,
+                     threshold=args.threshold)
+    seen = trained_on(clf.info.extra, args.data)
+    if seen:
+        note(f"warning: the model's metadata lists {', '.join(seen)} among its training "
+             f"data: scores on {args.data} are optimistic unless this split was held out")
     # the dataset's classes: of all its real faces, whatever the split
     classes = scored_classes(clf.classes, {map_label(s.label, clf.classes, args.incorrect)
                                            for s in select_split(ds.samples, "all")})
@@ -163,7 +186,8 @@ def run_evaluate(args) -> int:
         if args.write_threshold:
             tag = f"recall{args.target_recall:g}"
             tinfo["written_to"] = str(write_threshold(args.model, tinfo["threshold"], tag,
-                                                      args.force))
+                                                      args.overwrite))
+    out = save_folder(args, "evaluate")
     if out is not None:
         from maskwatch.evaluation.report import plot_confusion, plot_roc, write_gallery
         from maskwatch.labels import WITHOUT_MASK
@@ -184,9 +208,14 @@ def run_evaluate(args) -> int:
                "unreadable": len(result.failed), "dropped": dropped}
         if tinfo:
             obj["threshold_choice"] = tinfo
+        obj["report"] = None if out is None else str(out)
+        obj["trained_on_this_data"] = seen
         print_json(obj)
     else:
         print(_human(metrics, tinfo, len(result.failed), dropped))
+    if out is not None:
+        print(f"report in {out} (metrics.json, confusion_matrix.png, roc.png, errors.html)",
+              file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -195,12 +224,13 @@ def run_classify(args) -> int:
 
     from maskwatch import batching
     from maskwatch.cli.common import print_json
+    from maskwatch.console import note
     from maskwatch.errors import MaskwatchError
     from maskwatch.imaging import list_images
     from maskwatch.inference import batch
 
-    if args.resume and not args.output:
-        raise MaskwatchError("--resume needs --output FILE")
+    if args.resume and not args.results:
+        raise MaskwatchError("--resume needs --results FILE")
     if args.workers < 1:
         raise MaskwatchError("--workers must be at least 1")
     files = batching.select_shard(list_images(args.paths), args.shard)
@@ -210,10 +240,11 @@ def run_classify(args) -> int:
     batch.init_classifier(args.model, threads, args.batch_size, args.threshold)
     classes = batch.loaded_classifier().classes
     writer, skipped = None, 0
-    if args.output:
-        done = batching.read_done(args.output) if args.resume else {}
-        writer = batching.AppendWriter(args.output, ["path", "label", "score",
-                                                  *[f"p_{c}" for c in classes]], args.resume)
+    if args.results:
+        done = batching.read_done(args.results) if args.resume else {}
+        writer = batching.AppendWriter(args.results, ["path", "label", "score",
+                                                  *[f"p_{c}" for c in classes]], args.resume,
+                                        args.overwrite)
         before = len(files)
         files = [f for f in files if batching.same_file_key(f) not in done]
         skipped = before - len(files)
@@ -240,7 +271,7 @@ def run_classify(args) -> int:
                     bar.update(1)
                 if pred is None:
                     failed += 1
-                    print(f"maskwatch: error: {err}", file=sys.stderr, flush=True)
+                    note(f"error: {err}")
                     continue
                 done_count += 1
                 record = {"path": path, **pred}
@@ -258,7 +289,7 @@ def run_classify(args) -> int:
         if writer is not None:
             writer.close()
     if writer is not None:
-        print(f"maskwatch: {done_count} image(s) written to {args.output}"
+        print(f"maskwatch: {done_count} image(s) written to {args.results}"
               + (f", {skipped} already there" if skipped else "")
               + (f", {failed} unreadable" if failed else ""), file=sys.stderr)
     return 1 if failed else 0

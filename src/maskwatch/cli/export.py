@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from maskwatch.cli.common import add_command, print_json
+from maskwatch.cli.common import add_command, add_overwrite_argument, print_json
 
 ORDER = 35
 
@@ -17,10 +17,15 @@ def register(subparsers) -> None:
         description="Export a .safetensors checkpoint to ONNX (dynamic batch), compare its "
         "probabilities with torch on real face images, and optionally quantise it to int8 "
         "with ONNX Runtime, measuring the accuracy change on held-out images.",
+        examples=["maskwatch export -m runs/r1/best.safetensors",
+                  "maskwatch export -m runs/r1/best.safetensors --int8 --check-data val.csv "
+                  "-o model.onnx"],
     )
-    p.add_argument("--model", required=True, help="checkpoint (.safetensors) from maskwatch train")
+    p.add_argument("-m", "--model", required=True,
+                   help="checkpoint (.safetensors) from maskwatch train")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
-    p.add_argument("--out", default=None, help="output .onnx path (default: beside the model)")
+    p.add_argument("-o", "--out", default=None,
+                   help="output .onnx path (default: beside the model)")
     p.add_argument("--int8", action="store_true", help="also write an int8-quantised model")
     p.add_argument(
         "--check-data", default=None,
@@ -33,8 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=300, help="images taken from each dataset")
     p.add_argument("--seed", type=int, default=0, help="seed for picking images")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    add_overwrite_argument(p, "replace existing output files")
+    p.add_argument("-j", "--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=run)
 
 
@@ -80,8 +85,8 @@ def run(args) -> int:
     int8_out = out.with_name(out.stem + ".int8.onnx")
     targets = [out, out.with_suffix(".json")] + ([int8_out] if args.int8 else [])
     existing = [str(t) for t in targets if t.exists()]
-    if existing and not args.force:
-        raise MaskwatchError(f"{existing[0]} exists; pass --force to overwrite")
+    if existing and not args.overwrite:
+        raise MaskwatchError(f"{existing[0]} exists; pass --overwrite to replace it")
 
     model, info = load_checkpoint(src, device="cpu")
     export_onnx(model, info, out, opset=args.opset)

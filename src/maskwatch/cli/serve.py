@@ -24,6 +24,9 @@ def register(subparsers) -> None:
         description="Run the web page (live webcam check, image and video upload) and the "
         "HTTP API (/api/detect, /api/classify, /api/video; schema at /openapi.json, docs at "
         "/docs). Binds 127.0.0.1 unless told otherwise.",
+        examples=["maskwatch serve                      # http://127.0.0.1:8000/",
+                  "maskwatch serve --detector yunet -t 0.5",
+                  "MASKWATCH_API_KEY=secret maskwatch serve --host 0.0.0.0"],
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")

@@ -13,19 +13,22 @@ gets best.safetensors (lowest validation loss), last.safetensors + last_state.sa
 (for --resume), metrics.csv/json, curves.png and config.json.
 
 Several GPUs or machines: start the same command with torchrun (DistributedDataParallel,
-NCCL on GPUs, gloo on CPU). --batch-size is per process; only rank 0 writes files.
+NCCL on GPUs, gloo on CPU). --batch-size is per process; only rank 0 writes files."""
 
-example:
-  maskwatch train --data faces.csv --out runs/mnv2 --model mobilenet_v2 --weights imagenet \\
-      --input-size 128 --epochs 15
-  torchrun --nproc_per_node 4 -m maskwatch train --data faces.csv --out runs/mnv2 ..."""
+EXAMPLES = [
+    "maskwatch train -d faces.csv -o runs/mnv2 -m mobilenet_v2 --weights imagenet "
+    "--input-size 128 --epochs 15",
+    "maskwatch train --resume runs/mnv2",
+    "torchrun --nproc_per_node 4 -m maskwatch train -d faces.csv -o runs/mnv2 ...",
+]
 
 
 def register(subparsers) -> None:
     from maskwatch.cli.common import add_command
     from maskwatch.training.options import add_train_arguments
 
-    p = add_command(subparsers, "train", help="train a face classifier", description=DESCRIPTION)
+    p = add_command(subparsers, "train", help="train a face classifier", description=DESCRIPTION,
+                    examples=EXAMPLES)
     add_train_arguments(p)
     p.set_defaults(func=run)
 

@@ -147,7 +147,7 @@ def write_manifest(path: str | Path, samples, force: bool = False) -> Path:
 
     path = Path(path)
     if path.exists() and not force:
-        raise MaskwatchError(f"{path}: already exists (use --force to replace it)")
+        raise MaskwatchError(f"{path}: already exists (use --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.parent.resolve()
     rows = [MANIFEST_COLUMNS]

@@ -120,7 +120,7 @@ def write_split(ds: Dataset, out_dir: str | Path, ratios, seed: int, force: bool
     """Split ``ds`` and write ``out_dir/manifest.csv`` (never replaced unless ``force``)."""
     manifest = Path(out_dir) / "manifest.csv"
     if manifest.exists() and not force:
-        raise MaskwatchError(f"{manifest}: already exists (use --force to replace it)")
+        raise MaskwatchError(f"{manifest}: already exists (use --overwrite to replace it)")
     samples, summary = split_dataset(ds, ratios, seed, workers=workers, progress=progress)
     write_manifest(manifest, samples, force=force)
     summary["manifest"] = str(manifest)
@@ -161,7 +161,7 @@ def crop_dataset(
     if out.exists() and not out.is_dir():
         raise MaskwatchError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise MaskwatchError(f"{out}: folder is not empty (use --force to write into it)")
+        raise MaskwatchError(f"{out}: folder is not empty (use --overwrite to write into it)")
     if margin < 0:
         raise MaskwatchError(f"--margin {margin}: must be >= 0")
     samples, summary = split_dataset(ds, ratios, seed, workers=workers, progress=progress)

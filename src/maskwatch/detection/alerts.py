@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -14,6 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from urllib.parse import urlparse
 
+from maskwatch.console import note
 from maskwatch.errors import MaskwatchError
 from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITHOUT_MASK
 
@@ -73,7 +73,7 @@ class AlertHook:
         self.interval = float(interval)
         self.timeout = timeout
         self.clock = clock
-        self.log = log or (lambda msg: print(f"maskwatch: {msg}", file=sys.stderr))
+        self.log = log or note
         self._streaks: dict[object, int] = {}
         self._last_fired: float | None = None
         self._threads: list[threading.Thread] = []

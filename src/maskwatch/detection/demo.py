@@ -59,25 +59,29 @@ def make_demo_image(face_detector) -> np.ndarray:
     return np.concatenate([rgb, gap, masked], axis=1)
 
 
-def run_demo(out: str | Path = ".", face_detector: str = "centerface",
-             model: str | None = None, threads: int = 0, overwrite: bool = False) -> int:
+def run_demo(out: str | Path | None = ".", face_detector: str = "centerface",
+             model: str | None = None, threads: int = 0, overwrite: bool = False,
+             annotate=None) -> int:
     """Detect on the demo image and save ``maskwatch-demo.jpg`` in ``out`` (a ``-N``
-    suffix instead of replacing an existing one, unless ``overwrite``)."""
-    from maskwatch.detection.draw import draw_faces
+    suffix instead of replacing an existing one, unless ``overwrite``; nothing when
+    ``out`` is None), drawn by ``annotate`` (an Annotator)."""
+    from maskwatch.detection.draw import Annotator
     from maskwatch.detection.pipeline import Detector
     from maskwatch.imaging import save_rgb
 
     detector = Detector(face_detector=face_detector, classifier=model, threads=threads)
     scene = make_demo_image(detector.face_detector)
     faces = detector.detect(scene)
+    for f in faces:
+        print(f"face at {f.box}: {f.label} ({f.score:.2f})")
+    if out is None:
+        return 0
     out_dir = Path(out)
     path = out_dir / "maskwatch-demo.jpg"
     n = 0
     while path.exists() and not overwrite:
         n += 1
         path = out_dir / f"maskwatch-demo-{n}.jpg"
-    save_rgb(path, draw_faces(scene, faces))
-    for f in faces:
-        print(f"face at {f.box}: {f.label} ({f.score:.2f})")
+    save_rgb(path, (annotate or Annotator())(scene, faces))
     print(path)
     return 0

@@ -12,16 +12,17 @@ import os
 import time
 from pathlib import Path
 
-from maskwatch.detection.draw import draw_faces
+from maskwatch.detection.draw import Annotator
 from maskwatch.errors import MaskwatchError
 from maskwatch.imaging import load_rgb, save_rgb
 
 _STATE: dict = {}
 
 
-def process_image(detector, spec: str, out) -> tuple[list | None, str | None, Path | None]:
-    """Read, detect and (when ``out`` is a path, or a callable giving one) save an
-    annotated copy: (faces, None, written) or (None, error, None) when unreadable;
+def process_image(detector, spec: str, out, annotate: Annotator | None = None
+                  ) -> tuple[list | None, str | None, Path | None]:
+    """Read, detect and (when ``out`` is a path, or a callable giving one) save a copy
+    drawn by ``annotate``: (faces, None, written) or (None, error, None) when unreadable;
     (faces, error, None) when only the copy could not be written."""
     try:
         rgb = load_rgb(spec)
@@ -32,7 +33,7 @@ def process_image(detector, spec: str, out) -> tuple[list | None, str | None, Pa
         return faces, None, None
     path = out() if callable(out) else out
     try:
-        save_rgb(path, draw_faces(rgb, faces))  # no partial file is left on failure
+        save_rgb(path, (annotate or Annotator())(rgb, faces))  # no partial file is left on failure
     except MaskwatchError as exc:
         return faces, str(exc), None
     except (OSError, ValueError) as exc:
@@ -40,11 +41,13 @@ def process_image(detector, spec: str, out) -> tuple[list | None, str | None, Pa
     return faces, None, path
 
 
-def init_detector(kwargs: dict) -> None:
-    """Build the detect pipeline once per process (kept for ``detect_image``)."""
+def init_detector(kwargs: dict, annotate: Annotator | None = None) -> None:
+    """Build the detect pipeline once per process (kept for ``detect_image``), and keep
+    what to draw on the copies."""
     from maskwatch.detection.pipeline import Detector
 
     _STATE["detector"] = Detector(**kwargs)
+    _STATE["annotate"] = annotate
 
 
 def detect_image(job: tuple[str, str | None]):
@@ -56,4 +59,5 @@ def detect_image(job: tuple[str, str | None]):
         delay = 0.0
     if delay:
         time.sleep(delay)
-    return (spec, *process_image(_STATE["detector"], spec, Path(out) if out else None))
+    return (spec, *process_image(_STATE["detector"], spec, Path(out) if out else None,
+                                 _STATE.get("annotate")))

@@ -5,19 +5,19 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from maskwatch.batching import (
-    ENCODING,
     AppendWriter,
-    csv_text,
     json_line,
     read_done,
     same_file_key,
     select_shard,
-    write_error,
 )
+from maskwatch.console import note
 from maskwatch.detection.alerts import NON_COMPLIANT
+from maskwatch.detection.draw import Annotator
 from maskwatch.detection.images import detect_image, init_detector, process_image
 from maskwatch.detection.video import (
     TrackedVideo,
@@ -87,22 +87,26 @@ CSV_COLUMNS = ["path", "frame", "face", "x1", "y1", "x2", "y2", "label", "score"
 class Run:
     """State of one `detect` run: outputs, counts, failures.
 
-    ``out``: folder for annotated copies; ``csv_path``: one row per face; ``output``: the
-    append-only result file (``resume``: skip what it holds); ``json_lines``: print each
-    record on ``stdout``; ``alert_*``: see :class:`~maskwatch.detection.alerts.AlertHook`.
+    ``out``: folder for annotated copies (``save_live``: also of cameras and streams);
+    ``annotate``: what is drawn on them; ``results``: the append-only result file, .jsonl
+    or .csv (``resume``: skip what it holds; ``overwrite``: replace it and existing copies);
+    ``json_lines``: print each record on ``stdout``; ``alert_*``: see
+    :class:`~maskwatch.detection.alerts.AlertHook`.
     """
 
-    def __init__(self, detector, *, out: str | Path | None = None, json_lines: bool = False,
-                 csv_path: str | Path | None = None, overwrite: bool = False,
-                 output: str | Path | None = None, resume: bool = False,
-                 max_frames: int | None = None, alert_after: int = 10,
+    def __init__(self, detector, *, out: str | Path | None = None, save_live: bool = True,
+                 annotate: Annotator | None = None, json_lines: bool = False,
+                 overwrite: bool = False, results: str | Path | None = None,
+                 resume: bool = False, max_frames: int | None = None, alert_after: int = 10,
                  alert_command: str | None = None, alert_url: str | None = None,
                  alert_interval: float = 60.0, quiet: bool = False, stdout=None,
                  non_compliant: tuple[str, ...] = NON_COMPLIANT):
         self.detector = detector
         self.out = out
+        self.save_live = save_live
+        self.annotate = annotate or Annotator()
         self.json_lines = json_lines
-        self.output_path = output
+        self.results_path = results
         self.max_frames = max_frames
         self.quiet = quiet
         self.stdout = stdout or sys.stdout
@@ -115,23 +119,15 @@ class Run:
         self.outputs: list[Path] = []
         self.namer = OutputNamer(Path(out), overwrite) if out else None
         self.classes = [c for c in CANONICAL if c in detector.classes] or list(detector.classes)
-        self._csv_file = None
-        self._csv_path = Path(csv_path) if csv_path else None
-        if self._csv_path is not None:
-            path = self._csv_path
-            if path.exists() and not overwrite:
-                raise MaskwatchError(f"{path}: already exists (use --overwrite to replace it)")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._csv_file = open(path, "w", newline="", **ENCODING)  # noqa: SIM115
-            self._write_csv([[*CSV_COLUMNS, *[f"p_{c}" for c in self.classes]]])
-        # --output FILE (.jsonl/.csv), appended per input; --resume: what it already holds
-        self.output = None
+        # --results FILE (.jsonl/.csv), appended per input; --resume: what it already holds
+        self.results = None
         self.done: dict[str, int] = {}
-        if output:
+        if results:
             if resume:
-                self.done = read_done(output)
-            self.output = AppendWriter(output, [*CSV_COLUMNS, *[f"p_{c}" for c in self.classes]],
-                                       resume)
+                self.done = read_done(results)
+            self.results = AppendWriter(results,
+                                        [*CSV_COLUMNS, *[f"p_{c}" for c in self.classes]],
+                                        resume, overwrite)
         self.alert = None
         if alert_command or alert_url:
             from maskwatch.detection.alerts import AlertHook
@@ -139,31 +135,13 @@ class Run:
             self.alert = AlertHook(alert_after, alert_command, alert_url, alert_interval,
                                    non_compliant=non_compliant)
 
-    def _write_csv(self, rows: list[list]) -> None:
-        """Append rows to --csv; a failed write removes the partial file and stops the run."""
-        try:
-            self._csv_file.write(csv_text(rows))
-            self._csv_file.flush()
-        except OSError as exc:
-            self._drop_csv()
-            raise write_error(self._csv_path, exc) from None
-
-    def _drop_csv(self) -> None:
-        try:
-            self._csv_file.close()
-        except OSError:
-            pass
-        self._csv_file = None
-        self._csv_path.unlink(missing_ok=True)
-
     def fail(self, msg: str) -> None:
         self.failures.append(msg)
         self.note(f"error: {msg}")
 
     @staticmethod
     def note(msg: str) -> None:
-        sys.stderr.write(f"maskwatch: {msg}\n")
-        sys.stderr.flush()
+        note(msg)
 
     def _rows(self, path: str, frame: int | None, faces) -> list[list]:
         return [[
@@ -180,17 +158,15 @@ class Run:
         if self.json_lines:
             self.stdout.write(json_line(record))
             self.stdout.flush()
-        if self._csv_file is not None:
-            self._write_csv(self._rows(path, frame, faces))
-        if self.output is not None:
+        if self.results is not None:
             # a face-less input still gets a row (no face fields), so --resume sees it
             rows = self._rows(path, frame, faces) or [
                 [path, "" if frame is None else frame] + [""] * (len(CSV_COLUMNS) - 2
                                                                  + len(self.classes))]
-            self.output.write(record, rows)
+            self.results.write(record, rows)
 
     def recorded(self, spec: str) -> int | None:
-        """With --resume: the last frame of ``spec`` already in --output (-1: an image)."""
+        """With --resume: the last frame of ``spec`` already in --results (-1: an image)."""
         if not self.done:
             return None
         return self.done.get(same_file_key(spec))
@@ -202,7 +178,7 @@ class Run:
         out = None
         if self.namer is not None:
             out = lambda: self.out_path(spec)  # noqa: E731 - named only once it is read
-        self.image_done(spec, *process_image(self.detector, spec, out))
+        self.image_done(spec, *process_image(self.detector, spec, out, self.annotate))
 
     def image_done(self, spec: str, faces, error: str | None, written) -> None:
         """Count, report and record one image's result (from here or a worker)."""
@@ -229,20 +205,22 @@ class Run:
             return
         if self.alert:
             self.alert.reset()
-        # --resume: frames already in --output are detected again (the tracker needs
+        # --resume: frames already in --results are detected again (the tracker needs
         # them) but not written twice; a video recorded to its end is skipped
         last = self.recorded(spec)
         last = -1 if last is None else last
         end = min(n for n in (src.frame_count, self.max_frames, float("inf"))
                   if n is not None)
         if last >= 0 and last + 1 >= end:
-            self.note(f"{spec}: already in {self.output_path}")
+            self.note(f"{spec}: already in {self.results_path}")
             src.close()
             return
         out = None
-        if self.namer is not None:
+        if self.namer is not None and (self.save_live or not src.live):
             out = lambda: self.namer.path(f"{src.name}.mp4", spec)  # noqa: E731
-        video = TrackedVideo(src, self.detector.detect, out, self.max_frames)
+        # video frames also show how many faces of each kind are in view
+        video = TrackedVideo(src, self.detector.detect, out, self.max_frames,
+                             annotate=replace(self.annotate, summary=self.annotate.labels))
         write_failed: VideoWriteError | None = None
         bar = tqdm(total=self.max_frames or src.frame_count, desc=src.name, unit="frame",
                    disable=self.quiet, file=sys.stderr, dynamic_ncols=True)
@@ -274,14 +252,8 @@ class Run:
                       "(a frame failed to decode)")
 
     def close(self) -> None:
-        if self._csv_file is not None:
-            try:
-                self._csv_file.close()
-            except OSError as exc:
-                self._drop_csv()
-                raise write_error(self._csv_path, exc) from None
-        if self.output is not None:
-            self.output.close()
+        if self.results is not None:
+            self.results.close()
         if self.alert:
             self.alert.wait(10)
 
@@ -300,7 +272,9 @@ class Run:
             people = ", ".join(f"{k}: {v}" for k, v in counts.items()) or "nobody tracked"
             parts.append(f"{spec}: people {people}")
         if self.outputs:
-            parts.append(f"annotated output in {self.out}")
+            parts.append(f"saved {len(self.outputs)} annotated file(s) to {self.out}")
+        if self.results is not None:
+            parts.append(f"results in {self.results_path}")
         if self.failures:
             parts.append(f"{len(self.failures)} input(s) failed")
         return "\n".join(parts)
@@ -311,8 +285,9 @@ def run_detect(
     detector_options: dict,
     *,
     out: str | Path | None = None,
+    save_live: bool = True,
+    annotate: Annotator | None = None,
     json_lines: bool = False,
-    csv_path: str | Path | None = None,
     overwrite: bool = False,
     max_frames: int | None = None,
     alert_after: int = 10,
@@ -320,7 +295,7 @@ def run_detect(
     alert_url: str | None = None,
     alert_interval: float = 60.0,
     workers: int = 1,
-    output: str | Path | None = None,
+    results: str | Path | None = None,
     resume: bool = False,
     shard: tuple[int, int] | None = None,
     quiet: bool = False,
@@ -335,15 +310,16 @@ def run_detect(
     """
     from maskwatch.detection.pipeline import Detector
 
-    if resume and not output:
-        raise MaskwatchError("--resume needs --output FILE")
+    if resume and not results:
+        raise MaskwatchError("--resume needs --results FILE")
     if workers < 1:
         raise MaskwatchError("--workers must be at least 1")
     options = dict(detector_options)
     detector = Detector(**options)
-    run = Run(detector, out=out, json_lines=json_lines, csv_path=csv_path, overwrite=overwrite,
-              output=output, resume=resume, max_frames=max_frames, alert_after=alert_after,
-              alert_command=alert_command, alert_url=alert_url,
+    annotate = annotate or Annotator()
+    run = Run(detector, out=out, save_live=save_live, annotate=annotate, json_lines=json_lines,
+              overwrite=overwrite, results=results, resume=resume, max_frames=max_frames,
+              alert_after=alert_after, alert_command=alert_command, alert_url=alert_url,
               alert_interval=alert_interval, quiet=quiet, non_compliant=non_compliant)
     sources = list(iter_sources(inputs, run.fail))
     sources = select_shard(sources, shard, key=lambda s: s[1])
@@ -352,7 +328,7 @@ def run_detect(
         before = len(images)
         images = [s for s in images if run.recorded(s) is None]
         if before > len(images):
-            run.note(f"{before - len(images)} image(s) already in {output}")
+            run.note(f"{before - len(images)} image(s) already in {results}")
     interrupted = False
     try:
         from tqdm import tqdm
@@ -370,7 +346,7 @@ def run_detect(
             jobs = ((s, None if run.namer is None else str(run.out_path(s))) for s in images)
             options["threads"] = options.get("threads") or 1
             for spec, faces, error, written in ordered_map(
-                detect_image, jobs, workers, init_detector, (options,)
+                detect_image, jobs, workers, init_detector, (options, annotate)
             ):
                 run.image_done(spec, faces, error, written)
                 bar.update(1)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import queue
 import re
 import subprocess
-import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from maskwatch.console import note
 from maskwatch.errors import MaskwatchError
 
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
@@ -244,7 +244,7 @@ class VideoWriter:
 
     def _warn(self, msg: str) -> None:
         self.warnings.append(msg)
-        print(f"maskwatch: warning: {msg}", file=sys.stderr)
+        note(f"warning: {msg}")
 
     def __enter__(self):
         return self
@@ -349,12 +349,14 @@ class TrackedVideo:
 
     Iterating yields ``(index, rgb, faces)``; decoding runs in a reader thread and drawing
     plus encoding in a writer thread, so they overlap detection. ``out``: the MP4 path, or
-    a callable giving it (asked at the first frame), or None. After the loop, ``written``
-    is the finished file and :meth:`people` the people per label the tracker counted.
+    a callable giving it (asked at the first frame), or None; ``annotate(rgb, faces)`` draws
+    its frames (default: an ``Annotator()``). After the loop, ``written`` is the finished
+    file and :meth:`people` the people per label the tracker counted.
     """
 
     def __init__(self, source: VideoSource, detect, out=None, max_frames: int | None = None,
-                 tracker=None):
+                 tracker=None, annotate=None):
+        from maskwatch.detection.draw import Annotator
         from maskwatch.detection.tracker import IoUTracker
 
         self.source = source
@@ -362,12 +364,11 @@ class TrackedVideo:
         self.out = out
         self.max_frames = max_frames
         self.tracker = tracker if tracker is not None else IoUTracker()
+        self.annotate = annotate if annotate is not None else Annotator()
         self.written: Path | None = None
         self.frames = 0
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray, list]]:
-        from maskwatch.detection.draw import draw_faces
-
         src = self.source
         writer = None
         try:
@@ -381,7 +382,7 @@ class TrackedVideo:
                         writer = BackgroundWriter(
                             VideoWriter(path, src.fps, (w, h),
                                         audio_from=None if src.live else src.spec),
-                            draw_faces,
+                            self.annotate,
                         )
                     writer.write(rgb, faces)
                 self.frames += 1

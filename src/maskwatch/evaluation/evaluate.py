@@ -59,6 +59,30 @@ class EvalResult:
         }
 
 
+def trained_on(extra: dict, data: str | Path) -> list[str]:
+    """The entries of a model's ``trained_on`` metadata that name the dataset at ``data``.
+
+    An entry is a path (``maskwatch train`` records ``--data`` and ``--val-data``) or a
+    dataset name with a note, e.g. ``face-mask-7553 (train part)``: a path matches when one
+    holds the other, a name when it is one of the folder names of ``data``.
+    """
+    path = Path(data).resolve()
+    names = {p.lower() for p in path.parts}
+    hits = []
+    for entry in extra.get("trained_on") or []:
+        name = str(entry).split(" (")[0].strip()
+        if not name:
+            continue
+        other = Path(name)
+        if other.is_absolute():
+            hit = other == path or other in path.parents or path in other.parents
+        else:
+            hit = name.lower() in names
+        if hit:
+            hits.append(str(entry))
+    return hits
+
+
 def select_split(samples: list, split: str) -> list:
     """Samples of ``split`` ('all' for every one). A dataset without splits counts as one
     test set; asking for a split the data lacks is an error. Synthetic samples are never

@@ -108,6 +108,7 @@ def write_gallery(out: Path, result, read_face, margin: float, limit: int = 200,
 def _grid(path: Path, tiles, thumb: int, cols: int = 8) -> None:
     plt = _plt()
     n = max(len(tiles), 1)
+    cols = min(cols, n)  # a few mistakes make a small picture, not a wide blank strip
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 1.75), squeeze=False)
     for ax in axes.ravel():

@@ -218,7 +218,7 @@ def copy_onnx_model(src: str | Path, dst: str | Path, info: ModelInfo,
         raise ModelError(f"{dst}: is the source model; write the copy elsewhere")
     for p in (dst, dst.with_suffix(".json")):
         if p.exists() and not force:
-            raise ModelError(f"{p}: exists; pass --force to overwrite it")
+            raise ModelError(f"{p}: exists; pass --overwrite to replace it")
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
     info.save_json(dst.with_suffix(".json"))

@@ -118,7 +118,7 @@ def rewrite_info(src: str | Path, dst: str | Path, info: ModelInfo, force: bool 
     """
     dst = Path(dst)
     if dst.exists() and not force:
-        raise ModelError(f"{dst}: exists; pass --force to overwrite it")
+        raise ModelError(f"{dst}: exists; pass --overwrite to replace it")
     tensors, header = read_state(src)
     header.update(info.to_dict())
     save_state(dst, tensors, header)

@@ -11,7 +11,8 @@ RUNTIME_OPTIONS = ("device", "threads", "workers", "cache_dir", "no_progress", "
 def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add every ``maskwatch train`` option to ``p``."""
     d = p.add_argument_group("data")
-    d.add_argument("--data", help="dataset folder, CSV or manifest (any layout maskwatch reads)")
+    d.add_argument("-d", "--data",
+                   help="dataset folder, CSV or manifest (any layout maskwatch reads)")
     d.add_argument("--val-data", default=None, help="separate validation dataset (optional)")
     d.add_argument(
         "--val-fraction", type=float, default=0.1,
@@ -34,7 +35,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="processes that decode images (0: one per CPU core)")
 
     m = p.add_argument_group("model")
-    m.add_argument("--model", default="mobilenet_v2",
+    m.add_argument("-m", "--model", default="mobilenet_v2",
                    help="architecture from the registry (see --list-models)")
     m.add_argument("--list-models", action="store_true", help="list the architectures and exit")
     m.add_argument("--weights", default=None,
@@ -70,7 +71,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     o.add_argument("--seed", type=int, default=0, help="random seed (split, order, augmentation)")
 
     r = p.add_argument_group("run")
-    r.add_argument("--out", default=None, help="run folder for checkpoints, metrics and plots")
+    r.add_argument("-o", "--out", default=None,
+                   help="run folder for checkpoints, metrics and plots")
     r.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue an interrupted run from its last checkpoint")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",

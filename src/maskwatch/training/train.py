@@ -416,7 +416,9 @@ def model_info(args, classes, input_size, mean, std, extra: dict) -> ModelInfo:
     return ModelInfo(
         name=args.model, classes=list(classes), input_size=input_size, mean=list(mean),
         std=list(std), threshold=0.5, head=args.loss,
-        extra={"margin": args.margin, **extra},
+        # evaluate warns when it is given data listed here
+        extra={"margin": args.margin, "trained_on": [
+            str(Path(d).resolve()) for d in (args.data, args.val_data) if d], **extra},
     )
 
 
