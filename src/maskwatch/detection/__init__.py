@@ -6,13 +6,14 @@ only when the detector is built.
 
 from __future__ import annotations
 
-__all__ = ["Detector", "Face", "FaceDetector", "make_face_detector", "draw_faces", "IoUTracker",
-           "AlertHook"]
+__all__ = ["Detector", "Face", "FaceDetector", "make_face_detector", "draw_faces", "Annotator",
+           "blur_faces", "IoUTracker", "VideoSource", "VideoWriter", "AlertHook"]
 
 _WHERE = {
     "Detector": "pipeline", "Face": "pipeline", "FaceDetector": "faces",
-    "make_face_detector": "faces", "draw_faces": "draw", "IoUTracker": "tracker",
-    "AlertHook": "alerts",
+    "make_face_detector": "faces", "draw_faces": "draw", "Annotator": "draw",
+    "blur_faces": "privacy", "IoUTracker": "tracker", "VideoSource": "video",
+    "VideoWriter": "video", "AlertHook": "alerts",
 }
 
 
