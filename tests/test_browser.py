@@ -447,6 +447,8 @@ def test_threshold_slider_relabels_with_the_server(server, browser, tmp_path):
                            "'#image-counts [data-label=without_mask] dd').textContent === '0'",
                            timeout=10000)
     assert page.inner_text("#threshold-value") == "0.99"
+    # below even odds the caption says so: "maybe mask 0.0x" rather than a bare "mask"
+    assert "maybe mask 0." in page.get_attribute("#image-canvas", "aria-label")
     page.close()
 
 

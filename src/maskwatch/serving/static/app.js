@@ -467,6 +467,10 @@
       if (state.blur) blurFaces(ctx, img, result.faces, result.width, result.height, BLUR_MARGIN);
       drawFaces(ctx, result.faces, result.width, result.height, canvas.width / cssWidth);
       canvas.dataset.faces = String(result.faces.length);
+      // what the boxes say, for screen readers (and the tests)
+      canvas.setAttribute("aria-label", result.faces.length
+        ? `The image with ${result.faces.length} face(s) boxed: ${result.faces.map(labelText).join("; ")}`
+        : "The image: no face found");
       renderCounts($("image-counts"), result.faces, result.counts);
       $("image-counts").hidden = false;
       message("image-message", result.faces.length ? "" : "No face was found in this image.",
