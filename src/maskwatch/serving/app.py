@@ -248,18 +248,19 @@ def _face_records(faces: list) -> list[dict]:
     return [f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in faces]
 
 
-def _relabel(records: list[dict], classes: list[str], threshold: float) -> None:
+def _relabel(faces: list, classes: list[str], threshold: float) -> list:
     """Choose each face's label again from its class probabilities with another
-    without_mask threshold (the classifier's own decision rule)."""
+    without_mask threshold (the classifier's own decision rule); returns the faces."""
     from maskwatch.inference.preprocess import decide
 
-    for rec in records:
-        scores = rec.get("scores") or {}
+    for face in faces:
+        scores = face.scores or {}
         if not classes or any(c not in scores for c in classes):
             continue
         label = classes[int(decide(np.array([[scores[c] for c in classes]]), classes,
                                    threshold)[0])]
-        rec["label"], rec["score"] = label, scores[label]
+        face.label, face.score = label, scores[label]
+    return faces
 
 
 def _counts(records: list[dict], classes: list[str]) -> dict[str, int]:
@@ -539,10 +540,11 @@ def create_app(
 
         def work() -> dict:
             rgb, (sx, sy) = decode(data, name)
-            records = _scale_boxes(_face_records(state.detector.detect(rgb)), sx, sy)
+            faces = state.detector.detect(rgb)
             classes = list(getattr(state.classifier, "classes", []))
             if threshold is not None:
-                _relabel(records, classes, threshold)
+                faces = _relabel(faces, classes, threshold)
+            records = _scale_boxes(_face_records(faces), sx, sy)
             width, height = round(rgb.shape[1] * sx), round(rgb.shape[0] * sy)
             return {"faces": records, "width": width, "height": height,
                     "counts": _counts(records, classes)}
