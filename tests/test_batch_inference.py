@@ -146,7 +146,7 @@ def test_bad_shard_and_output_arguments(tmp_path, model, folder, capsys):
         cli_main(["classify", str(folder), "--model", str(model), "--shard", "3/3"])
     assert stop.value.code == 2 and "0 <= I < N" in capsys.readouterr().err
     assert cli_main(["classify", str(folder), "--model", str(model), "--resume"]) == 2
-    assert "--resume needs --output" in capsys.readouterr().err
+    assert "--resume needs --results" in capsys.readouterr().err
     assert cli_main(["classify", str(folder), "--model", str(model), "--output",
                      str(tmp_path / "x.txt")]) == 2
     assert "must end in .jsonl or .csv" in capsys.readouterr().err
