@@ -303,6 +303,12 @@ def test_video_upload_shows_annotated_video(server, browser, tmp_path):
         pytest.fail(f"no video: status {page.inner_text('#video-status')!r}, "
                     f"message {page.inner_text('#video-message')!r}")
     assert "Done: 10 frames" in page.inner_text("#video-status")
+    # people, as detect counts them, with the classes in the image card's order
+    assert page.is_visible("#video-people")
+    labels = page.locator("#video-counts dt").all_inner_texts()
+    assert labels[:2] == ["With mask", "Without mask"] and labels[-1] == "Most faces in one frame"
+    people = [int(t) for t in page.locator("#video-counts dd").all_inner_texts()[:2]]
+    assert 1 <= sum(people) <= 3  # tracked people (the face jumps about), not 10 face-frames
     assert page.get_attribute("#video-download", "download") == "walk-maskwatch.mp4"
     # the browser can decode the annotated H.264 file
     page.wait_for_function(

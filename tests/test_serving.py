@@ -432,6 +432,43 @@ def test_video_job_end_to_end(tmp_path):
     assert not jobs_root.exists()  # temp files are removed on shutdown
 
 
+def test_video_job_blurs_faces_on_request(tmp_path):
+    import cv2
+    import imageio_ffmpeg
+
+    src = tmp_path / "checks.mp4"
+    writer = imageio_ffmpeg.write_frames(str(src), (96, 64), fps=10, codec="libx264",
+                                         macro_block_size=1, ffmpeg_log_level="error",
+                                         output_params=["-crf", "10"])
+    writer.send(None)
+    checks = np.indices((30, 30)).sum(axis=0) // 3 % 2 * 135 + 120  # 3 px squares
+    for _ in range(4):
+        rgb = np.zeros((64, 96, 3), np.uint8)
+        rgb[17:47, 33:63] = checks[..., None]
+        writer.send(rgb)
+    writer.close()
+
+    def detail(c, query: str) -> float:
+        r = c.post(f"/api/video{query}", files={"file": ("c.mp4", src.read_bytes(), "video/mp4")})
+        assert r.status_code == 202, r.text
+        body = wait_job(c, r.json()["url"])
+        assert body["status"] == "done", body
+        out = tmp_path / f"out{len(query)}.mp4"
+        out.write_bytes(c.get(body["video_url"]).content)
+        cap = cv2.VideoCapture(str(out))
+        ok, frame = cap.read()
+        cap.release()
+        assert ok
+        patch = frame[27:37, 43:53].astype(int)
+        return float(np.abs(np.diff(patch, axis=1)).mean())
+
+    with client_for() as c:
+        plain, blurred = detail(c, ""), detail(c, "?blur=all")
+        assert blurred < plain / 3, (plain, blurred)
+        assert c.post("/api/video?blur=some", files={"file": (
+            "c.mp4", src.read_bytes(), "video/mp4")}).status_code == 422
+
+
 def test_video_job_errors(tmp_path):
     with client_for(max_video_jobs=1) as c:
         r = c.post("/api/video", files={"file": ("a.txt", b"text", "text/plain")})

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from maskwatch import __version__
+from maskwatch.detection.draw import Annotator
 from maskwatch.errors import ImageError, MaskwatchError
 from maskwatch.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_upload
 from maskwatch.serving.jobs import (
@@ -434,6 +435,7 @@ def create_app(
             lambda job, stop: process_video(
                 job, stop, det.detect, settings.max_video_frames, settings.max_pixels,
                 settings.video_budget,
+                Annotator(summary=True, blur=job.blur),
             ),
             max_active=settings.max_video_jobs,
             keep_finished=settings.keep_finished_jobs,
@@ -600,7 +602,11 @@ def create_app(
         openapi_extra=_multipart_schema("the video", ["video/mp4", "video/webm"]),
         responses=error_responses(408, 413, 415, 422, 503, 507),
     )
-    async def video(request: Request) -> dict:
+    async def video(
+        request: Request,
+        blur: Literal["all", "masked", "unmasked"] | None = Query(
+            None, description="blur these faces in the annotated video (default: none)"),
+    ) -> dict:
         assert state.jobs is not None
         upload = await _receive_upload(request, settings.max_video_bytes, "upload.mp4",
                                        settings.body_timeout_s)
@@ -613,6 +619,7 @@ def create_app(
             job = state.jobs.new_job(Path(upload.filename).name, suffix)
         except JobsBusy as exc:
             raise _problem(503, str(exc), **{"Retry-After": "5"}) from None
+        job.blur = blur
         try:
             data = await _upload_bytes(upload) if upload.data is not None else None
             if data is not None:

@@ -98,6 +98,7 @@ class Job:
     error: str | None = None
     records: list[dict] = field(default_factory=list)
     people: dict[str, int] | None = None
+    blur: str | None = None  # which faces the annotated video blurs: all, masked, unmasked
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -271,6 +272,7 @@ def process_video(
     max_frames: int,
     max_pixels: int,
     budget: int | None = None,
+    annotate: Callable[[np.ndarray, list], np.ndarray] | None = None,
 ) -> None:
     """Detect and track faces in every frame of job.input_path and write the annotated
     H.264 MP4 with the source's audio: the same video path as ``maskwatch detect``.
@@ -278,7 +280,8 @@ def process_video(
     Fills job.records with ``{"frame", "time", "faces"}`` per frame and job.people with
     the people per label the tracker counted. ``budget`` bounds frames x pixels also while
     decoding, for containers whose header lies or is silent. A failed write (a full disk)
-    fails the job, and no partial file is kept.
+    fails the job, and no partial file is kept. ``annotate(rgb, faces)``
+    draws the frames (default: boxes, labels and the count of faces in view).
     """
     from maskwatch.detection.video import TrackedVideo, VideoSource
 
@@ -292,7 +295,7 @@ def process_video(
                                  f"the limit of {max_pixels:,} pixels")
         job.fps = src.fps
         job.frames_total = min(src.frame_count, max_frames) if src.frame_count else None
-        video = TrackedVideo(src, detect, job.output_path, max_frames)
+        video = TrackedVideo(src, detect, job.output_path, max_frames, annotate=annotate)
         for index, rgb, faces in video:
             if stop.is_set():
                 raise JobCancelled()

@@ -564,6 +564,7 @@
     $("video-result").hidden = true;
     $("video-download").hidden = true;
     $("video-counts").hidden = true;
+    $("video-people").hidden = true;
     $("video-progress-row").hidden = false;
     $("video-progress").value = 0;
     $("video-status").textContent = "Uploading…";
@@ -601,7 +602,8 @@
       link.download = `${file.name.replace(/\.[^.]+$/, "")}-maskwatch.mp4`;
       link.hidden = false;
       // people (tracked faces, as `maskwatch detect` counts them), not face-frames
-      renderCounts($("video-counts"), [], status.people || {});
+      renderCounts($("video-counts"), [], { ...countFaces([]), ...(status.people || {}) });
+      $("video-people").hidden = false;
       const most = document.createElement("div");
       most.innerHTML = "<dt>Most faces in one frame</dt><dd></dd>";
       most.querySelector("dd").textContent = String(status.counts.max_faces_in_frame);
@@ -615,13 +617,10 @@
     }
   }
 
-  // The video route, with the page's threshold and blur choice.
+  // The video route, with the page's blur choice. (Tracked video labels follow the
+  // server's threshold: the slider applies to the live view and images.)
   function videoUrl() {
-    const params = new URLSearchParams();
-    if (state.threshold != null) params.set("threshold", String(state.threshold));
-    if (state.blur) params.set("blur", "all");
-    const query = params.toString();
-    return query ? `/api/video?${query}` : "/api/video";
+    return state.blur ? "/api/video?blur=all" : "/api/video";
   }
 
   $("video-input").addEventListener("change", () => {
