@@ -78,11 +78,12 @@ def register(subparsers) -> None:
         "placed from YuNet's five landmarks; on masked faces (with_mask) the mask is moved\n"
         "down (moved). Writes DIR/incorrect_mask/*.jpg and DIR/manifest.csv, where every\n"
         "row has split train and source synthetic:KIND:ORIGINAL_PATH: splits, validation and\n"
-        "evaluate keep such faces out of every val/test set.\n\n"
-        "example: maskwatch data synth-incorrect split/manifest.csv --out synth/ --split train",
+        "evaluate keep such faces out of every val/test set.",
+        examples=["maskwatch data synth-incorrect split/manifest.csv -o synth/ --split train",
+                  "maskwatch data synth-incorrect faces/ -o synth/ --kinds nose,chin -j"],
     )
     _add_loading(y)
-    y.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    y.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
     y.add_argument("--split", default="train",
                    help="take faces of this split only: train, val, test or all; data without "
                    "splits counts as train (default: train, so no test face is copied)")
@@ -95,8 +96,8 @@ def register(subparsers) -> None:
     y.add_argument("--margin", type=float, default=0.1,
                    help="grow boxes by this fraction per side (datasets with boxes; default: 0.1)")
     y.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    y.add_argument("--force", action="store_true", help="replace DIR/manifest.csv")
-    y.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_overwrite_argument(y, "replace DIR/manifest.csv")
+    y.add_argument("-j", "--json", action="store_true", help="print a JSON summary on stdout")
     y.set_defaults(func=run_synth)
 
 
@@ -182,7 +183,7 @@ def run_synth(args) -> int:
     if not samples:
         raise MaskwatchError(f"{args.path}: no face in split {args.split!r}")
     summary = synthesise(samples, args.out, [k.strip() for k in args.kinds.split(",")],
-                         args.per_face, args.seed, args.margin, args.limit, args.force,
+                         args.per_face, args.seed, args.margin, args.limit, args.overwrite,
                          progress=not args.quiet)
     if args.json:
         print_json(summary)

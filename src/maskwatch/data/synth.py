@@ -212,7 +212,7 @@ def synthesise(
     out = Path(out_dir)
     manifest = out / "manifest.csv"
     if manifest.exists() and not force:
-        raise MaskwatchError(f"{manifest}: already exists (use --force to replace it)")
+        raise MaskwatchError(f"{manifest}: already exists (use --overwrite to replace it)")
     wanted = {WITHOUT_MASK: [k for k in kinds if k in ("nose", "chin")],
               WITH_MASK: [k for k in kinds if k == "moved"]}
     chosen = [s for s in samples if wanted.get(s.label)]
