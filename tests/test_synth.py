@@ -91,7 +91,7 @@ def test_cli_synthesises_from_train_faces_only(tmp_path, capsys):
     assert all("/Train/" in s.source for s in samples)  # synthetic:KIND:ORIGINAL_PATH
     assert {s.source.split(":")[1] for s in samples} == {"nose", "chin", "moved"}
     assert all(Path(s.path).is_file() for s in samples)
-    # it never replaces its manifest without --force
+    # it never replaces its manifest without --overwrite
     assert main(["data", "synth-incorrect", str(data), "--out", str(out), "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err
 
