@@ -162,7 +162,7 @@ def test_detect_shards_resume_and_workers(tmp_path, make_face):
         write_image(root / f"people{i}.jpg", img)
     for i in range(5):
         make_face(root / f"crop{i}.png", seed=i, size=32)
-    common = ["--faces-only", "--detect-size", "320", "--threads", "1", "--quiet"]
+    common = ["--faces-only", "--detect-size", "320", "--threads", "1", "--quiet", "--no-save"]
     parts = []
     for i in range(2):
         out = tmp_path / f"d{i}.jsonl"

@@ -199,7 +199,7 @@ def test_cli_detect_truncated_video_and_absent_camera(clip, tmp_path, capsys, mo
     data = clip.read_bytes()
     cut.write_bytes(data[: len(data) // 3])
     code = main(["detect", str(cut), "97", str(clip), "--quiet", "--threads", "1",
-                 "--max-frames", "3"])
+                 "--max-frames", "3", "--no-save"])
     captured = capsys.readouterr()
     assert code == 1
     assert "camera 97: cannot open" in captured.err and "cut.mp4" in captured.err
