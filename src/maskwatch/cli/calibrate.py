@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-
 ORDER = 45
 
 
 def register(subparsers) -> None:
-    from maskwatch.cli.common import add_command, add_model_argument, add_threads_argument
+    from maskwatch.cli.common import (
+        add_command,
+        add_model_argument,
+        add_overwrite_argument,
+        add_threads_argument,
+    )
     from maskwatch.cli.detect import DETECTORS
 
     p = add_command(
@@ -25,12 +28,12 @@ def register(subparsers) -> None:
         "new faces: faces the detector cannot find stay unfound. A setting replaces its\n"
         "default only when it scores better on the fitting scenes, and the whole fit only\n"
         "when it beats the defaults there by --margin (mAP@0.5). Prints one JSON object,\n"
-        "with mAP before and after on a held-out part of the scenes.\n\n"
-        "example: maskwatch calibrate site-photos/ --out site.onnx\n"
-        "         maskwatch detect camera1/ --model site.onnx --json",
+        "with mAP before and after on a held-out part of the scenes.",
+        examples=["maskwatch calibrate site-photos/ -o site.onnx",
+                  "maskwatch detect camera1/ -m site.onnx -j"],
     )
     p.add_argument("scenes", metavar="SCENES", help="annotated scenes: a folder, CSV or manifest")
-    p.add_argument("--out", required=True, metavar="SITE.onnx",
+    p.add_argument("-o", "--out", required=True, metavar="SITE.onnx",
                    help="the fitted model to write (an .onnx with its .json beside it)")
     add_model_argument(p)
     p.add_argument("--detector", default="centerface", choices=DETECTORS,
@@ -46,22 +49,23 @@ def register(subparsers) -> None:
     p.add_argument("--margin", type=float, default=0.01,
                    help="mAP@0.5 the fit must gain on the fitting scenes to replace the "
                    "detector's own settings (default: 0.01)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_overwrite_argument(p, "replace an existing --out")
     add_threads_argument(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from maskwatch.cli.common import print_json
+    from maskwatch.console import note
     from maskwatch.detection.calibrate import calibrate
 
     report = calibrate(
         args.scenes, args.out, model=args.model, detector=args.detector,
         detect_size=args.detect_size, upscale=args.upscale, holdout=args.holdout,
-        seed=args.seed, margin=args.margin, threads=args.threads, force=args.force,
+        seed=args.seed, margin=args.margin, threads=args.threads, force=args.overwrite,
         progress=not args.quiet,
-        on_error=lambda msg: print(f"maskwatch: error: {msg}", file=sys.stderr),
+        on_error=lambda msg: note(f"error: {msg}"),
     )
     print_json(report)
     return 0

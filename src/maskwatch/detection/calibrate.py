@@ -391,7 +391,7 @@ def calibrate(
     if src.suffix.lower() != ".onnx" or out.suffix.lower() != ".onnx":
         raise MaskwatchError("calibrate reads and writes ONNX models (--model and --out .onnx)")
     if out.exists() and not force:
-        raise MaskwatchError(f"{out}: exists; choose another --out or pass --force")
+        raise MaskwatchError(f"{out}: exists; choose another --out or pass --overwrite")
     info = ModelInfo.load_json(src.with_suffix(".json"))
     scenes = load_scenes(data)
     fit_idx, held_idx = split_scenes(len(scenes), holdout, seed)
