@@ -100,8 +100,10 @@ def test_detect_csv_and_output_with_odd_and_formula_names(tmp_path, monkeypatch)
     _faces(folder, img)
     monkeypatch.chdir(folder)
     table, output = tmp_path / "x.csv", tmp_path / "o.csv"
-    assert main(["detect", ".", "--faces-only", "--detect-size", "320", "--quiet",
-                 "--threads", "1", "--csv", str(table), "--output", str(output)]) == 0
+    # --csv is now the old spelling of --results (as --output is): one file per run
+    for flag, path in (("--csv", table), ("--results", output)):
+        assert main(["detect", ".", "--faces-only", "--detect-size", "320", "--quiet",
+                     "--threads", "1", "--no-save", flag, str(path)]) == 0
     for path in (table, output):
         assert len(_rows(path)) == 12, path  # two faces in each of the six images
         _check_cells(path)
