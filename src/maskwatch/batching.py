@@ -226,28 +226,34 @@ def _worker_start(parent: int, init: Callable | None, initargs: tuple) -> None:
 
 def ordered_map(fn: Callable[[Any], T], tasks: Iterable, workers: int = 1,
                 initializer: Callable | None = None, initargs: tuple = (),
-                max_in_flight: int | None = None) -> Iterator[T]:
+                max_in_flight: int | None = None, threads: bool = False) -> Iterator[T]:
     """``fn(task)`` for every task, results yielded in input order.
 
     ``workers <= 1``: in this process (``initializer`` runs here once). Otherwise that
     many spawned worker processes, each running ``initializer`` once (load its model
-    there), with at most ``max_in_flight`` (default 2 per worker) tasks submitted ahead
-    of the result being waited for, so memory stays bounded on any collection size.
+    there), or with ``threads`` that many threads of this process (``initializer`` runs
+    here once; ``fn`` must be thread-safe, e.g. ONNX Runtime sessions, which release the
+    GIL). At most ``max_in_flight`` (default 2 per worker) tasks are submitted ahead of
+    the result being waited for, so memory stays bounded on any collection size.
     """
-    if workers <= 1:
+    if workers <= 1 or threads:
         if initializer is not None:
             initializer(*initargs)
+    if workers <= 1:
         for task in tasks:
             yield fn(task)
         return
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     limit = max_in_flight or 2 * workers
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                               initializer=_worker_start,
-                               initargs=(os.getpid(), initializer, initargs))
+    if threads:
+        pool = ThreadPoolExecutor(workers)
+    else:
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                   initializer=_worker_start,
+                                   initargs=(os.getpid(), initializer, initargs))
     pending: deque = deque()
     it = iter(tasks)
     try:

@@ -30,18 +30,25 @@ def _add_detector_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--face-threshold", type=float, default=None,
-        help="face score threshold (default: the site model's, else 0.4 for centerface, 0.5 "
+        help="face score threshold (default: the site model's, else 0.2 for centerface, 0.5 "
         "for yunet); lower finds more faces and more false boxes",
     )
     add_threshold_argument(p)
     p.add_argument(
-        "--detect-size", type=int, default=960,
-        help="long side, in pixels, images are shrunk to for face detection; boxes are "
+        "--detect-size", type=int, default=None,
+        help="first face-detection pass: photos are shrunk to the pixel count of a 4:3 "
+        "photo with this long side (default: 320 for centerface, 960 for yunet); boxes are "
         "mapped back and faces cropped from the original",
     )
     p.add_argument(
+        "--refine-size", type=int, default=None,
+        help="size, as for --detect-size, of a finer second pass over the part of a photo "
+        "where the first pass found small faces (default: 800 for centerface, 0 for yunet; "
+        "0: one pass only)",
+    )
+    p.add_argument(
         "--upscale", action="store_true",
-        help="also enlarge images smaller than --detect-size (finds more tiny faces, slower)",
+        help="also enlarge images smaller than --detect-size in the first pass",
     )
     p.add_argument("--min-face", type=int, default=None,
                    help="ignore faces whose shorter side is below this many pixels (default: "
@@ -216,6 +223,7 @@ def detector_options(args: argparse.Namespace) -> dict:
         upscale=args.upscale,
         threshold=args.threshold,
         site=site,
+        refine_size=args.refine_size,
     )
 
 

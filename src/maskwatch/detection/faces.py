@@ -26,10 +26,25 @@ Box = tuple[int, int, int, int, float]
 ALIASES = {"accurate": "centerface", "fast": "yunet", "centerface": "centerface",
            "yunet": "yunet"}
 DEFAULT_DETECTOR = "centerface"
-#: Default score thresholds per back-end (chosen on the 853-scene set, see README).
-DEFAULT_THRESHOLDS = {"centerface": 0.4, "yunet": 0.5}
-#: Default long side, in pixels, that images are resized to for detection.
-DEFAULT_DETECT_SIZE = 960
+#: Default score thresholds per back-end (chosen on the 853-scene set's training and
+#: validation scenes, see MODEL_CARD.md).
+DEFAULT_THRESHOLDS = {"centerface": 0.2, "yunet": 0.5}
+#: Default (detect size, refine size) per back-end: the size (see :func:`pass_scales`) of
+#: the first detection pass (larger photos are shrunk to it) and of a finer second pass, run only
+#: where the first pass found small faces (0: never). CenterFace's were chosen on the
+#: 853-scene set's training and validation scenes; YuNet misses faces that small at
+#: 320 px, so it keeps one pass at 960 px.
+DEFAULT_SIZES = {"centerface": (320, 800), "yunet": (960, 0)}
+#: A first-pass face whose shorter side is under this many first-pass pixels is "small":
+#: CenterFace finds and places such faces poorly, so the finer pass looks at them again.
+REFINE_BELOW = 32
+#: First-pass boxes down to this score can start the finer pass (weak answers are where
+#: missed small faces are).
+REFINE_TRIGGER = 0.1
+#: When the area to refine covers more than this share of the photo, refine it whole.
+REFINE_WHOLE = 0.6
+
+Raw = tuple[float, float, float, float, float]
 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -52,8 +67,74 @@ def calibrate_box(box, calibration: tuple[float, float, float, float]):
     return cx - ws * w / 2, cy - hs * h / 2, cx + ws * w / 2, cy + hs * h / 2
 
 
+def pass_scales(width: int, height: int, detect_size: int, refine_size: int = 0,
+                upscale: bool = False) -> tuple[float, float | None]:
+    """Resize factors of the two detection passes for a ``width`` x ``height`` photo.
+
+    A size S stands for the pixel count of a 4:3 photo whose long side is S (S x 0.75 S):
+    the cost of a pass follows its pixel count, and a panorama keeps enough height to show
+    its faces. First pass: ``detect_size`` (only shrinking unless ``upscale``). Second
+    pass: ``refine_size`` (enlarging too: small photos hold small faces), or None when it
+    is off or would not be at least 1.25x finer than the first.
+    """
+    area = float(width) * float(height)
+    first = detect_size * (0.75 / area) ** 0.5
+    if not upscale:
+        first = min(1.0, first)
+    if not refine_size:
+        return first, None
+    second = refine_size * (0.75 / area) ** 0.5
+    return first, (second if second >= 1.25 * first else None)
+
+
+def _side(box) -> float:
+    return min(box[2] - box[0], box[3] - box[1])
+
+
+def refine_region(small: list, first_scale: float, width: int, height: int,
+                  below: int = REFINE_BELOW, whole: float = REFINE_WHOLE
+                  ) -> tuple[int, int, int, int]:
+    """The part of the photo a finer pass looks at: every small first-pass box with room
+    around it (the largest box side plus ``below`` first-pass pixels), or the whole photo
+    when that part covers more than ``whole`` of it. ``(x1, y1, x2, y2)`` in photo pixels."""
+    arr = np.asarray([b[:4] for b in small], np.float64).reshape(-1, 4)
+    pad = float((arr[:, 2:] - arr[:, :2]).max()) + below / first_scale
+    x1 = int(max(0.0, arr[:, 0].min() - pad))
+    y1 = int(max(0.0, arr[:, 1].min() - pad))
+    x2 = int(min(float(width), np.ceil(arr[:, 2].max() + pad)))
+    y2 = int(min(float(height), np.ceil(arr[:, 3].max() + pad)))
+    if (x2 - x1) * (y2 - y1) > whole * width * height:
+        return 0, 0, width, height
+    return x1, y1, x2, y2
+
+
+def merge_passes(first: list, second: list, first_scale: float, region, width: int,
+                 height: int, below: int = REFINE_BELOW) -> list:
+    """Faces of both passes, in photo pixels: the big ones of the first pass, and every
+    second-pass face (it places small faces better) that no kept big face overlaps, except
+    those cut by an inner edge of ``region``."""
+    from maskwatch.boxes import iou
+
+    rx1, ry1, rx2, ry2 = region
+    big = [b for b in first if _side(b) * first_scale >= below]
+    out = list(big)
+    for b in second:
+        cut = ((b[0] <= rx1 + 1 and rx1 > 0) or (b[1] <= ry1 + 1 and ry1 > 0)
+               or (b[2] >= rx2 - 1 and rx2 < width) or (b[3] >= ry2 - 1 and ry2 < height))
+        if not cut and all(iou(b[:4], k[:4]) < 0.3 for k in big):
+            out.append(b)
+    return out
+
+
 class FaceDetector:
-    """Finds faces in an RGB image. Subclasses implement :meth:`_detect` on a resized image."""
+    """Finds faces in an RGB image. Subclasses implement :meth:`_detect` on a resized image.
+
+    Detection runs in up to two passes: the photo at ``detect_size``, then,
+    only where that pass found small faces, the surrounding part of the photo at
+    ``refine_size`` (0: one pass). Big faces come from the first pass, small ones from the
+    second, so ordinary photos cost one small pass and crowds of tiny faces get the detail
+    they need.
+    """
 
     name = "base"
     #: (width scale, height scale, centre x shift in widths, centre y shift in heights) that
@@ -61,57 +142,86 @@ class FaceDetector:
     #: the classifier's training crops were cut from); None leaves boxes as they come.
     box_calibration: tuple[float, float, float, float] | None = None
 
-    def __init__(self, threshold: float | None = None, detect_size: int = DEFAULT_DETECT_SIZE,
-                 upscale: bool = False, calibrate: bool = True):
+    def __init__(self, threshold: float | None = None, detect_size: int | None = None,
+                 upscale: bool = False, calibrate: bool = True,
+                 refine_size: int | None = None, refine_below: int = REFINE_BELOW):
         self.upscale = bool(upscale)
         self.calibration = self.box_calibration if calibrate else None
         self.threshold = DEFAULT_THRESHOLDS.get(self.name, 0.5) if threshold is None else threshold
         if not 0.0 <= self.threshold <= 1.0:
             raise MaskwatchError(f"face threshold must be in [0, 1], got {self.threshold}")
+        default_detect, default_refine = DEFAULT_SIZES.get(self.name, (320, 0))
+        detect_size = default_detect if detect_size is None else detect_size
+        refine_size = default_refine if refine_size is None else refine_size
         if detect_size < 64:
             raise MaskwatchError(f"--detect-size must be at least 64 px, got {detect_size}")
+        if refine_size and refine_size < 64:
+            raise MaskwatchError(f"--refine-size must be 0 (off) or at least 64 px, got "
+                                 f"{refine_size}")
         self.detect_size = int(detect_size)
+        self.refine_size = int(refine_size or 0)
+        self.refine_below = int(refine_below)
 
     def detect(self, rgb: np.ndarray) -> list[Box]:
         """Return face boxes ``(x1, y1, x2, y2, score)`` in the pixels of ``rgb``, best first.
 
-        Images whose long side exceeds ``detect_size`` are shrunk for detection and the
-        boxes scaled back; smaller images are used as they are, or enlarged to
-        ``detect_size`` when ``upscale`` (finds more tiny faces, several times slower).
+        The first pass sees the photo shrunk to ``detect_size`` (or enlarged to it when
+        ``upscale``); the second pass (see the class) sees the part with small faces
+        enlarged to ``refine_size`` (sizes as in :func:`pass_scales`). Boxes are scaled
+        back.
         """
-        import cv2
-
         rgb = _check_rgb(rgb)
         h, w = rgb.shape[:2]
-        scale = self.detect_size / max(h, w)
-        if not self.upscale:
-            scale = min(1.0, scale)
+        first_scale, second_scale = pass_scales(w, h, self.detect_size, self.refine_size,
+                                                self.upscale)
+        low = min(self.threshold, REFINE_TRIGGER) if second_scale else self.threshold
+        boxes = self._detect_scaled(rgb, first_scale, low)
+        small = [b for b in boxes if _side(b) * first_scale < self.refine_below]
+        if second_scale and small:
+            region = refine_region(small, first_scale, w, h, self.refine_below)
+            x1, y1, x2, y2 = region
+            finer = [(a + x1, b + y1, c + x1, d + y1, s) for a, b, c, d, s in
+                     self._detect_scaled(rgb[y1:y2, x1:x2], second_scale, self.threshold)]
+            boxes = merge_passes(boxes, finer, first_scale, region, w, h, self.refine_below)
+        out: list[Box] = []
+        for x1, y1, x2, y2, score in boxes:
+            if score < self.threshold:
+                continue
+            bx1 = int(np.clip(np.floor(x1), 0, w - 1))
+            by1 = int(np.clip(np.floor(y1), 0, h - 1))
+            bx2 = int(np.clip(np.ceil(x2), bx1 + 1, w))
+            by2 = int(np.clip(np.ceil(y2), by1 + 1, h))
+            out.append((bx1, by1, bx2, by2, float(score)))
+        out.sort(key=lambda b: -b[4])
+        return out
+
+    def _detect_scaled(self, rgb: np.ndarray, scale: float, threshold: float) -> list[Raw]:
+        """One pass on ``rgb`` resized by ``scale``: calibrated float boxes in ``rgb``'s
+        pixels with scores, down to ``threshold``."""
+        import cv2
+
+        h, w = rgb.shape[:2]
         small = rgb
         if scale != 1.0:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
             small = cv2.resize(rgb, size, interpolation=interp)
         bgr = np.ascontiguousarray(small[:, :, ::-1])
-        raw = self._detect(bgr)
         sy = h / small.shape[0]
         sx = w / small.shape[1]
-        out: list[Box] = []
-        for x1, y1, x2, y2, score in raw:
+        out = []
+        for x1, y1, x2, y2, score in self._detect(bgr, threshold):
             if self.calibration is not None:
                 x1, y1, x2, y2 = calibrate_box((x1, y1, x2, y2), self.calibration)
-            bx1 = int(np.clip(np.floor(x1 * sx), 0, w - 1))
-            by1 = int(np.clip(np.floor(y1 * sy), 0, h - 1))
-            bx2 = int(np.clip(np.ceil(x2 * sx), bx1 + 1, w))
-            by2 = int(np.clip(np.ceil(y2 * sy), by1 + 1, h))
-            out.append((bx1, by1, bx2, by2, float(score)))
-        out.sort(key=lambda b: -b[4])
+            out.append((x1 * sx, y1 * sy, x2 * sx, y2 * sy, float(score)))
         return out
 
-    def _detect(self, bgr: np.ndarray) -> list[tuple[float, float, float, float, float]]:
+    def _detect(self, bgr: np.ndarray, threshold: float) -> list[Raw]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(threshold={self.threshold}, detect_size={self.detect_size})"
+        return (f"{type(self).__name__}(threshold={self.threshold}, "
+                f"detect_size={self.detect_size}, refine_size={self.refine_size})")
 
 
 _YUFACE_LOCK = threading.Lock()
@@ -122,9 +232,9 @@ class YuNetDetector(FaceDetector):
 
     name = "yunet"
 
-    def __init__(self, threshold: float | None = None, detect_size: int = DEFAULT_DETECT_SIZE,
-                 upscale: bool = False):
-        super().__init__(threshold, detect_size, upscale)
+    def __init__(self, threshold: float | None = None, detect_size: int | None = None,
+                 upscale: bool = False, refine_size: int | None = None):
+        super().__init__(threshold, detect_size, upscale, refine_size=refine_size)
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             import yuface
@@ -132,7 +242,7 @@ class YuNetDetector(FaceDetector):
             raise ModelError("the yunet detector needs `pip install yuface==2023.5.1`") from exc
         self._yuface = yuface
 
-    def _detect(self, bgr):
+    def _detect(self, bgr, threshold):
         # yuface returns confidences 0..100; filter ourselves so no size warning is printed.
         # libfacedetection keeps internal buffers: one call at a time (the server is threaded).
         with _YUFACE_LOCK:
@@ -142,7 +252,7 @@ class YuNetDetector(FaceDetector):
         rows = rows.reshape(len(rows), -1) if rows.size else np.zeros((0, 5))
         for row in rows:
             score = float(row[0]) / 100.0
-            if score < self.threshold:
+            if score < threshold:
                 continue
             x, y, bw, bh = (float(v) for v in row[1:5])
             if bw <= 0 or bh <= 0:
@@ -292,14 +402,15 @@ class CenterFaceDetector(FaceDetector):
     def __init__(
         self,
         threshold: float | None = None,
-        detect_size: int = DEFAULT_DETECT_SIZE,
+        detect_size: int | None = None,
         threads: int = 0,
         nms_iou: float = 0.3,
         model_path: str | Path | None = None,
         upscale: bool = False,
         calibrate: bool = True,
+        refine_size: int | None = None,
     ):
-        super().__init__(threshold, detect_size, upscale, calibrate)
+        super().__init__(threshold, detect_size, upscale, calibrate, refine_size)
         import onnxruntime as ort
 
         path = Path(model_path) if model_path else centerface_path()
@@ -320,7 +431,7 @@ class CenterFaceDetector(FaceDetector):
         self.input_name = self.session.get_inputs()[0].name
         self.nms_iou = nms_iou
 
-    def _detect(self, bgr):
+    def _detect(self, bgr, threshold):
         h, w = bgr.shape[:2]
         # the network down-samples 32x: pad (not stretch) to multiples of 32
         ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
@@ -329,7 +440,7 @@ class CenterFaceDetector(FaceDetector):
         # more faces than BGR at the same number of false boxes
         blob[0, :, :h, :w] = bgr[:, :, ::-1].transpose(2, 0, 1)
         heat, scale, offset, _landmarks = self.session.run(None, {self.input_name: blob})
-        return decode_centerface(heat[0, 0], scale[0], offset[0], self.threshold,
+        return decode_centerface(heat[0, 0], scale[0], offset[0], threshold,
                                  (h, w), self.nms_iou)
 
 
@@ -366,9 +477,10 @@ def decode_centerface(
 def make_face_detector(
     name: str | FaceDetector = DEFAULT_DETECTOR,
     threshold: float | None = None,
-    detect_size: int = DEFAULT_DETECT_SIZE,
+    detect_size: int | None = None,
     threads: int = 0,
     upscale: bool = False,
+    refine_size: int | None = None,
 ) -> FaceDetector:
     """Build a face detector by name: ``centerface``/``accurate`` or ``yunet``/``fast``."""
     if isinstance(name, FaceDetector):
@@ -379,5 +491,6 @@ def make_face_detector(
             f"unknown face detector {name!r}; choose from {', '.join(sorted(ALIASES))}"
         )
     if key == "yunet":
-        return YuNetDetector(threshold, detect_size, upscale=upscale)
-    return CenterFaceDetector(threshold, detect_size, threads=threads, upscale=upscale)
+        return YuNetDetector(threshold, detect_size, upscale=upscale, refine_size=refine_size)
+    return CenterFaceDetector(threshold, detect_size, threads=threads, upscale=upscale,
+                              refine_size=refine_size)

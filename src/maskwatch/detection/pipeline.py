@@ -10,12 +10,7 @@ from typing import Any
 import numpy as np
 
 from maskwatch.boxes import crop
-from maskwatch.detection.faces import (
-    DEFAULT_DETECT_SIZE,
-    DEFAULT_DETECTOR,
-    calibrate_box,
-    make_face_detector,
-)
+from maskwatch.detection.faces import DEFAULT_DETECTOR, calibrate_box, make_face_detector
 from maskwatch.errors import MaskwatchError
 from maskwatch.imaging import as_rgb
 from maskwatch.inference.modelfile import SiteParams
@@ -119,17 +114,18 @@ class Detector:
         threads: int = 0,
         face_threshold: float | None = None,
         margin: float = DEFAULT_MARGIN,
-        detect_size: int = DEFAULT_DETECT_SIZE,
+        detect_size: int | None = None,
         min_face: int | None = None,
         upscale: bool = False,
         threshold: float | None = None,
         site: SiteParams | bool | None = None,
+        refine_size: int | None = None,
     ):
         if not 0.0 <= margin <= 1.0:
             raise MaskwatchError(f"margin must be in [0, 1], got {margin}")
         self.face_detector = make_face_detector(
             face_detector, threshold=face_threshold, detect_size=detect_size, threads=threads,
-            upscale=upscale,
+            upscale=upscale, refine_size=refine_size,
         )
         self.classifier = _load_classifier(classifier, threads, threshold)
         if site is None:

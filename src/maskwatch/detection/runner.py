@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -280,6 +281,14 @@ class Run:
         return "\n".join(parts)
 
 
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def run_detect(
     inputs: list[str],
     detector_options: dict,
@@ -305,8 +314,10 @@ def run_detect(
     interrupted).
 
     ``detector_options``: keyword arguments of :class:`~maskwatch.detection.pipeline.Detector`.
-    Images go to ``workers`` processes (results recorded in input order); videos, cameras
-    and streams always run here, one after the other, frame by frame.
+    Images go to ``workers`` processes (results recorded in input order); with one worker
+    and ``threads`` 0 (auto), one image per CPU core is in flight in threads of this
+    process, each model running single-threaded. Videos, cameras and streams always run
+    here, one after the other, frame by frame.
     """
     from maskwatch.detection.pipeline import Detector
 
@@ -315,15 +326,23 @@ def run_detect(
     if workers < 1:
         raise MaskwatchError("--workers must be at least 1")
     options = dict(detector_options)
+    problems: list[str] = []
+    sources = list(iter_sources(inputs, problems.append))
+    sources = select_shard(sources, shard, key=lambda s: s[1])
+    images = [s for kind, s in sources if kind == "image"]
+    # one image per core beats one image on all cores: ONNX Runtime's threads scale poorly
+    # on a few cores, and decoding, resizing and drawing then overlap inference
+    in_flight = min(len(images), cpu_cores()) if workers <= 1 and not options.get("threads") else 1
+    if in_flight > 1:
+        options["threads"] = 1
     detector = Detector(**options)
     annotate = annotate or Annotator()
     run = Run(detector, out=out, save_live=save_live, annotate=annotate, json_lines=json_lines,
               overwrite=overwrite, results=results, resume=resume, max_frames=max_frames,
               alert_after=alert_after, alert_command=alert_command, alert_url=alert_url,
               alert_interval=alert_interval, quiet=quiet, non_compliant=non_compliant)
-    sources = list(iter_sources(inputs, run.fail))
-    sources = select_shard(sources, shard, key=lambda s: s[1])
-    images = [s for kind, s in sources if kind == "image"]
+    for problem in problems:
+        run.fail(problem)
     if run.done:
         before = len(images)
         images = [s for s in images if run.recorded(s) is None]
@@ -335,7 +354,7 @@ def run_detect(
 
         bar = tqdm(total=len(images), desc="images", unit="img", file=sys.stderr,
                    disable=quiet or len(images) < 2)
-        if workers <= 1:
+        if workers <= 1 and in_flight <= 1:
             for spec in images:
                 run.image(spec)
                 bar.update(1)
@@ -344,10 +363,18 @@ def run_detect(
 
             # output names are chosen here, in input order, so they never depend on timing
             jobs = ((s, None if run.namer is None else str(run.out_path(s))) for s in images)
-            options["threads"] = options.get("threads") or 1
-            for spec, faces, error, written in ordered_map(
-                detect_image, jobs, workers, init_detector, (options, annotate)
-            ):
+            if workers > 1:
+                options["threads"] = options.get("threads") or 1
+                results = ordered_map(detect_image, jobs, workers, init_detector,
+                                      (options, annotate))
+            else:
+                def job(task: tuple[str, str | None]):
+                    spec, path = task
+                    return (spec, *process_image(detector, spec, Path(path) if path else None,
+                                                 annotate))
+
+                results = ordered_map(job, jobs, in_flight, threads=True)
+            for spec, faces, error, written in results:
                 run.image_done(spec, faces, error, written)
                 bar.update(1)
         bar.close()
