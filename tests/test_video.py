@@ -22,7 +22,13 @@ from maskwatch.detection import pipeline
 from maskwatch.detection.alerts import AlertHook
 from maskwatch.detection.pipeline import Face
 from maskwatch.detection.tracker import IoUTracker
-from maskwatch.detection.video import VideoSource, VideoWriter, ffmpeg_exe, has_audio
+from maskwatch.detection.video import (
+    TrackedVideo,
+    VideoSource,
+    VideoWriter,
+    ffmpeg_exe,
+    has_audio,
+)
 from maskwatch.errors import MaskwatchError
 
 W, H, N = 320, 240, 12
@@ -121,6 +127,46 @@ def test_tracker_counts_people_not_frames():
         tracker.update([_face(200, "with_mask", 0.9)])
     tracker.update([_face(400, "with_mask", 0.9)])  # one frame: too short to count
     assert tracker.counts() == {"with_mask": 1, "without_mask": 1}
+
+
+def test_tracker_carries_faces_between_detections():
+    tracker = IoUTracker()
+    tracker.update([_face(10, "without_mask", 0.9), _face(250, "with_mask", 0.8)])
+    first = tracker.update([_face(22, "without_mask", 0.9), _face(250, "with_mask", 0.8)])
+    carried = [tracker.carry() for _ in range(3)]
+    for k, faces in enumerate(carried, start=1):
+        walker = next(f for f in faces if f.track_id == first[0].track_id)
+        assert walker.box == [22 + 12 * k, 50, 82 + 12 * k, 110]  # moved on at its speed
+        assert walker.label == "without_mask" and walker.face_score == pytest.approx(0.9)
+        still = next(f for f in faces if f.track_id == first[1].track_id)
+        assert still.box == [250, 50, 310, 110] and still.label == "with_mask"
+    # the next detection, 4 frames on, matches the moved box and keeps the identity
+    later = tracker.update([_face(70, "without_mask", 0.9)])
+    assert later[0].track_id == first[0].track_id
+    assert tracker.carry()[0].box == [82, 50, 142, 110]  # 48 px in 4 frames: 12 per frame
+    # carried frames are not detections: the standing face missed one, and is not carried
+    assert [f.track_id for f in tracker.carry()] == [first[0].track_id]
+    assert tracker.people() == 1  # only detections count: the standing face was seen twice
+
+
+def test_detect_every_nth_frame_carries_tracks(clip):
+    calls = []
+
+    def detect(rgb):
+        calls.append(len(calls))
+        return [_face(5 + 8 * (3 * (len(calls) - 1)), "without_mask", 0.9),
+                _face(210, "with_mask", 0.9)]
+
+    video = TrackedVideo(VideoSource(str(clip)), detect, detect_every=3)
+    frames = list(video)
+    assert [i for i, _, _ in frames] == list(range(N)) and len(calls) == -(-N // 3)
+    walker = [next(f for f in faces if f.label == "without_mask") for _, _, faces in frames]
+    assert len({f.track_id for f in walker}) == 1
+    # no speed is known before the second detection; from then on carried boxes move on
+    assert [f.box[0] for f in walker] == [5, 5, 5] + [5 + 8 * i for i in range(3, N)]
+    assert all(len(faces) == 2 for _, _, faces in frames)
+    with pytest.raises(MaskwatchError, match="detect-every"):
+        TrackedVideo(VideoSource(str(clip)), detect, detect_every=0)
 
 
 class _Sink(http.server.BaseHTTPRequestHandler):

@@ -135,6 +135,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-frames", type=_positive, default=None,
                    help="stop each video, camera or stream after this many frames")
     _add_drawing_arguments(p)
+    p.add_argument("--detect-every", type=_positive, default=1, metavar="N",
+                   help="videos, cameras, streams: detect on every Nth frame only; frames "
+                   "between carry the tracked faces forward (default: 1, every frame; see "
+                   "README for what N costs in accuracy)")
     alert = p.add_argument_group("alerts (videos, cameras, streams)")
     alert.add_argument("--alert-after", type=_positive, default=10, metavar="N",
                        help="alert when a non-compliant face has been seen for N consecutive "
@@ -237,6 +241,7 @@ def run_detect(args: argparse.Namespace) -> int:
         out=None if live_only and not args.out else save_folder(args, "detect"),
         save_live=bool(args.out), annotate=_annotator(args), json_lines=args.json,
         overwrite=args.overwrite, max_frames=args.max_frames,
+        detect_every=args.detect_every,
         alert_after=args.alert_after, alert_command=args.alert_command,
         alert_url=args.alert_url, alert_interval=args.alert_interval, workers=args.workers,
         results=args.results, resume=args.resume, shard=args.shard, quiet=args.quiet,

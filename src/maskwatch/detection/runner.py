@@ -101,8 +101,9 @@ class Run:
                  resume: bool = False, max_frames: int | None = None, alert_after: int = 10,
                  alert_command: str | None = None, alert_url: str | None = None,
                  alert_interval: float = 60.0, quiet: bool = False, stdout=None,
-                 non_compliant: tuple[str, ...] = NON_COMPLIANT):
+                 non_compliant: tuple[str, ...] = NON_COMPLIANT, detect_every: int = 1):
         self.detector = detector
+        self.detect_every = detect_every
         self.out = out
         self.save_live = save_live
         self.annotate = annotate or Annotator()
@@ -221,7 +222,8 @@ class Run:
             out = lambda: self.namer.path(f"{src.name}.mp4", spec)  # noqa: E731
         # video frames also show how many faces of each kind are in view
         video = TrackedVideo(src, self.detector.detect, out, self.max_frames,
-                             annotate=replace(self.annotate, summary=self.annotate.labels))
+                             annotate=replace(self.annotate, summary=self.annotate.labels),
+                             detect_every=self.detect_every)
         write_failed: VideoWriteError | None = None
         bar = tqdm(total=self.max_frames or src.frame_count, desc=src.name, unit="frame",
                    disable=self.quiet, file=sys.stderr, dynamic_ncols=True)
@@ -299,6 +301,7 @@ def run_detect(
     json_lines: bool = False,
     overwrite: bool = False,
     max_frames: int | None = None,
+    detect_every: int = 1,
     alert_after: int = 10,
     alert_command: str | None = None,
     alert_url: str | None = None,
@@ -325,6 +328,8 @@ def run_detect(
         raise MaskwatchError("--resume needs --results FILE")
     if workers < 1:
         raise MaskwatchError("--workers must be at least 1")
+    if detect_every < 1:
+        raise MaskwatchError("--detect-every must be at least 1")
     options = dict(detector_options)
     problems: list[str] = []
     sources = list(iter_sources(inputs, problems.append))
@@ -340,7 +345,8 @@ def run_detect(
     run = Run(detector, out=out, save_live=save_live, annotate=annotate, json_lines=json_lines,
               overwrite=overwrite, results=results, resume=resume, max_frames=max_frames,
               alert_after=alert_after, alert_command=alert_command, alert_url=alert_url,
-              alert_interval=alert_interval, quiet=quiet, non_compliant=non_compliant)
+              alert_interval=alert_interval, quiet=quiet, non_compliant=non_compliant,
+              detect_every=detect_every)
     for problem in problems:
         run.fail(problem)
     if run.done:

@@ -25,6 +25,13 @@ class Track:
     last_frame: int = 0
     unmasked_streak: int = 0  # consecutive frames with the smoothed label without_mask
     labels_seen: Counter = field(default_factory=Counter)
+    face_score: float = 0.0  # of the last detection
+    velocity: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # box change per frame
+
+    def predicted(self, frame: int) -> list[float]:
+        """The box expected at ``frame``, moving on at the last measured speed."""
+        dt = frame - self.last_frame
+        return [b + v * dt for b, v in zip(self.box, self.velocity)]
 
 
 class IoUTracker:
@@ -60,7 +67,7 @@ class IoUTracker:
         ``score`` and ``scores`` on each face (in place) and returns the faces."""
         self.frame += 1
         live = list(self.tracks.values())
-        ious = iou_matrix([t.box for t in live], [f.box for f in faces])
+        ious = iou_matrix([t.predicted(self.frame) for t in live], [f.box for f in faces])
         pairs = [(ious[ti, fi], ti, fi) for ti, fi in np.argwhere(ious >= self.iou_threshold)]
         pairs.sort(key=lambda p: -p[0])
         used_t, used_f = set(), set()
@@ -84,8 +91,31 @@ class IoUTracker:
                     self.finished.append(self.tracks.pop(track.track_id))
         return faces
 
+    def carry(self) -> list:
+        """Next frame without detection: the faces of the tracks the last detection saw,
+        moved on at their speed, with their smoothed labels. Counts, streaks and misses
+        are left as they are (they count detected frames)."""
+        from maskwatch.detection.pipeline import Face
+
+        self.frame += 1
+        out = []
+        for t in self.tracks.values():
+            if t.missed:
+                continue
+            box = [int(round(v)) for v in t.predicted(self.frame)]
+            if box[2] <= box[0] or box[3] <= box[1]:
+                continue
+            out.append(Face(box=box, face_score=t.face_score, label=t.label,
+                            score=t.scores.get(t.label) if t.label else None,
+                            scores=dict(t.scores), track_id=t.track_id))
+        return out
+
     def _observe(self, track: Track, face, new: bool = False) -> None:
+        if not new and self.frame > track.last_frame:
+            dt = self.frame - track.last_frame
+            track.velocity = tuple((n - o) / dt for n, o in zip(face.box, track.box))
         track.box = list(face.box)
+        track.face_score = float(face.face_score)
         track.last_frame = self.frame
         track.missed = 0
         if not new:

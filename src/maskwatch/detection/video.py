@@ -352,10 +352,12 @@ class TrackedVideo:
     a callable giving it (asked at the first frame), or None; ``annotate(rgb, faces)`` draws
     its frames (default: an ``Annotator()``). After the loop, ``written`` is the finished
     file and :meth:`people` the people per label the tracker counted.
+    ``detect_every``: detect on every Nth frame only (from the first); the frames between
+    carry the tracker's faces, moved on at their speed (see ``IoUTracker.carry``).
     """
 
     def __init__(self, source: VideoSource, detect, out=None, max_frames: int | None = None,
-                 tracker=None, annotate=None):
+                 tracker=None, annotate=None, detect_every: int = 1):
         from maskwatch.detection.draw import Annotator
         from maskwatch.detection.tracker import IoUTracker
 
@@ -367,13 +369,19 @@ class TrackedVideo:
         self.annotate = annotate if annotate is not None else Annotator()
         self.written: Path | None = None
         self.frames = 0
+        if detect_every < 1:
+            raise MaskwatchError(f"--detect-every must be at least 1, got {detect_every}")
+        self.detect_every = int(detect_every)
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray, list]]:
         src = self.source
         writer = None
         try:
             for rgb in prefetch(src.frames(self.max_frames)):
-                faces = self.tracker.update(self.detect(rgb))
+                if self.frames % self.detect_every == 0:
+                    faces = self.tracker.update(self.detect(rgb))
+                else:
+                    faces = self.tracker.carry()
                 yield self.frames, rgb, faces
                 if self.out is not None:
                     if writer is None:
