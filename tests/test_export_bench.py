@@ -71,9 +71,12 @@ def test_export_rejects_a_corrupt_checkpoint(tmp_path, capsys):
 def test_bench_json_has_every_section(checkpoint, tmp_path):
     onnx_path = tmp_path / "m.onnx"
     assert main(["export", "--model", str(checkpoint), "--out", str(onnx_path)]) == 0
+    # every section but "scenes" (minutes on the real scenes; its skip is tested below)
     cmd = [sys.executable, "-m", "maskwatch", "bench", "--json", "--model", str(onnx_path),
            "--seconds", "0.05", "--serve-seconds", "1", "--clients", "2", "--threads", "1",
-           "--soak-seconds", "2", "--soak-clients", "4"]
+           "--soak-seconds", "2", "--soak-clients", "4",
+           "--sections", "classifier", "pipeline", "cold_start", "training", "distributed",
+           "serve", "soak", "memory"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
@@ -95,3 +98,12 @@ def test_bench_json_has_every_section(checkpoint, tmp_path):
     assert soak["server_rss_mb_before"] > 0 and soak["server_rss_mb_after"] > 0
     assert "busy_503" in soak and soak["over_budget_video"]["status"] == 413
     assert report["memory"]["peak_rss_mb"] > 0
+
+
+
+def test_bench_scenes_says_why_it_skips_without_the_datasets(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MASKWATCH_DATASETS", str(tmp_path / "no-datasets"))
+    assert main(["bench", "--json", "--sections", "scenes"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "no-datasets" in report["scenes"]["skipped"]
+    assert "MASKWATCH_DATASETS" in report["scenes"]["skipped"]

