@@ -148,5 +148,6 @@ def test_real_scenes_recall():
     report = evaluate_detection(scenes, make_face_detector("centerface", threads=1).detect,
                                 progress=False)
     assert report["images"] == 25
-    assert report["recall"] > 0.6 and report["recall_32px"] > 0.85
-    assert report["false_boxes_per_image"] < 1.5
+    # defaults: two passes, face threshold 0.2 (more faces found, more false boxes than 0.4)
+    assert report["recall"] > 0.85 and report["recall_32px"] > 0.9
+    assert report["false_boxes_per_image"] < 2.5
