@@ -106,6 +106,8 @@ def register(subparsers) -> None:
         "--no-save skips them. Cameras and streams are saved only with -o. A caption reads\n"
         "'no mask 0.93': the label and its probability; 'maybe' marks a label below 0.5,\n"
         "chosen because P(no mask) reached the model's low threshold (see -t).\n\n"
+        "Several images: with --threads 0 (default) one image per CPU core is in flight,\n"
+        "each model on one thread; --threads N runs one image at a time on N threads.\n\n"
         "Large collections: -w N spreads the images over N processes (own detector,\n"
         "1 thread each unless --threads); results are recorded in input order. Videos are\n"
         "not split: each runs in the main process, frame by frame, after the images.\n"
