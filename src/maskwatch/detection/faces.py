@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.boxes import nms
+from maskwatch.boxes import iou, nms
 from maskwatch.errors import MaskwatchError, ModelError
 
 Box = tuple[int, int, int, int, float]
@@ -113,8 +113,6 @@ def merge_passes(first: list, second: list, first_scale: float, region, width: i
     """Faces of both passes, in photo pixels: the big ones of the first pass, and every
     second-pass face (it places small faces better) that no kept big face overlaps, except
     those cut by an inner edge of ``region``."""
-    from maskwatch.boxes import iou
-
     rx1, ry1, rx2, ry2 = region
     big = [b for b in first if _side(b) * first_scale >= below]
     out = list(big)
