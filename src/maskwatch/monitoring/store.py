@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from maskwatch.errors import MaskwatchError
 

@@ -186,7 +186,7 @@ class SourceWatcher:
         faces = self.detector.detect(rgb)
         raw = [dict(f.scores) for f in faces]  # the tracker smooths scores in place
         self.tracker.update(faces)
-        minute = math.floor(t / 60) * 60
+        minute = float(math.floor(t / 60) * 60)
         if self._minute is not None and minute != self._minute:
             self._flush_minute()
         self._minute = minute

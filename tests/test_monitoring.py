@@ -1,0 +1,334 @@
+"""`maskwatch watch`: the event store, the per-source watcher, retention, kill -9, reconnects."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import queue
+import shlex
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+import pytest
+from monitoring_helpers import ListSource, ScriptedDetector, write_clip
+
+pytest.importorskip("sqlalchemy", reason="the watch extra is missing (pip install sqlalchemy)")
+
+from maskwatch.cli import main  # noqa: E402
+from maskwatch.detection.privacy import blur_faces  # noqa: E402
+from maskwatch.errors import MaskwatchError  # noqa: E402
+from maskwatch.monitoring.store import SCHEMA_VERSION, Store, StoreWriter, parse_time  # noqa: E402
+from maskwatch.monitoring.watcher import SourceWatcher, WatchConfig, split_source  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("watch") / "clip.mp4")
+
+
+def _event(source="door", track_id=1, label="with_mask", first=1000.0, last=1001.0, **kw):
+    return {"source": source, "track_id": track_id, "label": label, "first_seen": first,
+            "last_seen": last, "frames": kw.get("frames", 10), "score": kw.get("score", 0.9),
+            "snapshot": kw.get("snapshot")}
+
+
+# ---------------------------------------------------------------- the store
+
+
+def test_store_migrates_step_by_step_and_refuses_a_newer_schema(tmp_path):
+    db = tmp_path / "events.sqlite"
+    old = Store(db, migrate=False)
+    assert old.version() == 0
+    assert old.migrate(target=1) == 1
+    indexes = lambda: {r[0] for r in sqlite3.connect(db).execute(  # noqa: E731
+        "SELECT name FROM sqlite_master WHERE type='index' AND name LIKE 'ix_%'")}
+    assert indexes() == set()
+    old.add_events([_event()])  # a version-1 database already holds events
+    old.close()
+    store = Store(db)  # opening migrates the rest, keeping the data
+    assert store.version() == SCHEMA_VERSION == 2
+    assert "ix_events_last_seen" in indexes()
+    assert [e["track_id"] for e in store.events()] == [1]
+    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.set_meta("schema_version", "99")
+    store.close()
+    with pytest.raises(MaskwatchError, match="newer than this maskwatch"):
+        Store(db)
+    with pytest.raises(MaskwatchError, match="no such database"):
+        Store(tmp_path / "absent.sqlite", create=False)
+    with pytest.raises(MaskwatchError, match="only SQLite and PostgreSQL"):
+        Store("mysql://u@h/db")
+
+
+def test_store_queries_filter_and_bucket(tmp_path):
+    store = Store(tmp_path / "q.sqlite")
+    t0 = 1_800_000_000.0  # 08:00 UTC, on an hour: buckets are easy to tell
+    store.add_events([
+        _event("door", 1, "with_mask", t0 + 10, t0 + 20),
+        _event("door", 2, "without_mask", t0 + 70, t0 + 80),
+        _event("door", 3, "with_mask", t0 + 3700, t0 + 3710),
+        _event("hall", 1, "incorrect_mask", t0 + 30, t0 + 3605),
+    ])
+    store.add_counts([{"source": "door", "minute": t0, "label": "with_mask", "faces": 5,
+                       "people": 1}])
+    store.add_counts([{"source": "door", "minute": t0, "label": "with_mask", "faces": 2,
+                       "people": 1}])
+    latest = store.events()
+    assert [(e["source"], e["track_id"]) for e in latest] == [
+        ("door", 3), ("hall", 1), ("door", 2), ("door", 1)]
+    assert latest[0]["first_seen"] == "2027-01-15T09:01:40.000+00:00"
+    assert [e["track_id"] for e in store.events(source="door", label="with_mask")] == [3, 1]
+    # overlap with [since, until): the hall person spans the whole first hour
+    window = store.events(since=t0 + 3600, until=t0 + 3700)
+    assert [(e["source"], e["track_id"]) for e in window] == [("hall", 1)]
+    assert len(store.events(limit=2)) == 2
+    stats = store.stats("hour", since=t0, until=t0 + 7200)
+    assert stats["series"] == [
+        {"start": "2027-01-15T08:00:00.000+00:00", "source": "door",
+         "people": {"with_mask": 1, "without_mask": 1}, "faces": {"with_mask": 7},
+         "compliance": 0.5},
+        {"start": "2027-01-15T08:00:00.000+00:00", "source": "hall",
+         "people": {"incorrect_mask": 1}, "faces": {}, "compliance": 0.0},
+        {"start": "2027-01-15T09:00:00.000+00:00", "source": "door",
+         "people": {"with_mask": 1}, "faces": {}, "compliance": 1.0},
+    ]
+    assert stats["totals"] == {"with_mask": 2, "without_mask": 1, "incorrect_mask": 1}
+    assert stats["compliance"] == 0.5
+    assert stats["classes"] == ["with_mask", "without_mask", "incorrect_mask"]
+    minute = store.stats("minute", since=t0, until=t0 + 120, source="door")
+    assert [(s["start"][11:16], s["people"]) for s in minute["series"]] == [
+        ("08:00", {"with_mask": 1}), ("08:01", {"without_mask": 1})]
+    assert store.stats("day", since=t0, until=t0 + 86400)["totals"]["with_mask"] == 2
+    with pytest.raises(MaskwatchError, match="bucket"):
+        store.stats("week")
+    assert store.delete_before(t0 + 100) == (2, [])
+    assert store.count_events() == 2
+    assert parse_time("2027-01-15T08:00:00Z") == t0 == parse_time(str(t0))
+    with pytest.raises(MaskwatchError, match="ISO 8601"):
+        parse_time("yesterday")
+
+
+def test_writer_reports_an_event_only_once_it_is_committed(tmp_path):
+    db = tmp_path / "w.sqlite"
+    store = Store(db)
+    seen = []
+
+    def on_event(row):  # another connection must already see it
+        found = sqlite3.connect(db).execute("SELECT label FROM events WHERE id = ?",
+                                            (row["id"],)).fetchone()
+        seen.append((row["track_id"], found))
+
+    writer = StoreWriter(store, on_event=on_event)
+    for i in range(1, 6):
+        writer.add_event(_event(track_id=i, label="without_mask"))
+    writer.add_counts([{"source": "door", "minute": 960.0, "label": "x", "faces": 1,
+                        "people": 1}] * 3)
+    writer.close(10)
+    assert sorted(seen) == [(i, ("without_mask",)) for i in range(1, 6)]
+    assert writer.events_written == 5
+    assert sqlite3.connect(db).execute("SELECT faces, people FROM minute_counts").fetchall() == [
+        (3, 3)]
+
+
+# ---------------------------------------------------------------- the watcher
+
+
+class Collect:
+    def __init__(self):
+        self.events, self.counts = [], []
+
+    def add_event(self, row):
+        self.events.append(row)
+
+    def add_counts(self, rows):
+        self.counts.extend(rows)
+
+
+def _script():
+    a, b, noise = (5, 5, 25, 25), (40, 10, 60, 30), (30, 30, 40, 40)
+    script = {i: [(a, "without_mask" if i < 8 else "with_mask", 0.8 if i < 8 else 0.6)]
+              for i in range(10)}
+    for i in range(12, 20):
+        script[i] = [(b, "with_mask", 0.9)]
+    script[15].append((noise, "with_mask", 0.9))
+    return script
+
+
+def test_watcher_writes_one_event_per_person(tmp_path):
+    out = Collect()
+    cfg = WatchConfig(max_missed=2, snapshots=tmp_path / "snaps", blur=True)
+    w = SourceWatcher("clip.mp4", "clip", ScriptedDetector(_script()), out, cfg,
+                      open_source=lambda spec: ListSource(20), clock=lambda: 1000.0)
+    w.run()
+    assert w.frames == 20 and w.error is None
+    a, b = out.events  # the 1-frame face is noise, not a person
+    assert (a["track_id"], a["label"], a["frames"]) == (1, "without_mask", 10)
+    assert (a["first_seen"], a["last_seen"]) == (1000.0, pytest.approx(1000.9))
+    assert a["score"] == pytest.approx((8 * 0.8 + 2 * 0.4) / 10)  # raw scores, majority label
+    assert (b["label"], b["frames"], b["first_seen"]) == ("with_mask", 8, pytest.approx(1001.2))
+    assert b["last_seen"] == pytest.approx(1001.9)
+    counts = {c["label"]: (c["faces"], c["people"], c["minute"]) for c in out.counts}
+    assert counts == {"without_mask": (10, 1, 960.0), "with_mask": (9, 2, 960.0)}  # smoothed labels
+    snap = Path(a["snapshot"])
+    assert snap.is_file() and snap.parent.parent.parent == (tmp_path / "snaps").resolve()
+    assert snap.parent.name == "1970-01-01" and snap.name.startswith("clip-001640.000-t1")
+
+
+def test_watcher_reconnects_a_dropped_stream_with_backoff():
+    out, logs, opened = Collect(), [], []
+
+    def open_source(spec):
+        opened.append(spec)
+        if len(opened) in (1, 3):
+            raise MaskwatchError("connection refused")
+        return ListSource(5)
+
+    script = {i: [((5, 5, 25, 25), "without_mask", 0.9)] for i in range(5)}
+    cfg = WatchConfig(reconnect_min=0.01, reconnect_max=1.0, max_reconnects=3)
+    w = SourceWatcher("rtsp://user:secret@cam.local/live", "cam", ScriptedDetector(script), out,
+                      cfg, log=logs.append, open_source=open_source)
+    w.run()
+    assert len(opened) == 4 and w.frames == 10 and w.reconnects == 3
+    waits = [m for m in logs if "reconnecting" in m]
+    assert waits == [
+        "cam: cannot open (connection refused); reconnecting in 0.01s (attempt 1)",
+        "cam: stream dropped after 5 frame(s); reconnecting in 0.01s (attempt 2)",
+        "cam: cannot open (connection refused); reconnecting in 0.02s (attempt 3)",
+    ]
+    assert "gave up after 3 reconnection(s)" in w.error
+    # each connection's person is stored when the stream drops; ids go on across reconnects
+    assert [(e["track_id"], e["frames"]) for e in out.events] == [(1, 5), (2, 5)]
+    assert not any("secret" in m for m in logs)
+
+
+def test_watcher_ends_a_file_that_cannot_be_read(tmp_path):
+    out, logs = Collect(), []
+    w = SourceWatcher(str(tmp_path / "absent.mp4"), "absent", ScriptedDetector({}), out,
+                      WatchConfig(), log=logs.append)
+    w.run()
+    assert "no such video file" in w.error and out.events == []
+
+
+def test_source_names():
+    assert split_source("door=rtsp://u:p@cam/x?a=b") == ("door", "rtsp://u:p@cam/x?a=b")
+    assert split_source("rtsp://u:p@cam.local/x?a=b") == ("cam.local_x_a_b", "rtsp://u:p@cam.local/x?a=b")
+    assert split_source("0") == ("camera0", "0")
+    assert split_source("/videos/hall.mp4") == ("hall", "/videos/hall.mp4")
+
+
+def test_blur_faces_hides_the_face_and_nothing_else():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (120, 160, 3), np.uint8)
+    before = rgb.copy()
+    out = blur_faces(rgb, [(40, 30, 100, 90, 0.9)], margin=0.0)
+    assert np.array_equal(rgb, before)  # pure: the input is untouched
+    inside, outside = np.zeros(rgb.shape[:2], bool), np.ones(rgb.shape[:2], bool)
+    inside[45:75, 55:85] = True
+    outside[30:90, 40:100] = False
+    assert np.array_equal(out[outside], rgb[outside])
+    assert out[inside].astype(float).std() < 0.2 * rgb[inside].astype(float).std()
+    rect = blur_faces(rgb, [[40, 30, 100, 90]], margin=0.0, ellipse=False)
+    assert not np.array_equal(rect[30, 40], rgb[30, 40])  # the corner too
+    with pytest.raises(ValueError):
+        blur_faces(rgb, [], strength=0)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_watch_clip_keeps_events_alerts_and_applies_retention(clip, tmp_path, capsys):
+    db, snaps = tmp_path / "events.sqlite", tmp_path / "snaps"
+    old_snap = snaps / "door" / "old.jpg"
+    orphan = snaps / "door" / "orphan.jpg"
+    old_snap.parent.mkdir(parents=True)
+    old_snap.write_bytes(b"x")
+    orphan.write_bytes(b"x")
+    ten_days_ago = time.time() - 10 * 86400
+    os.utime(orphan, (ten_days_ago, ten_days_ago))
+    Store(db).add_events([_event("door", 7, "without_mask", ten_days_ago, ten_days_ago + 5,
+                                 snapshot=str(old_snap))])
+    alert = tmp_path / "alert.json"
+    cmd = shlex.join([sys.executable, "-c",
+                      f"import sys; open({str(alert)!r}, 'wb').write(sys.stdin.buffer.read())"])
+    code = main(["watch", str(clip), "--db", str(db), "--detector", "yunet", "--threads", "1",
+                 "--json", "--snapshots", str(snaps), "--blur", "--keep-days", "1",
+                 "--alert-after", "4", "--alert-command", cmd])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    events, summary = lines[:-1], lines[-1]["summary"]
+    assert [(e["source"], e["label"]) for e in events] == [
+        ("clip", "without_mask"), ("clip", "with_mask")]
+    assert all(e["frames"] >= 15 and e["score"] > 0.5 for e in events)
+    assert summary["sources"]["clip"]["frames"] == 40 and summary["deleted"] == 1
+    assert "retention: deleted 1 event(s) and 2 snapshot(s)" in captured.err
+    assert not old_snap.exists() and not orphan.exists()
+    assert all(Path(e["snapshot"]).is_file() for e in events)
+    stored = Store(db).events()
+    assert sorted(e["id"] for e in stored) == sorted(e["id"] for e in events)
+    assert json.loads(alert.read_text())["face"]["label"] == "without_mask"
+
+
+def _serve_folder(folder: Path):
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_every_reported_event_in_a_database_that_opens(clip, tmp_path):
+    """A real `maskwatch watch` process on a stream that keeps dropping (so it never ends),
+    killed with SIGKILL once it has reported events: each reported event is in the file."""
+    server = _serve_folder(clip.parent)
+    db = tmp_path / "killed.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskwatch", "watch",
+         f"door=http://127.0.0.1:{server.server_port}/{clip.name}", "--db", str(db), "--json",
+         "--detector", "yunet", "--threads", "1", "--reconnect-max", "0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    reported = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(reported) < 3:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+                reported.append(json.loads(line))
+            except queue.Empty:
+                pytest.fail("no event reported in time")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.shutdown()
+    assert proc.returncode == -signal.SIGKILL
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    rows = dict(con.execute("SELECT id, label FROM events").fetchall())
+    for event in reported:
+        assert rows.get(event["id"]) == event["label"]
+    con.close()
+    assert "reconnecting" in proc.stderr.read()
+    store = Store(db)
+    assert store.count_events() >= 3 and store.version() == SCHEMA_VERSION
