@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
-CHROMIUM = Path(os.environ.get("MASKWATCH_CHROMIUM", "/usr/bin/chromium"))
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, running_server
 
 pytestmark = [
     pytest.mark.browser,
@@ -132,26 +128,12 @@ def make_detector():
 
 @pytest.fixture(scope="module")
 def server():
-    import uvicorn
-
     from maskwatch.serving.app import Settings, create_app
 
     detector, kind = make_detector()
     app = create_app(detector=detector, settings=Settings(max_concurrency=1))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", kind=kind)
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    with running_server(app) as url:
+        yield SimpleNamespace(url=url, kind=kind)
 
 
 @pytest.fixture(scope="module")
@@ -165,11 +147,7 @@ def browser(tmp_path_factory):
                 "--use-fake-ui-for-media-stream",
                 "--use-fake-device-for-media-stream",
                 f"--use-file-for-fake-video-capture={y4m}",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
+                *CHROMIUM_ARGS,
             ],
         )
         yield b

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from maskwatch.cli.common import (
     add_command,
@@ -23,9 +24,12 @@ def register(subparsers) -> None:
         help="run the web page (live webcam check) and the HTTP API",
         description="Run the web page (live webcam check, image and video upload) and the "
         "HTTP API (/api/detect, /api/classify, /api/video; schema at /openapi.json, docs at "
-        "/docs). Binds 127.0.0.1 unless told otherwise.",
+        "/docs). Binds 127.0.0.1 unless told otherwise.\n\n"
+        "With --db (a `maskwatch watch` database) it also serves /dashboard (compliance over\n"
+        "time, people per class, latest events) and /api/events, /api/stats.",
         examples=["maskwatch serve                      # http://127.0.0.1:8000/",
                   "maskwatch serve --detector yunet -t 0.5",
+                  "maskwatch serve --db events.sqlite   # http://127.0.0.1:8000/dashboard",
                   "MASKWATCH_API_KEY=secret maskwatch serve --host 0.0.0.0"],
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -70,6 +74,12 @@ def register(subparsers) -> None:
                    help="seconds a client has to send its request headers (then 408)")
     p.add_argument("--body-timeout", type=float, default=30.0,
                    help="seconds an upload may stall before the server gives up (408)")
+    p.add_argument("--db", default=None, metavar="PATH",
+                   help="a `maskwatch watch` database (SQLite file or postgresql:// URL): adds "
+                   "/dashboard, /api/events and /api/stats")
+    p.add_argument("--snapshots", default=None, metavar="DIR",
+                   help="serve event snapshots from this folder (default: the folder `watch "
+                   "--snapshots` recorded in the database)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level")
@@ -122,6 +132,8 @@ def run(args) -> int:
         host=args.host,
         allowed_hosts=tuple(args.allowed_host),
         body_timeout_s=args.body_timeout,
+        db=args.db,
+        snapshots_dir=Path(args.snapshots) if args.snapshots else None,
     )
     # Load the models before binding, so a bad --model is one clear error, not a traceback.
     kwargs = {"classifier": args.model, "threads": args.threads, "threshold": args.threshold}
@@ -131,6 +143,8 @@ def run(args) -> int:
     app = create_app(detector=detector, settings=settings)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"maskwatch: serving on http://{shown}:{args.port}/ (Ctrl+C to stop)", file=sys.stderr)
+    if args.db:
+        print(f"maskwatch: dashboard on http://{shown}:{args.port}/dashboard", file=sys.stderr)
     from maskwatch.serving.server import server_config
 
     uvicorn.Server(server_config(app, args.host, args.port, args.header_timeout,

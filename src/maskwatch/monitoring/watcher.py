@@ -6,8 +6,8 @@ first/last seen, frames, mean classifier score, and optionally a snapshot (the f
 the face was seen best, the person boxed, faces blurred with ``blur``). Per-minute counts
 (face-frames and distinct people per label) are handed over when each minute closes.
 
-Times: a camera or stream uses the wall clock; a video file is laid on the wall clock from
-the moment its watch started (frame ``i`` is at ``start + i / fps``).
+Times: a camera or stream uses the wall clock; a video file is laid on the wall clock so
+that it ends when its watch started (frame ``i`` of ``n`` is at ``start - (n - i) / fps``).
 """
 
 from __future__ import annotations
@@ -164,10 +164,15 @@ class SourceWatcher:
 
     def _read(self, src) -> int:
         """Process frames from an opened source; returns how many were read."""
-        start = self.clock()
         fps = float(getattr(src, "fps", 0) or 25.0)
         got = 0
         left = None if self.config.max_frames is None else self.config.max_frames - self.frames
+        # a file is laid on the wall clock so that it ends when its watch starts: no event
+        # lies in the future, and a clip watched now shows among the last hour's events
+        length = getattr(src, "frame_count", None)
+        if length and left is not None:
+            length = min(length, left)
+        start = self.clock() - (length / fps if length and not self.live else 0.0)
         try:
             for rgb in prefetch(src.frames(left)):
                 if self.stop.is_set():

@@ -96,6 +96,8 @@ class Settings:
     host: str = "127.0.0.1"  # the bound address: requests must name it (or allowed_hosts)
     allowed_hosts: tuple[str, ...] = ()  # other names the server may be reached by
     body_timeout_s: float = 30.0  # an upload that sends nothing for this long gets 408
+    db: str | None = None  # a `maskwatch watch` database: adds /dashboard, /api/events, /stats
+    snapshots_dir: Path | None = None  # where event snapshots may be served from
 
     def host_names(self) -> set[str] | None:
         """Host header values accepted (lower case, no port); None: any (wildcard bind)."""
@@ -711,6 +713,10 @@ def create_app(
             },
         }
 
+    if settings.db:
+        from maskwatch.serving.dashboard import add_dashboard
+
+        add_dashboard(app, api, settings.db, settings.snapshots_dir)
     app.include_router(api)
 
     @app.get("/healthz", response_model=Health, tags=["meta"], summary="Liveness check")
