@@ -75,3 +75,18 @@ def write_face(path: str | Path, seed: int = 0, masked: bool = False, size: int 
 def make_face():
     """The ``write_face(path, seed=0, masked=False, size=64, format=None)`` helper."""
     return write_face
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The URL of a throw-away PostgreSQL server started for this session (see
+    postgres_helpers); skips with the reason when none can be started."""
+    from postgres_helpers import Unavailable, postgres_server
+
+    server = postgres_server()
+    try:
+        url = server.__enter__()
+    except Unavailable as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield url
+    server.__exit__(None, None, None)

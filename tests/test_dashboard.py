@@ -4,6 +4,8 @@ from `maskwatch watch clip.mp4` to the dashboard's API."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,9 +39,13 @@ def client(db, **settings) -> TestClient:
                                                                             **settings)))
 
 
-def test_watch_then_serve_shows_the_people_of_the_clip(tmp_path):
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("dashboard") / "clip.mp4")
+
+
+def test_watch_then_serve_shows_the_people_of_the_clip(clip, tmp_path):
     """The issue's "done when": watch a clip, then serve its database."""
-    clip = write_clip(tmp_path / "clip.mp4")
     db, snaps = tmp_path / "events.sqlite", tmp_path / "snaps"
     assert main(["watch", str(clip), "--db", str(db), "--detector", "yunet", "--threads", "1",
                  "--quiet", "--snapshots", str(snaps)]) == 0
@@ -128,3 +134,31 @@ def test_snapshot_folder_is_the_one_watch_recorded(tmp_path):
     with client(db, snapshots_dir=Path(tmp_path)) as c:  # a folder given to serve wins
         urls = {e["track_id"]: e["snapshot_url"] for e in c.get("/api/events").json()["events"]}
         assert all(urls.values())
+
+
+def test_two_watchers_write_to_one_postgresql_database(clip, postgres_url):
+    """As on two machines: two `maskwatch watch` processes, one PostgreSQL database (they
+    migrate it at the same moment), then the dashboard's API reads it."""
+    from postgres_helpers import create_database
+
+    url = create_database(postgres_url, "two_watchers")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "maskwatch", "watch", f"{name}={clip}", "--db", url,
+         "--detector", "yunet", "--threads", "1", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for name in ("north", "south")]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+        assert "2 event(s) stored in postgresql://maskwatch@" in out
+    with client(url) as c:
+        events = c.get("/api/events").json()["events"]
+        assert sorted((e["source"], e["label"]) for e in events) == [
+            ("north", "with_mask"), ("north", "without_mask"),
+            ("south", "with_mask"), ("south", "without_mask")]
+        stats = c.get("/api/stats", params={"bucket": "hour"}).json()
+        assert stats["per_source"] == {"north": {"with_mask": 1, "without_mask": 1},
+                                       "south": {"with_mask": 1, "without_mask": 1}}
+        north = c.get("/api/stats", params={"bucket": "minute", "source": "north"}).json()
+        assert sum(s["faces"].get("without_mask", 0) for s in north["series"]) >= 15

@@ -47,33 +47,53 @@ def _event(source="door", track_id=1, label="with_mask", first=1000.0, last=1001
 # ---------------------------------------------------------------- the store
 
 
-def test_store_migrates_step_by_step_and_refuses_a_newer_schema(tmp_path):
-    db = tmp_path / "events.sqlite"
-    old = Store(db, migrate=False)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A fresh database: a SQLite file, or a database on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "events.sqlite")
+    from postgres_helpers import create_database
+
+    return create_database(request.getfixturevalue("postgres_url"),
+                           f"t{abs(hash(request.node.nodeid)) % 10**9}")
+
+
+def _indexes(store: Store) -> set[str]:
+    import sqlalchemy as sa
+
+    return {ix["name"] for ix in sa.inspect(store.engine).get_indexes("events")}
+
+
+def test_store_migrates_step_by_step_and_refuses_a_newer_schema(db_url):
+    old = Store(db_url, migrate=False)
     assert old.version() == 0
     assert old.migrate(target=1) == 1
-    indexes = lambda: {r[0] for r in sqlite3.connect(db).execute(  # noqa: E731
-        "SELECT name FROM sqlite_master WHERE type='index' AND name LIKE 'ix_%'")}
-    assert indexes() == set()
+    assert _indexes(old) == set()
     old.add_events([_event()])  # a version-1 database already holds events
     old.close()
-    store = Store(db)  # opening migrates the rest, keeping the data
+    store = Store(db_url)  # opening migrates the rest, keeping the data
     assert store.version() == SCHEMA_VERSION == 2
-    assert "ix_events_last_seen" in indexes()
+    assert "ix_events_last_seen" in _indexes(store)
     assert [e["track_id"] for e in store.events()] == [1]
-    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if store.dialect == "sqlite":
+        assert sqlite3.connect(db_url).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.set_meta("schema_version", "99")
     store.close()
     with pytest.raises(MaskwatchError, match="newer than this maskwatch"):
-        Store(db)
+        Store(db_url)
+
+
+def test_store_refuses_what_it_cannot_open(tmp_path):
     with pytest.raises(MaskwatchError, match="no such database"):
         Store(tmp_path / "absent.sqlite", create=False)
     with pytest.raises(MaskwatchError, match="only SQLite and PostgreSQL"):
         Store("mysql://u@h/db")
+    with pytest.raises(MaskwatchError, match="cannot open the database"):
+        Store("postgresql://nobody@127.0.0.1:1/none")
 
 
-def test_store_queries_filter_and_bucket(tmp_path):
-    store = Store(tmp_path / "q.sqlite")
+def test_store_queries_filter_and_bucket(db_url):
+    store = Store(db_url)
     t0 = 1_800_000_000.0  # 08:00 UTC, on an hour: buckets are easy to tell
     store.add_events([
         _event("door", 1, "with_mask", t0 + 10, t0 + 20),
@@ -120,15 +140,13 @@ def test_store_queries_filter_and_bucket(tmp_path):
         parse_time("yesterday")
 
 
-def test_writer_reports_an_event_only_once_it_is_committed(tmp_path):
-    db = tmp_path / "w.sqlite"
-    store = Store(db)
+def test_writer_reports_an_event_only_once_it_is_committed(db_url):
+    store, other = Store(db_url), Store(db_url)
     seen = []
 
     def on_event(row):  # another connection must already see it
-        found = sqlite3.connect(db).execute("SELECT label FROM events WHERE id = ?",
-                                            (row["id"],)).fetchone()
-        seen.append((row["track_id"], found))
+        found = other.event(row["id"])
+        seen.append((row["track_id"], found and found["label"]))
 
     writer = StoreWriter(store, on_event=on_event)
     for i in range(1, 6):
@@ -136,10 +154,9 @@ def test_writer_reports_an_event_only_once_it_is_committed(tmp_path):
     writer.add_counts([{"source": "door", "minute": 960.0, "label": "x", "faces": 1,
                         "people": 1}] * 3)
     writer.close(10)
-    assert sorted(seen) == [(i, ("without_mask",)) for i in range(1, 6)]
+    assert sorted(seen) == [(i, "without_mask") for i in range(1, 6)]
     assert writer.events_written == 5
-    assert sqlite3.connect(db).execute("SELECT faces, people FROM minute_counts").fetchall() == [
-        (3, 3)]
+    assert other.stats("minute", since=900, until=1020)["series"][0]["faces"] == {"x": 3}
 
 
 # ---------------------------------------------------------------- the watcher
