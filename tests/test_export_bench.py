@@ -76,12 +76,13 @@ def test_bench_json_has_every_section(checkpoint, tmp_path):
            "--seconds", "0.05", "--serve-seconds", "1", "--clients", "2", "--threads", "1",
            "--soak-seconds", "2", "--soak-clients", "4",
            "--sections", "classifier", "pipeline", "cold_start", "training", "distributed",
-           "serve", "soak", "memory"]
+           "serve", "soak", "watch", "memory",
+           "--watch-events", "3000", "--watch-frames", "30"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     for key in ("classifier", "pipeline", "cold_start", "training", "distributed", "serve",
-                "soak", "memory"):
+                "soak", "watch", "memory"):
         assert key in report, key
     for batch in ("batch_1", "batch_32"):
         row = report["classifier"][batch]
@@ -97,6 +98,12 @@ def test_bench_json_has_every_section(checkpoint, tmp_path):
     assert soak["requests"] > 0 and soak["p99_ms"] >= soak["p95_ms"] >= soak["p50_ms"]
     assert soak["server_rss_mb_before"] > 0 and soak["server_rss_mb_after"] > 0
     assert "busy_503" in soak and soak["over_budget_video"]["status"] == 413
+    watch = report["watch"]
+    assert watch["watch"]["frames_per_s"] > 0 and watch["watch"]["events"] >= 1
+    assert watch["database"]["events"] == 3000
+    assert watch["database"]["sqlite_mb_per_million_events"] > 0
+    assert 0 < watch["api_latency"]["latest_100"]["p50_ms"] <= watch["api_latency"][
+        "latest_100"]["p95_ms"]
     assert report["memory"]["peak_rss_mb"] > 0
 
 

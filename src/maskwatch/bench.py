@@ -18,6 +18,9 @@ Sections (each a function returning a dict):
 - ``distributed``: training images/s under torchrun with 1 and with 2 processes.
 - ``serve``: requests/s and p50/p95 latency of ``POST /api/detect`` under a bounded local
   load (loopback only).
+- ``watch``: ``maskwatch watch`` frames/s and events/s on a 640x480 clip of people walking
+  through a door; ``/api/events`` and ``/api/stats`` latency on a SQLite database of a
+  million generated events, and its size (see :mod:`maskwatch.monitoring.bench`).
 - ``memory``: peak resident memory of this process.
 """
 
@@ -41,7 +44,7 @@ import numpy as np
 from maskwatch.errors import MaskwatchError
 
 SECTIONS = ("classifier", "pipeline", "scenes", "cold_start", "training", "distributed", "serve",
-            "soak", "memory")
+            "soak", "watch", "memory")
 #: `detect` options before two-pass detection (for the ``scenes`` ratios): its defaults,
 #: and the settings that reached mAP@0.5 0.85 on the held-out scenes (4x slower).
 PREVIOUS_DETECT = {"detect_size": 960, "refine_size": 0, "face_threshold": 0.4}
@@ -565,9 +568,16 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def _bench_watch(model: Path, threads: int, tmp: Path, events: int, frames: int) -> dict:
+    from maskwatch.monitoring.bench import bench_watch
+
+    return bench_watch(model, threads, tmp, events=events, frames=frames)
+
+
 def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
               seconds: float = 3.0, serve_seconds: float = 20.0, clients: int = 8,
               soak_seconds: float = 30.0, soak_clients: int = 16,
+              watch_events: int = 1_000_000, watch_frames: int = 250,
               log: Callable[[str], None] = lambda m: None) -> dict:
     """Run the chosen sections and return one dict of results."""
     import onnxruntime
@@ -593,6 +603,7 @@ def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
             "distributed": lambda: bench_distributed(seconds),
             "serve": lambda: bench_serve(model_path, threads, serve_seconds, clients),
             "soak": lambda: bench_soak(model_path, threads, soak_seconds, soak_clients, tmp),
+            "watch": lambda: _bench_watch(model_path, threads, tmp, watch_events, watch_frames),
         }
         for name in sections:
             if name in jobs:

@@ -15,7 +15,8 @@ def register(subparsers) -> None:
     p = add_command(
         subparsers,
         "bench",
-        help="measure speed and memory (classifier, pipeline, cold start, training, serving)",
+        help="measure speed and memory (classifier, pipeline, cold start, training, serving, "
+        "watch)",
         description="Measure, in one run on the same inputs: face crops/s of the bundled "
         "classifier (torch eager, ONNX fp32, int8) against MobileNetV2 at 224 px; frames/s of "
         "the whole pipeline on 640x480 frames with 5 faces, against res10 SSD + MobileNetV2 "
@@ -24,10 +25,13 @@ def register(subparsers) -> None:
         "MASKWATCH_DATASETS); cold start of `maskwatch classify`; training images/s; "
         "requests/s and latency of /api/detect; a soak and overload run of `maskwatch serve` "
         "(16-32 clients on /api/detect, an over-budget /api/video upload, p50/p95/p99, 503s, "
-        "server memory before and after); peak memory. Quote ratios from one run.",
+        "server memory before and after); `watch` frames/s and events/s, and the watch API's "
+        "latency and database size on a million generated events; peak memory. Quote ratios "
+        "from one run.",
         examples=["maskwatch bench", "maskwatch bench --sections classifier pipeline -j",
                   "maskwatch bench --sections serve soak --soak-clients 32 -j",
-                  "maskwatch bench --sections scenes -j"],
+                  "maskwatch bench --sections scenes -j",
+                  "maskwatch bench --sections watch -j"],
     )
     add_model_argument(p)
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
@@ -41,6 +45,10 @@ def register(subparsers) -> None:
                    help="duration of the soak and overload run")
     p.add_argument("--soak-clients", type=int, default=16,
                    help="concurrent /api/detect clients in the soak run (16-32 overloads it)")
+    p.add_argument("--watch-events", type=int, default=1_000_000,
+                   help="events generated for the watch section's API latency and size")
+    p.add_argument("--watch-frames", type=int, default=250,
+                   help="frames of the 640x480 clip the watch section watches")
     p.add_argument("-j", "--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -61,6 +69,7 @@ def run(args) -> int:
         sections=args.sections, model=args.model, threads=args.threads, seconds=args.seconds,
         serve_seconds=args.serve_seconds, clients=args.clients,
         soak_seconds=args.soak_seconds, soak_clients=args.soak_clients,
+        watch_events=args.watch_events, watch_frames=args.watch_frames,
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     if args.json:

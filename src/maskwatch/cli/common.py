@@ -149,3 +149,100 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                    help="only part I of N (0-based) of the inputs: the k-th file by sorted "
                    "path goes to part k mod N")
+
+
+DETECTORS = ["centerface", "yunet", "accurate", "fast"]
+
+
+def add_detector_arguments(p: argparse.ArgumentParser) -> None:
+    """The face detector's options (detect, evaluate-detection, watch)."""
+    p.add_argument(
+        "--detector", default="centerface", choices=DETECTORS,
+        help="face detector: centerface (= accurate; finds masked faces far more often) or "
+        "yunet (= fast)",
+    )
+    p.add_argument(
+        "--face-threshold", type=float, default=None,
+        help="face score threshold (default: the site model's, else 0.2 for centerface, 0.5 "
+        "for yunet); lower finds more faces and more false boxes",
+    )
+    add_threshold_argument(p)
+    p.add_argument(
+        "--detect-size", type=int, default=None,
+        help="first face-detection pass: photos are shrunk to the pixel count of a 4:3 "
+        "photo with this long side (default: 320 for centerface, 960 for yunet); boxes are "
+        "mapped back and faces cropped from the original",
+    )
+    p.add_argument(
+        "--refine-size", type=int, default=None,
+        help="size, as for --detect-size, of a finer second pass over the part of a photo "
+        "where the first pass found small faces (default: 800 for centerface, 0 for yunet; "
+        "0: one pass only)",
+    )
+    p.add_argument(
+        "--upscale", action="store_true",
+        help="also enlarge images smaller than --detect-size in the first pass",
+    )
+    p.add_argument("--min-face", type=int, default=None,
+                   help="ignore faces whose shorter side is below this many pixels (default: "
+                   "the site model's, else 0)")
+
+
+def detector_options(args: argparse.Namespace) -> dict:
+    """Detector keyword arguments from the options `detect`, `evaluate-detection` and `watch`
+    share
+    (with --faces-only, a site model's settings are read from its metadata)."""
+    from maskwatch.inference.modelfile import read_site
+
+    site = read_site(args.model) if args.faces_only and args.model else None
+    return dict(
+        face_detector=args.detector,
+        classifier=False if args.faces_only else args.model,
+        threads=args.threads,
+        face_threshold=args.face_threshold,
+        margin=args.margin,
+        detect_size=args.detect_size,
+        min_face=args.min_face,
+        upscale=args.upscale,
+        threshold=args.threshold,
+        site=site,
+        refine_size=args.refine_size,
+    )
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _labels(text: str) -> tuple[str, ...]:
+    from maskwatch.detection.alerts import parse_labels
+    from maskwatch.errors import MaskwatchError
+
+    try:
+        return parse_labels(text)
+    except MaskwatchError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+
+
+def add_alert_arguments(p: argparse.ArgumentParser, title: str, per: str = "") -> None:
+    """--alert-after, --non-compliant, --alert-command, --alert-url, --alert-interval (detect
+    and watch)."""
+    alert = p.add_argument_group(title)
+    alert.add_argument("--alert-after", type=positive_int, default=10, metavar="N",
+                       help="alert when a non-compliant face has been seen for N consecutive "
+                       "frames (default: 10)")
+    alert.add_argument("--non-compliant", default="without_mask,incorrect_mask",
+                       type=_labels, metavar="LABELS",
+                       help="labels that count as non-compliant for alerts, comma separated "
+                       "(default: without_mask,incorrect_mask)")
+    alert.add_argument("--alert-command", default=None, metavar="CMD",
+                       help="command to run on an alert (no shell; the JSON event arrives on "
+                       "stdin and in $MASKWATCH_ALERT)")
+    alert.add_argument("--alert-url", default=None, metavar="URL",
+                       help="POST the JSON event to this http(s) URL on an alert")
+    alert.add_argument("--alert-interval", type=float, default=60.0, metavar="SECONDS",
+                       help="at most one alert per this many seconds" + per)

@@ -5,55 +5,23 @@ from __future__ import annotations
 import argparse
 
 from maskwatch.cli.common import (
+    DETECTORS,
+    add_alert_arguments,
     add_alias,
     add_batch_arguments,
     add_command,
+    add_detector_arguments,
     add_model_argument,
     add_overwrite_argument,
     add_save_arguments,
     add_threads_argument,
-    add_threshold_argument,
+    detector_options,
+    positive_int,
     print_json,
     save_folder,
 )
 
 ORDER = 40
-
-DETECTORS = ["centerface", "yunet", "accurate", "fast"]
-
-
-def _add_detector_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--detector", default="centerface", choices=DETECTORS,
-        help="face detector: centerface (= accurate; finds masked faces far more often) or "
-        "yunet (= fast)",
-    )
-    p.add_argument(
-        "--face-threshold", type=float, default=None,
-        help="face score threshold (default: the site model's, else 0.2 for centerface, 0.5 "
-        "for yunet); lower finds more faces and more false boxes",
-    )
-    add_threshold_argument(p)
-    p.add_argument(
-        "--detect-size", type=int, default=None,
-        help="first face-detection pass: photos are shrunk to the pixel count of a 4:3 "
-        "photo with this long side (default: 320 for centerface, 960 for yunet); boxes are "
-        "mapped back and faces cropped from the original",
-    )
-    p.add_argument(
-        "--refine-size", type=int, default=None,
-        help="size, as for --detect-size, of a finer second pass over the part of a photo "
-        "where the first pass found small faces (default: 800 for centerface, 0 for yunet; "
-        "0: one pass only)",
-    )
-    p.add_argument(
-        "--upscale", action="store_true",
-        help="also enlarge images smaller than --detect-size in the first pass",
-    )
-    p.add_argument("--min-face", type=int, default=None,
-                   help="ignore faces whose shorter side is below this many pixels (default: "
-                   "the site model's, else 0)")
-
 
 def _add_drawing_arguments(p: argparse.ArgumentParser) -> None:
     from maskwatch.detection.draw import BLUR_CHOICES
@@ -63,7 +31,7 @@ def _add_drawing_arguments(p: argparse.ArgumentParser) -> None:
                    help="boxes only: no caption over each face and no count overlay")
     g.add_argument("--no-scores", action="store_true",
                    help="captions without the probability (e.g. 'no mask')")
-    g.add_argument("--line-width", type=_positive, default=None, metavar="PX",
+    g.add_argument("--line-width", type=positive_int, default=None, metavar="PX",
                    help="box line width in pixels (default: grows with face and image size)")
     g.add_argument("--blur", nargs="?", const="all", default=None, choices=BLUR_CHOICES,
                    help="blur faces in everything written: all of them (--blur), or only "
@@ -75,23 +43,6 @@ def _annotator(args: argparse.Namespace):
 
     return Annotator(labels=not args.no_labels, scores=not args.no_scores,
                      width=args.line_width, blur=args.blur)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _labels(text: str) -> tuple[str, ...]:
-    from maskwatch.detection.alerts import parse_labels
-    from maskwatch.errors import MaskwatchError
-
-    try:
-        return parse_labels(text)
-    except MaskwatchError as exc:
-        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
 
 
 def register(subparsers) -> None:
@@ -130,32 +81,18 @@ def register(subparsers) -> None:
     add_model_argument(p)
     p.add_argument("--faces-only", action="store_true",
                    help="only detect faces, without the mask classifier")
-    _add_detector_arguments(p)
+    add_detector_arguments(p)
     p.add_argument("--margin", type=float, default=0.15,
                    help="context added around each face before classification (fraction of "
                    "the box per side)")
-    p.add_argument("--max-frames", type=_positive, default=None,
+    p.add_argument("--max-frames", type=positive_int, default=None,
                    help="stop each video, camera or stream after this many frames")
     _add_drawing_arguments(p)
-    p.add_argument("--detect-every", type=_positive, default=1, metavar="N",
+    p.add_argument("--detect-every", type=positive_int, default=1, metavar="N",
                    help="videos, cameras, streams: detect on every Nth frame only; frames "
                    "between carry the tracked faces forward (default: 1, every frame; see "
                    "README for what N costs in accuracy)")
-    alert = p.add_argument_group("alerts (videos, cameras, streams)")
-    alert.add_argument("--alert-after", type=_positive, default=10, metavar="N",
-                       help="alert when a non-compliant face has been seen for N consecutive "
-                       "frames (default: 10)")
-    alert.add_argument("--non-compliant", default="without_mask,incorrect_mask",
-                       type=_labels, metavar="LABELS",
-                       help="labels that count as non-compliant for alerts, comma separated "
-                       "(default: without_mask,incorrect_mask)")
-    alert.add_argument("--alert-command", default=None, metavar="CMD",
-                       help="command to run on an alert (no shell; the JSON event arrives on "
-                       "stdin and in $MASKWATCH_ALERT)")
-    alert.add_argument("--alert-url", default=None, metavar="URL",
-                       help="POST the JSON event to this http(s) URL on an alert")
-    alert.add_argument("--alert-interval", type=float, default=60.0, metavar="SECONDS",
-                       help="at most one alert per this many seconds")
+    add_alert_arguments(p, "alerts (videos, cameras, streams)")
     add_threads_argument(p)
     add_batch_arguments(p)  # --workers, --results, --resume, --shard
     add_alias(p, "--csv", "results")  # the old per-face CSV: now --results FILE.csv
@@ -181,11 +118,11 @@ def register(subparsers) -> None:
     e.add_argument("-d", "--data", required=True, metavar="DIR",
                    help="dataset with boxes, e.g. annotations/*.xml + images/")
     e.add_argument("-j", "--json", action="store_true", help="print one JSON object on stdout")
-    e.add_argument("--limit", type=_positive, default=None, help="only the first N scenes")
+    e.add_argument("--limit", type=positive_int, default=None, help="only the first N scenes")
     add_model_argument(e)
     e.add_argument("--faces-only", action="store_true",
                    help="score the face detector alone (no classifier, no AP)")
-    _add_detector_arguments(e)
+    add_detector_arguments(e)
     e.add_argument("--margin", type=float, default=0.15,
                    help="context added around each face before classification")
     e.add_argument("--recall-iou", type=float, default=0.4,
@@ -210,27 +147,6 @@ def register(subparsers) -> None:
     _add_drawing_arguments(d)
     add_threads_argument(d)
     d.set_defaults(func=run_demo)
-
-
-def detector_options(args: argparse.Namespace) -> dict:
-    """Detector keyword arguments from the options `detect` and `evaluate-detection` share
-    (with --faces-only, a site model's settings are read from its metadata)."""
-    from maskwatch.inference.modelfile import read_site
-
-    site = read_site(args.model) if args.faces_only and args.model else None
-    return dict(
-        face_detector=args.detector,
-        classifier=False if args.faces_only else args.model,
-        threads=args.threads,
-        face_threshold=args.face_threshold,
-        margin=args.margin,
-        detect_size=args.detect_size,
-        min_face=args.min_face,
-        upscale=args.upscale,
-        threshold=args.threshold,
-        site=site,
-        refine_size=args.refine_size,
-    )
 
 
 def run_detect(args: argparse.Namespace) -> int:

@@ -8,20 +8,17 @@ import sys
 import threading
 
 from maskwatch.cli.common import (
+    add_alert_arguments,
     add_command,
+    add_detector_arguments,
     add_model_argument,
     add_threads_argument,
+    detector_options,
+    positive_int,
     print_json,
 )
 
 ORDER = 45
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -32,8 +29,6 @@ def _positive_float(text: str) -> float:
 
 
 def register(subparsers) -> None:
-    from maskwatch.cli.detect import _add_detector_arguments
-
     p = add_command(
         subparsers, "watch",
         help="watch cameras, streams or videos and store one event per person (for days)",
@@ -61,33 +56,21 @@ def register(subparsers) -> None:
     p.add_argument("--keep-days", type=_positive_float, default=None, metavar="N",
                    help="delete events, counts and snapshots older than N days (at start, then "
                    "hourly); default: keep everything")
-    p.add_argument("--min-frames", type=_positive_int, default=3, metavar="N",
+    p.add_argument("--min-frames", type=positive_int, default=3, metavar="N",
                    help="a track seen in fewer frames is noise, not a person")
-    p.add_argument("--max-missed", type=_positive_int, default=10, metavar="N",
+    p.add_argument("--max-missed", type=positive_int, default=10, metavar="N",
                    help="frames a person may be out of view before their event ends")
-    p.add_argument("--max-frames", type=_positive_int, default=None,
+    p.add_argument("--max-frames", type=positive_int, default=None,
                    help="stop each source after this many frames")
     p.add_argument("--reconnect-max", type=_positive_float, default=60.0, metavar="SECONDS",
                    help="longest wait between two tries to reopen a dropped stream")
     add_model_argument(p)
     p.add_argument("--faces-only", action="store_true",
                    help="only detect faces, without the mask classifier (events have no label)")
-    _add_detector_arguments(p)
+    add_detector_arguments(p)
     p.add_argument("--margin", type=float, default=0.15,
                    help="context added around each face before classification")
-    p.add_argument("--min-face", type=int, default=0,
-                   help="ignore faces whose shorter side is below this many pixels")
-    alert = p.add_argument_group("alerts")
-    alert.add_argument("--alert-after", type=_positive_int, default=10, metavar="N",
-                       help="alert when a face without a mask has been seen for N consecutive "
-                       "frames")
-    alert.add_argument("--alert-command", default=None, metavar="CMD",
-                       help="command to run on an alert (no shell; the JSON event arrives on "
-                       "stdin and in $MASKWATCH_ALERT)")
-    alert.add_argument("--alert-url", default=None, metavar="URL",
-                       help="POST the JSON event to this http(s) URL on an alert")
-    alert.add_argument("--alert-interval", type=float, default=60.0, metavar="SECONDS",
-                       help="at most one alert per this many seconds, per source")
+    add_alert_arguments(p, "alerts", per=", per source")
     add_threads_argument(p)
     p.add_argument("--json", action="store_true",
                    help="print each stored event as one JSON line (after it is committed), and "
@@ -110,23 +93,19 @@ def run_watch(args) -> int:
         max_frames=args.max_frames, reconnect_max=args.reconnect_max,
         reconnect_min=min(1.0, args.reconnect_max),
     )
-    options = dict(
-        face_detector=args.detector, classifier=False if args.faces_only else args.model,
-        threads=args.threads, face_threshold=args.face_threshold, margin=args.margin,
-        detect_size=args.detect_size, min_face=args.min_face, upscale=args.upscale,
-        threshold=args.threshold,
-    )
-    Detector(**options)  # a bad --model is one clear error before anything starts
+    options = detector_options(args)
+    # a bad --model is one clear error before anything starts; this one serves the 1st source
+    built = [Detector(**options)]
 
     make_alert = None
     if args.alert_command or args.alert_url:
         from maskwatch.detection.alerts import AlertHook
 
-        AlertHook(args.alert_after, args.alert_command, args.alert_url, args.alert_interval)
-
         def make_alert():
             return AlertHook(args.alert_after, args.alert_command, args.alert_url,
-                             args.alert_interval)
+                             args.alert_interval, non_compliant=args.non_compliant)
+
+        make_alert()  # a bad --alert-url is one clear error before anything starts
 
     def on_event(row: dict) -> None:
         record = {**row, "first_seen": iso(row["first_seen"]), "last_seen": iso(row["last_seen"])}
@@ -142,7 +121,8 @@ def run_watch(args) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     summary = watch(
-        args.sources, args.db, lambda: Detector(**options), config, keep_days=args.keep_days,
+        args.sources, args.db, lambda: built.pop() if built else Detector(**options), config,
+        keep_days=args.keep_days,
         make_alert=make_alert, on_event=on_event, stop=stop,
         progress=not args.quiet and not args.json,
     )
