@@ -10,9 +10,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 CHROMIUM = Path(os.environ.get("MASKWATCH_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
+#: pytestmark of a browser test module: skipped with the reason when chromium is missing.
+BROWSER_MARKS = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing "
+                       "(apt-get install chromium, or set MASKWATCH_CHROMIUM)"),
+]
+
+
+def import_playwright():
+    """playwright.sync_api, or skip the module with the reason."""
+    return pytest.importorskip(
+        "playwright.sync_api",
+        reason="the playwright python package is missing (pip install playwright)",
+    )
 
 
 @contextmanager

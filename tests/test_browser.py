@@ -10,17 +10,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from browser_helpers import CHROMIUM, CHROMIUM_ARGS, running_server
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing "
-                       "(apt-get install chromium, or set MASKWATCH_CHROMIUM)"),
-]
-playwright_sync = pytest.importorskip(
-    "playwright.sync_api",
-    reason="the playwright python package is missing (pip install playwright)",
+from browser_helpers import (
+    BROWSER_MARKS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    import_playwright,
+    running_server,
 )
+
+pytestmark = BROWSER_MARKS
+playwright_sync = import_playwright()
 pytest.importorskip("uvicorn")
 
 

@@ -8,12 +8,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
-from monitoring_helpers import write_clip
+from monitoring_helpers import NoDetector, write_clip
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -23,15 +22,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 from maskwatch.cli import main  # noqa: E402
 from maskwatch.monitoring.store import Store  # noqa: E402
 from maskwatch.serving.app import Settings, create_app  # noqa: E402
-
-
-class NoDetector:
-    """The dashboard needs no model; the app still wants a detector and a classifier."""
-
-    classifier = SimpleNamespace(classes=["with_mask", "without_mask"], info=None)
-
-    def detect(self, rgb):
-        return []
 
 
 def client(db, **settings) -> TestClient:

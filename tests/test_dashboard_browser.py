@@ -8,31 +8,24 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from browser_helpers import CHROMIUM, CHROMIUM_ARGS, running_server
-from conftest import face_array
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing "
-                       "(apt-get install chromium, or set MASKWATCH_CHROMIUM)"),
-]
-playwright_sync = pytest.importorskip(
-    "playwright.sync_api",
-    reason="the playwright python package is missing (pip install playwright)",
+from browser_helpers import (
+    BROWSER_MARKS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    import_playwright,
+    running_server,
 )
+from conftest import face_array
+from monitoring_helpers import NoDetector
+
+pytestmark = BROWSER_MARKS
+playwright_sync = import_playwright()
 pytest.importorskip("uvicorn")
 pytest.importorskip("sqlalchemy")
 
 from maskwatch.imaging import save_rgb  # noqa: E402
 from maskwatch.monitoring.store import Store  # noqa: E402
 from maskwatch.serving.app import Settings, create_app  # noqa: E402
-
-
-class NoDetector:
-    classifier = SimpleNamespace(classes=["with_mask", "without_mask"], info=None)
-
-    def detect(self, rgb):
-        return []
 
 
 def _history(tmp_path) -> SimpleNamespace:
