@@ -14,6 +14,8 @@ from maskwatch.monitoring.watcher import SourceWatcher, WatchConfig, retention_d
 
 #: Seconds between two retention passes while watching.
 RETENTION_EVERY = 3600.0
+#: Seconds to wait for each source to finish after Ctrl+C.
+STOP_WAIT = 15.0
 
 
 def watch(
@@ -79,8 +81,10 @@ def watch(
         except KeyboardInterrupt:
             log("interrupted: finishing the people in view")
             stop.set()
-            for t in threads:
-                t.join()
+            for t in threads:  # a camera stuck in a read cannot hold the exit for long
+                t.join(STOP_WAIT)
+                if t.is_alive():
+                    log(f"{t.name}: still reading after {STOP_WAIT:g}s; leaving it")
     finally:
         stop.set()
         for bar in bars:
