@@ -237,7 +237,8 @@
     }
     state.busy = true;
     state.again = false;
-    const [bucket, span] = PERIODS[$("period").value];
+    const period = $("period").value;
+    const [bucket, span] = PERIODS[period];
     const source = $("source").value;
     const until = new Date();
     const since = new Date(until.getTime() - span * 1000);
@@ -259,7 +260,7 @@
       dash.dataset.updates = state.updates;
       dash.dataset.events = events.events.length;
       dash.dataset.sources = stats.sources.join(",");
-      dash.dataset.period = $("period").value;
+      dash.dataset.period = period; // what this load showed, not what is chosen now
       dash.dataset.source = source;
       $("status").textContent = `Updated ${until.toLocaleTimeString()}: `
         + `${Object.values(stats.totals).reduce((a, b) => a + b, 0)} people in this period.`;
