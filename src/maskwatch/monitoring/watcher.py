@@ -24,7 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from maskwatch.detection.tracker import IoUTracker, Track
-from maskwatch.detection.video import VideoSource, is_camera, is_stream, prefetch, source_name
+from maskwatch.detection.video import (
+    TrackedVideo,
+    VideoSource,
+    is_camera,
+    is_stream,
+    source_name,
+)
 from maskwatch.errors import MaskwatchError
 
 #: Longest side of a snapshot, in pixels.
@@ -111,7 +117,7 @@ class SourceWatcher:
         self._minute: float | None = None
         self._minute_faces: dict[str, int] = {}
         self._minute_people: dict[str, set] = {}
-        self._last_t = 0.0
+        self._raw: list[dict] = []
 
     # ------------------------------------------------------------ the loop
 
@@ -173,12 +179,14 @@ class SourceWatcher:
         if length and left is not None:
             length = min(length, left)
         start = self.clock() - (length / fps if length and not self.live else 0.0)
+        # the one video path (as detect and the web's video jobs): decoding in a reader
+        # thread, detection and tracking here, with this source's tracker across reconnects
+        video = TrackedVideo(src, self._detect, max_frames=left, tracker=self.tracker)
         try:
-            for rgb in prefetch(src.frames(left)):
+            for _index, rgb, faces in video:
                 if self.stop.is_set():
                     break
-                t = self.clock() if self.live else start + got / fps
-                self.process(rgb, t)
+                self._observe(rgb, faces, self.clock() if self.live else start + got / fps)
                 got += 1
         finally:
             src.close()
@@ -186,16 +194,18 @@ class SourceWatcher:
 
     # ------------------------------------------------------------ one frame
 
-    def process(self, rgb: np.ndarray, t: float) -> list:
-        """Detect, track and count one frame taken at time ``t``; returns its faces."""
+    def _detect(self, rgb: np.ndarray) -> list:
         faces = self.detector.detect(rgb)
-        raw = [dict(f.scores) for f in faces]  # the tracker smooths scores in place
-        self.tracker.update(faces)
+        self._raw = [dict(f.scores) for f in faces]  # the tracker smooths scores in place
+        return faces
+
+    def _observe(self, rgb: np.ndarray, faces: list, t: float) -> None:
+        """Count one tracked frame taken at time ``t``; store the people who left."""
+        raw = self._raw
         minute = float(math.floor(t / 60) * 60)
         if self._minute is not None and minute != self._minute:
             self._flush_minute()
         self._minute = minute
-        self._last_t = t
         snap_frame = None
         for i, (face, scores) in enumerate(zip(faces, raw)):
             person = self._people.get(face.track_id)
@@ -221,12 +231,11 @@ class SourceWatcher:
         self.frames += 1
         if self.alert is not None:
             if self.alert.update(faces, self.name, self.frames - 1):
-                self.log(f"alert: unmasked face in {self.name}")
+                self.log(f"alert: non-compliant face in {self.name}")
         self._emit(self.tracker.finished)
         self.tracker.finished.clear()  # days of tracks must not pile up in memory
         if self.on_frame is not None:
             self.on_frame(1)
-        return faces
 
     def _end_tracks(self) -> None:
         """The source ended or dropped: every person in view leaves now."""
