@@ -23,10 +23,13 @@ from maskwatch.cli import main  # noqa: E402
 from maskwatch.monitoring.store import Store  # noqa: E402
 from maskwatch.serving.app import Settings, create_app  # noqa: E402
 
+BASE_URL = "http://127.0.0.1:8000"  # the server checks the Host header (DNS rebinding)
+
 
 def client(db, **settings) -> TestClient:
     return TestClient(create_app(detector=NoDetector(), settings=Settings(db=str(db),
-                                                                            **settings)))
+                                                                            **settings)),
+                      base_url=BASE_URL)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +100,8 @@ def test_watch_routes_follow_the_api_key_rule(tmp_path):
 
 
 def test_serve_without_a_database_has_no_dashboard_and_a_missing_one_fails_clearly(tmp_path):
-    with TestClient(create_app(detector=NoDetector(), settings=Settings())) as c:
+    with TestClient(create_app(detector=NoDetector(), settings=Settings()),
+                    base_url=BASE_URL) as c:
         assert c.get("/dashboard").status_code == 404
         assert c.get("/api/events").status_code == 404
     code = main(["serve", "--db", str(tmp_path / "absent.sqlite"), "--detector", "yunet"])

@@ -128,7 +128,7 @@ def bench_watch(model: Path, threads: int, tmp: Path, events: int = 1_000_000,
         "stats_hour_24h": "/api/stats?bucket=hour",
         "stats_day_30d": "/api/stats?bucket=day",
     }
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:  # Host check
         result["api_latency"] = {name: _latency(client.get, q, repeats)
                                  for name, q in queries.items()}
     result["api_latency"]["note"] = (f"in-process requests on {events} events (SQLite, WAL); "
