@@ -25,7 +25,6 @@ from monitoring_helpers import ListSource, ScriptedDetector, write_clip
 pytest.importorskip("sqlalchemy", reason="the watch extra is missing (pip install sqlalchemy)")
 
 from maskwatch.cli import main  # noqa: E402
-from maskwatch.detection.privacy import blur_faces  # noqa: E402
 from maskwatch.errors import MaskwatchError  # noqa: E402
 from maskwatch.monitoring.store import SCHEMA_VERSION, Store, StoreWriter, parse_time  # noqa: E402
 from maskwatch.monitoring.watcher import SourceWatcher, WatchConfig, split_source  # noqa: E402
@@ -243,23 +242,6 @@ def test_source_names():
     assert split_source("rtsp://u:p@cam.local/x?a=b") == ("cam.local_x_a_b", "rtsp://u:p@cam.local/x?a=b")
     assert split_source("0") == ("camera0", "0")
     assert split_source("/videos/hall.mp4") == ("hall", "/videos/hall.mp4")
-
-
-def test_blur_faces_hides_the_face_and_nothing_else():
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (120, 160, 3), np.uint8)
-    before = rgb.copy()
-    out = blur_faces(rgb, [(40, 30, 100, 90, 0.9)], margin=0.0)
-    assert np.array_equal(rgb, before)  # pure: the input is untouched
-    inside, outside = np.zeros(rgb.shape[:2], bool), np.ones(rgb.shape[:2], bool)
-    inside[45:75, 55:85] = True
-    outside[30:90, 40:100] = False
-    assert np.array_equal(out[outside], rgb[outside])
-    assert out[inside].astype(float).std() < 0.2 * rgb[inside].astype(float).std()
-    rect = blur_faces(rgb, [[40, 30, 100, 90]], margin=0.0, ellipse=False)
-    assert not np.array_equal(rect[30, 40], rgb[30, 40])  # the corner too
-    with pytest.raises(ValueError):
-        blur_faces(rgb, [], strength=0)
 
 
 # ---------------------------------------------------------------- the command

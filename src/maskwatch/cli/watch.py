@@ -40,9 +40,10 @@ def register(subparsers) -> None:
         "SOURCE: a camera index (0), a stream URL (rtsp://, http://...) or a video file;\n"
         "NAME=SOURCE names it (events record the name, never a stream's password).\n"
         "A dropped camera or stream is reopened with backoff (1 s, 2 s, ... up to 60 s); a\n"
-        "video file ends its source. Ctrl+C or SIGTERM stops: people in view are stored.\n\n"
-        "example: maskwatch watch 0 door=rtsp://cam.local/stream --db events.sqlite "
-        "--keep-days 30",
+        "video file ends its source. Ctrl+C or SIGTERM stops: people in view are stored.",
+        examples=["maskwatch watch clip.mp4 --db events.sqlite",
+                  "maskwatch watch 0 door=rtsp://cam.local/stream --db events.sqlite "
+                  "--keep-days 30 --snapshots snaps/ --blur"],
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="camera index, stream URL or video file (or NAME=SOURCE)")
