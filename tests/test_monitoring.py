@@ -18,7 +18,6 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np
 import pytest
 from monitoring_helpers import ListSource, ScriptedDetector, write_clip
 
