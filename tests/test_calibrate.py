@@ -203,3 +203,40 @@ def test_serve_applies_and_reports_the_site_model(tmp_path, tiny_model):
         image = (tmp_path / "site" / "s0.png").read_bytes()
         faces = c.post("/api/detect", files={"file": ("s0.png", image, "image/png")}).json()
     assert len(faces["faces"]) == 3  # the background face is dropped by the site's min_face
+
+
+def test_faces_only_reads_the_site_from_the_model(tmp_path, tiny_model, capsys, monkeypatch):
+    monkeypatch.setattr(pipeline, "make_face_detector",
+                        lambda name, threshold=None, **kw: BlobDetector(threshold))
+    csv = site_scenes(tmp_path / "site", 24, HEAD_BOXES)
+    site = tmp_path / "site.onnx"
+    cal.calibrate(csv, site, model=tiny_model, progress=False, face_detector=BlobDetector())
+    assert main(["evaluate-detection", "--data", str(csv), "--model", str(site),
+                 "--faces-only", "--json", "--quiet"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["box_map"] == pytest.approx(HEAD_BOXES, abs=0.03)
+    assert r["precision50"] == 1.0 and "map50" not in r
+
+
+@pytest.mark.realdata
+def test_real_scenes_with_head_boxes(tmp_path):
+    """24 scenes of the 853 set, boxes grown to whole heads: the real detector's boxes are
+    mapped onto them, and mAP on the held-out scenes rises."""
+    from conftest import require_dataset
+
+    from maskwatch.detection.evaluate import load_scenes
+    from maskwatch.detection.faces import calibrate_box
+
+    scenes = load_scenes(require_dataset("face-mask-detection-853"), limit=24)
+    rows = ["name,x1,y1,x2,y2,classname"]
+    for sc in scenes:
+        (tmp_path / sc.path.name).symlink_to(sc.path)
+        for box, label in zip(sc.boxes, sc.labels):
+            x1, y1, x2, y2 = (round(v) for v in calibrate_box(box, HEAD_BOXES))
+            rows.append(f"{sc.path.name},{x1},{y1},{x2},{y2},{label}")
+    (tmp_path / "heads.csv").write_text("\n".join(rows) + "\n")
+    r = cal.calibrate(tmp_path / "heads.csv", tmp_path / "site.onnx", threads=1,
+                      holdout=0.25, progress=False)
+    sw, sh, _, dy = r["box_map"]
+    assert 1.2 < sw < 1.7 and 1.4 < sh < 2.0 and dy < -0.05
+    assert r["held_out"]["after"]["map50"] > r["held_out"]["before"]["map50"] + 0.2
