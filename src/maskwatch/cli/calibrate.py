@@ -38,10 +38,11 @@ def register(subparsers) -> None:
     add_model_argument(p)
     p.add_argument("--detector", default="centerface", choices=DETECTORS,
                    help="face detector to fit for")
-    p.add_argument("--detect-size", type=int, default=960,
-                   help="long side images are shrunk to for face detection (as in detect)")
-    p.add_argument("--upscale", action="store_true",
-                   help="also enlarge small images for detection (as in detect)")
+    p.add_argument("--detect-size", type=int, default=None,
+                   help="long side images are shrunk to for face detection (default: as "
+                   "detect does)")
+    p.add_argument("--upscale", action="store_true", default=None,
+                   help="also enlarge small images for detection (as detect --upscale)")
     p.add_argument("--holdout", type=float, default=0.3,
                    help="share of the scenes held out from fitting and scored before/after "
                    "(0: fit on all, no before/after)")

@@ -26,8 +26,8 @@ import numpy as np
 
 from maskwatch.detection.evaluate import (
     Scene,
-    _greedy_pairs,
     detect_scenes,
+    greedy_pairs,
     iou_matrix,
     scene_outcomes,
     score_detections,
@@ -188,7 +188,7 @@ def fit_box_map(scenes, cache, face_threshold: float, rounds: int = 3) -> tuple[
             gt = np.asarray(scene.boxes, np.float64)
             ious = iou_matrix(gt, mapped)
             w, h = c.size
-            for g, p in _greedy_pairs(ious, 0.25 if r == 0 else 0.4):
+            for g, p in greedy_pairs(ious, 0.25 if r == 0 else 0.4):
                 a, d = gt[g], c.boxes[keep[p]]
                 if _touches_edge(a, w, h) or _touches_edge(d, w, h):
                     continue
@@ -223,7 +223,7 @@ def mask_outcomes(scenes, cache, s: Settings, classes) -> tuple[np.ndarray, np.n
             continue
         keep, boxes = _mapped(c, s)
         ious = iou_matrix(np.asarray(scene.boxes, np.float64).reshape(-1, 4), boxes)
-        for g, p in _greedy_pairs(ious, 0.5):
+        for g, p in greedy_pairs(ious, 0.5):
             if scene.labels[g] in (WITH_MASK, WITHOUT_MASK):
                 probs.append(c.probs[keep[p]])
                 truth.append(scene.labels[g] == WITHOUT_MASK)
@@ -369,14 +369,15 @@ FEW_SCENES = 20
 
 
 def calibrate(
-    data, out, model=None, detector: str = "centerface", detect_size: int = 960,
-    upscale: bool = False, holdout: float = 0.3, seed: int = 0, margin: float = 0.01,
+    data, out, model=None, detector: str = "centerface", detect_size: int | None = None,
+    upscale: bool | None = None, holdout: float = 0.3, seed: int = 0, margin: float = 0.01,
     threads: int = 0, force: bool = False, progress: bool = True,
     on_error: Callable[[str], None] | None = None, face_detector=None, classifier=None,
 ) -> dict:
     """Fit site settings on the scenes at ``data`` and write them with a copy of ``model``
     (default: the bundled one) to ``out``; returns the JSON-ready report.
 
+    ``detect_size`` / ``upscale``: None leaves the pipeline's defaults, as ``detect`` does.
     ``face_detector`` / ``classifier`` replace the ones built from ``detector`` / ``model``
     (the written copy is still of ``model``)."""
     import sys
@@ -401,10 +402,11 @@ def calibrate(
     if len(scenes) < FEW_SCENES:
         print(f"maskwatch: only {len(scenes)} scenes: the fit will be rough (20-200 "
               "recommended)", file=sys.stderr)
+    given = {k: v for k, v in (("detect_size", detect_size), ("upscale", upscale))
+             if v is not None}
     det = Detector(face_detector=face_detector or detector,
                    classifier=classifier if classifier is not None else str(src),
-                   threads=threads, detect_size=detect_size, upscale=upscale, min_face=0,
-                   site=False)
+                   threads=threads, min_face=0, site=False, **given)
     defaults = Settings(face_threshold=float(det.face_detector.threshold),
                         mask_threshold=float(info.threshold))
     det.face_detector.threshold = min(LOWEST_FACE_THRESHOLD, defaults.face_threshold)
@@ -432,7 +434,7 @@ def calibrate(
     if held_idx:
         report["held_out"] = held_out_report(*pick(held_idx), classes, defaults, s)
     fitted = {k: report[k] for k in ("scenes", "fit_scenes", "held_out_scenes", "seed")}
-    fitted.update(detect_size=detect_size, upscale=upscale, source_model=src.name)
+    fitted.update(given, source_model=src.name)
     if held_idx:
         fitted["held_out_map50"] = {k: report["held_out"][k]["map50"]
                                     for k in ("before", "after")}

@@ -356,8 +356,8 @@ def score_detections(
         if len(pred):
             best = ious.max(axis=0) if len(gt) else np.zeros(len(pred))
             false_sizes += [_side(b) for b, v in zip(pred, best) if v < recall_iou]
-            tp50 += len(_greedy_pairs(ious, 0.5))
-            pairs30 = _greedy_pairs(ious, 0.3)
+            tp50 += len(greedy_pairs(ious, 0.5))
+            pairs30 = greedy_pairs(ious, 0.3)
             tp30 += len(pairs30)
             loose += sum(1 for g, p in pairs30 if ious[g, p] < 0.5)
     if n_images == 0:
@@ -412,7 +412,7 @@ def evaluate_detection(
     return report
 
 
-def _greedy_pairs(ious: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+def greedy_pairs(ious: np.ndarray, threshold: float) -> list[tuple[int, int]]:
     """One-to-one (truth, prediction) matches with IoU >= threshold, best pairs first."""
     if ious.size == 0:
         return []
