@@ -14,7 +14,7 @@ from PIL import Image
 
 from maskwatch.cli import main
 from maskwatch.data import audit_dataset, format_report, inspect_image, load_dataset
-from maskwatch.data.hashing import near_pairs
+from maskwatch.data.hashing import connected_groups, near_pairs
 
 
 def png_bomb(path, width=20000, height=20000):
@@ -144,3 +144,10 @@ def test_near_pairs_matches_brute_force():
              if hashes[i] is not None and hashes[j] is not None
              and bin(hashes[i] ^ hashes[j]).count("1") <= 4}
     assert found == brute and len(found) >= 51
+
+
+def test_connected_groups_joins_chains_and_keeps_singletons():
+    edges = [(0, 3), (3, 5, 2), (6, 7), (5, 0)]  # triples as near_pairs gives them
+    assert connected_groups(8, edges) == [[0, 3, 5], [1], [2], [4], [6, 7]]
+    assert connected_groups(3, []) == [[0], [1], [2]]
+

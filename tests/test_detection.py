@@ -193,3 +193,25 @@ def test_box_calibration_moves_boxes_onto_annotation_style():
     assert y2 - y1 == pytest.approx(180)  # 0.9 of the height
     assert (y1 + y2) / 2 == pytest.approx(100 + 22)  # centre 0.11 heights lower
     assert CenterFaceDetector.box_calibration is not None
+
+
+def test_centerface_rewritten_once_for_any_size_then_cached(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from maskwatch.detection.faces import centerface_path, load_dynamic_centerface
+
+    model = load_dynamic_centerface(centerface_path(), tmp_path)
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    assert shape[1] == 3 and all(isinstance(d, str) for d in (shape[0], shape[2], shape[3]))
+    heat = session.run(None, {session.get_inputs()[0].name: np.zeros((2, 3, 64, 96),
+                                                                     np.float32)})[0]
+    assert heat.shape == (2, 1, 16, 24)
+    assert len(list(tmp_path.glob("centerface-dynamic-*.onnx"))) == 1
+
+    def no_rewrite(path):
+        raise AssertionError("the cached model should have been used")
+
+    monkeypatch.setattr(faces_mod, "dynamic_centerface", no_rewrite)
+    assert load_dynamic_centerface(centerface_path(), tmp_path) == model
+

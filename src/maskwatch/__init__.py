@@ -11,7 +11,16 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Detector", "Classifier"]
+__all__ = ["__version__", "Detector", "Classifier", "default_cache_dir"]
+
+
+def default_cache_dir():
+    """Where maskwatch keeps what it can rebuild (decoded faces, rewritten models):
+    ``$XDG_CACHE_HOME/maskwatch``, else ``~/.cache/maskwatch``."""
+    from pathlib import Path
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "maskwatch"
 
 
 def __getattr__(name: str):  # lazy, so `import maskwatch` stays cheap

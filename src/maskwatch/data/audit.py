@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from maskwatch.data.hashing import NEAR_DISTANCE, UnionFind, near_pairs
+from maskwatch.data.hashing import NEAR_DISTANCE, connected_groups, near_pairs
 from maskwatch.data.model import Dataset
 
 
@@ -156,10 +156,7 @@ def audit_dataset(
 
     # near duplicates: pairs, clusters
     pairs = near_pairs([f.phash for f in facts], max_distance)
-    uf = UnionFind(len(paths))
-    for a, b, _ in pairs:
-        uf.union(a, b)
-    clusters = [g for g in uf.groups() if len(g) > 1]
+    clusters = [g for g in connected_groups(len(paths), pairs) if len(g) > 1]
 
     leak: dict[str, set] = defaultdict(set)
     for a, b, _ in pairs:

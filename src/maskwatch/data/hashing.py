@@ -1,4 +1,4 @@
-"""Perceptual hashes and fast near-duplicate search (multi-index hashing, union-find)."""
+"""Perceptual hashes, fast near-duplicate search (multi-index hashing) and grouping."""
 
 from __future__ import annotations
 
@@ -77,26 +77,16 @@ def near_pairs(hashes: list[int | None], max_distance: int = NEAR_DISTANCE) -> l
     return pairs
 
 
-class UnionFind:
-    """Disjoint sets over 0..n-1."""
+def connected_groups(n: int, edges) -> list[list[int]]:
+    """The connected components of the graph on 0..n-1 with ``edges`` (pairs, or triples
+    whose first two items are the ends): each sorted, ordered by their smallest member."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, x: int) -> int:
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    def groups(self) -> list[list[int]]:
-        """All sets, each sorted, ordered by their smallest member."""
-        out: dict[int, list[int]] = defaultdict(list)
-        for i in range(len(self.parent)):
-            out[self.find(i)].append(i)
-        return sorted(out.values(), key=lambda g: g[0])
+    ends = np.asarray([e[:2] for e in edges], dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(ends), np.int8), (ends[:, 0], ends[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels.tolist()):
+        groups[label].append(i)
+    return sorted(groups.values(), key=lambda g: g[0])

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from maskwatch.data.audit import inspect_all
-from maskwatch.data.hashing import NEAR_DISTANCE, UnionFind, near_pairs
+from maskwatch.data.hashing import NEAR_DISTANCE, connected_groups, near_pairs
 from maskwatch.data.model import SPLITS, Dataset, Sample, is_synthetic, write_manifest
 from maskwatch.errors import MaskwatchError
 
@@ -32,30 +32,30 @@ def _clusters(ds: Dataset, max_distance: int, workers: int, progress: bool):
     facts = inspect_all(paths, workers=workers, progress=progress)
     bad = {Path(f.path): f.error for f in facts if f.error}
     index = {p: i for i, p in enumerate(paths)}
-    uf = UnionFind(len(ds.samples))
+    edges: list[tuple[int, int]] = []  # samples that must share a split
     first_of_image: dict[int, int] = {}
     first_of_group: dict[str, int] = {}
     for k, s in enumerate(ds.samples):
         img = index[s.path]
         if img in first_of_image:
-            uf.union(first_of_image[img], k)
+            edges.append((first_of_image[img], k))
         else:
             first_of_image[img] = k
         if s.group:
             if s.group in first_of_group:
-                uf.union(first_of_group[s.group], k)
+                edges.append((first_of_group[s.group], k))
             else:
                 first_of_group[s.group] = k
     by_sha: dict[str, int] = {}
     for i, f in enumerate(facts):
         if f.sha1 and i in first_of_image:
             if f.sha1 in by_sha:
-                uf.union(first_of_image[by_sha[f.sha1]], first_of_image[i])
+                edges.append((first_of_image[by_sha[f.sha1]], first_of_image[i]))
             else:
                 by_sha[f.sha1] = i
     for a, b, _ in near_pairs([f.phash for f in facts], max_distance):
-        uf.union(first_of_image[a], first_of_image[b])
-    return uf.groups(), bad
+        edges.append((first_of_image[a], first_of_image[b]))
+    return connected_groups(len(ds.samples), edges), bad
 
 
 def assign_splits(ds: Dataset, clusters: list[list[int]], ratios, seed: int) -> list[Sample]:

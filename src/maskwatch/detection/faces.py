@@ -261,120 +261,57 @@ class YuNetDetector(FaceDetector):
 
 # --- CenterFace ------------------------------------------------------------------------
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
+def dynamic_centerface(path: str | Path) -> bytes:
+    """The CenterFace graph made to accept any batch, height and width.
 
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _fields(buf: bytes) -> list[tuple[int, int, bytes]]:
-    """Split a protobuf message into (field number, wire type, raw payload) triples."""
-    out, pos = [], 0
-    while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        num, wire = key >> 3, key & 7
-        start = pos
-        if wire == 0:
-            _, pos = _read_varint(buf, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 2:
-            length, pos = _read_varint(buf, pos)
-            start = pos
-            pos += length
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ModelError(f"unsupported protobuf wire type {wire}")
-        out.append((num, wire, buf[start:pos]))
-    return out
-
-
-def _join(fields: list[tuple[int, int, bytes]]) -> bytes:
-    out = bytearray()
-    for num, wire, payload in fields:
-        out += _varint(num << 3 | wire)
-        if wire == 2:
-            out += _varint(len(payload))
-        out += payload
-    return bytes(out)
-
-
-def _free_dims(value_info: bytes, free: tuple[int, ...]) -> bytes:
-    """Replace the fixed sizes of the given dims of an ONNX ValueInfoProto with symbols."""
-
-    def edit_shape(shape: bytes) -> bytes:
-        dims = _fields(shape)
-        new, k = [], 0
-        for num, wire, payload in dims:
-            if num == 1:
-                if k in free:
-                    payload = _join([(2, 2, f"d{k}".encode())])
-                k += 1
-            new.append((num, wire, payload))
-        return _join(new)
-
-    def edit_tensor(t: bytes) -> bytes:
-        return _join([(n, w, edit_shape(p) if n == 2 else p) for n, w, p in _fields(t)])
-
-    def edit_type(t: bytes) -> bytes:
-        return _join([(n, w, edit_tensor(p) if n == 1 else p) for n, w, p in _fields(t)])
-
-    return _join([(n, w, edit_type(p) if n == 2 else p) for n, w, p in _fields(value_info)])
-
-
-def _name_of(message: bytes, field: int) -> str:
-    for num, wire, payload in _fields(message):
-        if num == field and wire == 2:
-            return payload.decode("utf-8", "replace")
-    return ""
-
-
-def dynamic_centerface(model: bytes) -> bytes:
-    """Make the CenterFace graph accept any batch/height/width.
-
-    The published model declares a fixed 10x3x32x32 input. This rewrites the declared
-    input and output shapes (batch, height, width become symbolic) and drops initializers
-    listed as graph inputs, so onnxruntime can fold them as constants. Pure protobuf
-    wire-format editing, so the ``onnx`` package is not needed at run time.
+    The published model declares a fixed 10x3x32x32 input. Its declared input and output
+    shapes get symbolic batch, height and width (``onnx.tools.update_model_dims``), and
+    the initializers it also lists as graph inputs are dropped from the inputs so
+    onnxruntime can fold them as constants.
     """
-    top = _fields(model)
-    new_top = []
-    for num, wire, payload in top:
-        if num == 7 and wire == 2:  # ModelProto.graph
-            graph = _fields(payload)
-            inits = {_name_of(p, 8) for n, w, p in graph if n == 5 and w == 2}
-            new_graph = []
-            for n, w, p in graph:
-                if n == 11 and w == 2:  # GraphProto.input
-                    if _name_of(p, 1) in inits:
-                        continue
-                    p = _free_dims(p, (0, 2, 3))
-                elif n == 12 and w == 2:  # GraphProto.output
-                    p = _free_dims(p, (0, 2, 3))
-                elif n == 13 and w == 2:  # value_info: shapes of intermediates, now stale
-                    continue
-                new_graph.append((n, w, p))
-            payload = _join(new_graph)
-        new_top.append((num, wire, payload))
-    return _join(new_top)
+    import onnx
+    from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in weights]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    del graph.value_info[:]  # shapes of intermediates, stale once the input size is free
+
+    def free(values, height: str, width: str) -> dict[str, list]:
+        return {v.name: ["batch", v.type.tensor_type.shape.dim[1].dim_value, height, width]
+                for v in values}
+
+    model = update_inputs_outputs_dims(model, free(graph.input, "height", "width"),
+                                       free(graph.output, "map_height", "map_width"))
+    return model.SerializeToString()
+
+
+def load_dynamic_centerface(path: str | Path, cache_dir: str | Path | None = None) -> bytes:
+    """:func:`dynamic_centerface`, rewritten once and then read from ``cache_dir``
+    (default: ``default_cache_dir()``), so later starts need neither ``onnx`` nor the
+    rewrite. The cached file is named by the source model's hash; an unwritable cache only
+    costs the rewrite."""
+    import hashlib
+
+    from maskwatch import default_cache_dir
+
+    path = Path(path)
+    key = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    cached = Path(cache_dir or default_cache_dir()) / f"centerface-dynamic-{key}.onnx"
+    if cached.is_file():
+        return cached.read_bytes()
+    model = dynamic_centerface(path)
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(model)
+        os.replace(tmp, cached)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    return model
 
 
 #: The CenterFace model shipped in maskwatch's assets, with CENTERFACE-LICENSE.txt beside it.
@@ -413,7 +350,7 @@ class CenterFaceDetector(FaceDetector):
 
         path = Path(model_path) if model_path else centerface_path()
         try:
-            model = dynamic_centerface(path.read_bytes())
+            model = load_dynamic_centerface(path)
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
             if threads > 0:
