@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("onnx")
 
 from onnx_helpers import write_tiny_onnx  # noqa: E402
+from slowdown import slow_env  # noqa: E402
 
 from maskwatch.cli import main as cli_main  # noqa: E402
 
@@ -70,7 +71,7 @@ def test_kill_halfway_then_resume_has_no_gaps_or_duplicates(tmp_path, model, fol
     out = tmp_path / "out.jsonl"
     argv = [sys.executable, "-m", "maskwatch", "classify", str(folder), "--model", str(model),
             "--output", str(out), "--workers", "2"]
-    proc = subprocess.Popen(argv, env=_env(MASKWATCH_TEST_DELAY="0.1"),
+    proc = subprocess.Popen(argv, env=slow_env("maskwatch.imaging:load_rgb", 0.1),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60

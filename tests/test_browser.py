@@ -74,6 +74,8 @@ class YuFaceDetector:
         import yuface
 
         self._yuface = yuface
+        self.face_detector = SimpleNamespace(name="yunet")
+        self.site = None
         self.classifier = SimpleNamespace(
             classes=["with_mask", "without_mask"],
             info=SimpleNamespace(name="stand-in", classes=["with_mask", "without_mask"],

@@ -16,11 +16,11 @@ from maskwatch.detection import pipeline
 from maskwatch.detection.evaluate import (
     Scene,
     average_precision,
-    load_voc,
-    parse_voc_xml,
+    load_scenes,
     score_detections,
     voc_ap,
 )
+from maskwatch.errors import LayoutError
 
 DATASETS = Path(os.environ.get("MASKWATCH_DATASETS",
                                Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
@@ -104,14 +104,14 @@ def voc_dir(tmp_path):
     return root
 
 
-def test_parse_voc_and_bad_xml(voc_dir, tmp_path):
-    scenes = load_voc(voc_dir)
+def test_load_scenes_and_bad_xml(voc_dir):
+    scenes = load_scenes(voc_dir)
     assert [len(s.boxes) for s in scenes] == [2, 1]
     assert scenes[0].labels == ["without_mask", "with_mask"]
-    bad = tmp_path / "bad.xml"
-    bad.write_text("<!DOCTYPE x [<!ENTITY a 'b'>]><annotation>&a;</annotation>")
-    with pytest.raises(Exception, match="not a readable VOC annotation"):
-        parse_voc_xml(bad)
+    (voc_dir / "annotations" / "scene9.xml").write_text(
+        "<!DOCTYPE x [<!ENTITY a 'b'>]><annotation>&a;</annotation>")
+    with pytest.raises(LayoutError, match="XML refused"):
+        load_scenes(voc_dir)
 
 
 def test_cli_evaluate_detection_json(voc_dir, capsys, monkeypatch):

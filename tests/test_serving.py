@@ -51,6 +51,9 @@ class FakeClassifier:
 class FakeDetector:
     """'Faces' are the bright rectangles of an image; records how many calls overlap."""
 
+    face_detector = SimpleNamespace(name="fake-bright")
+    site = None  # no site calibration
+
     def __init__(self, delay: float = 0.0) -> None:
         self.classifier = FakeClassifier()
         self.delay = delay
@@ -317,6 +320,7 @@ def test_model_endpoint(client):
     assert body["name"] == "fake-colour"
     assert body["classes"] == CLASSES
     assert body["threshold"] == 0.4
+    assert body["detector"] == "fake-bright"
     assert body["versions"]["maskwatch"]
     assert body["limits"]["max_upload_mb"] == 10.0
 

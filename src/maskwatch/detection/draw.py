@@ -47,7 +47,7 @@ def label_text(face, scores: bool = True) -> str:
                 text = f"{UNSURE} {text}"
             if scores:
                 text += f" {face.score:.2f}"
-    if getattr(face, "track_id", None) is not None:
+    if face.track_id is not None:
         text = f"#{face.track_id} {text}"
     return text
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from maskwatch.boxes import iou_matrix
 from maskwatch.errors import LayoutError, MaskwatchError
-from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITH_MASK, WITHOUT_MASK, normalise_label
+from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITH_MASK, WITHOUT_MASK
 
 #: Classes averaged into ``map50`` (incorrect_mask is rare and reported on its own).
 MAP_CLASSES = (WITH_MASK, WITHOUT_MASK)
@@ -27,48 +27,11 @@ class Scene:
     difficult: list[bool] = field(default_factory=list)
 
 
-def _int(text: str | None) -> int:
-    return int(round(float(text or 0)))
-
-
-def parse_voc_xml(xml_path: Path, images_dir: Path | None = None) -> Scene:
-    """Read one Pascal-VOC annotation (with defusedxml); unknown class names are skipped."""
-    from defusedxml import ElementTree
-    from defusedxml.common import DefusedXmlException
-
-    try:
-        root = ElementTree.parse(str(xml_path)).getroot()
-    except (ElementTree.ParseError, DefusedXmlException, OSError) as exc:
-        raise LayoutError(f"{xml_path}: not a readable VOC annotation ({exc})") from None
-    images_dir = images_dir or xml_path.parent.parent / "images"
-    name = (root.findtext("filename") or "").strip()
-    path = images_dir / name if name else None
-    if path is None or not path.is_file():
-        found = sorted(images_dir.glob(xml_path.stem + ".*"))
-        path = found[0] if found else images_dir / (name or xml_path.stem + ".jpg")
-    scene = Scene(path=path)
-    for obj in root.iter("object"):
-        label = normalise_label(obj.findtext("name") or "")
-        box = obj.find("bndbox")
-        if label is None or box is None:
-            continue
-        x1, y1 = _int(box.findtext("xmin")), _int(box.findtext("ymin"))
-        x2, y2 = _int(box.findtext("xmax")), _int(box.findtext("ymax"))
-        if x2 <= x1 or y2 <= y1:
-            continue
-        scene.boxes.append((x1, y1, x2, y2))
-        scene.labels.append(label)
-        scene.difficult.append((obj.findtext("difficult") or "0").strip() == "1")
-    return scene
-
-
 def load_scenes(root: str | Path, limit: int | None = None) -> list[Scene]:
     """Annotated scenes of a dataset with boxes, read with ``maskwatch.data.load_dataset``
-    (any layout it knows: VOC, YOLO, CSV); falls back to :func:`load_voc`."""
-    try:
-        from maskwatch.data import load_dataset
-    except ImportError:
-        return load_voc(root, limit)
+    (any layout it knows: VOC, YOLO, CSV)."""
+    from maskwatch.data import load_dataset
+
     ds = load_dataset(root)
     scenes: dict[Path, Scene] = {}
     for s in ds.samples:
@@ -82,26 +45,6 @@ def load_scenes(root: str | Path, limit: int | None = None) -> list[Scene]:
         raise LayoutError(f"{root}: no face boxes found (need a dataset of scenes with boxes)")
     out = sorted(scenes.values(), key=lambda sc: _natural(sc.path.name))
     return out[:limit] if limit else out
-
-
-def load_voc(root: str | Path, limit: int | None = None) -> list[Scene]:
-    """Load a VOC folder: ``annotations/*.xml`` (or ``Annotations``) + ``images/``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise LayoutError(f"{root}: no such folder")
-    ann = next((root / d for d in ("annotations", "Annotations") if (root / d).is_dir()), None)
-    if ann is None:
-        if any(root.glob("*.xml")):
-            ann = root
-        else:
-            raise LayoutError(f"{root}: no annotations/*.xml here (expected Pascal VOC)")
-    img_dir = next((root / d for d in ("images", "JPEGImages") if (root / d).is_dir()), ann)
-    xmls = sorted(ann.glob("*.xml"), key=lambda p: _natural(p.stem))
-    if not xmls:
-        raise LayoutError(f"{ann}: no .xml annotations")
-    if limit:
-        xmls = xmls[:limit]
-    return [parse_voc_xml(x, img_dir) for x in xmls]
 
 
 def _natural(text: str):

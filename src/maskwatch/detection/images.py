@@ -1,15 +1,10 @@
 """Per-image detection work: read, detect, save an annotated copy (``process_image``),
 and its worker-process side for ``detect --workers`` (``init_detector``,
 ``detect_image``).
-
-``MASKWATCH_TEST_DELAY`` (seconds): ``detect_image`` sleeps this long per file. It
-exists for the tests that kill a run halfway; leave it unset.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 from maskwatch.detection.draw import Annotator
@@ -53,11 +48,5 @@ def init_detector(kwargs: dict, annotate: Annotator | None = None) -> None:
 def detect_image(job: tuple[str, str | None]):
     """(spec, faces or None, error or None, annotated copy written or None)."""
     spec, out = job
-    try:
-        delay = float(os.environ.get("MASKWATCH_TEST_DELAY", "0") or 0)
-    except ValueError:
-        delay = 0.0
-    if delay:
-        time.sleep(delay)
     return (spec, *process_image(_STATE["detector"], spec, Path(out) if out else None,
                                  _STATE.get("annotate")))

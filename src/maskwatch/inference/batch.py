@@ -1,28 +1,16 @@
 """The worker side of ``maskwatch classify`` over large collections: each process loads
 its classifier once (``init_classifier``) and labels chunks of files (``classify_chunk``);
 the pool, shards and output file are in :mod:`maskwatch.batching`.
-
-``MASKWATCH_TEST_DELAY`` (seconds): the worker functions sleep this long per file. It
-exists for the tests that kill a run halfway; leave it unset.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any
 
 from maskwatch.errors import ImageError
 from maskwatch.imaging import load_rgb
 
 _STATE: dict[str, Any] = {}
-
-
-def _test_delay() -> float:
-    try:
-        return float(os.environ.get("MASKWATCH_TEST_DELAY", "0") or 0)
-    except ValueError:
-        return 0.0
 
 
 def init_classifier(model: str | None, threads: int, batch_size: int,
@@ -44,11 +32,8 @@ def loaded_classifier():
 def classify_chunk(paths: list[str]) -> list[tuple[str, dict | None, str | None]]:
     """(path, prediction dict, None) or (path, None, error) for each image, in order."""
     clf = _STATE["classifier"]
-    delay = _test_delay()
     faces, ok, out = [], [], []
     for p in paths:
-        if delay:
-            time.sleep(delay)
         try:
             faces.append(load_rgb(p))
             ok.append(p)

@@ -8,7 +8,7 @@ ImageNet weights load. Every entry declares its default input size and normalisa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from maskwatch.errors import ModelError
 
@@ -29,7 +29,6 @@ class ModelSpec:
     weights_url: str | None = None
     description: str = ""
     min_size: int = 32
-    defaults: dict = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -96,11 +95,6 @@ def create_model(name: str, num_classes: int, pretrained: str | None = None, **a
     return model
 
 
-def get_classifier(model):
-    """The model's final Linear layer (the one replaced for a new number of classes)."""
-    return model.get_classifier()
-
-
 def freeze_backbone(model) -> list[str]:
     """Freeze every parameter outside the classifier head; returns the trainable names.
 
@@ -121,7 +115,6 @@ __all__ = [
     "ModelSpec",
     "create_model",
     "freeze_backbone",
-    "get_classifier",
     "list_models",
     "model_spec",
     "register_model",

@@ -248,7 +248,7 @@ def _too_large(limit: int) -> HTTPException:
 
 
 def _face_records(faces: list) -> list[dict]:
-    return [f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in faces]
+    return [f.to_dict() for f in faces]
 
 
 def _relabel(faces: list, classes: list[str], threshold: float) -> list:
@@ -423,7 +423,7 @@ def create_app(
         det = detector
         if det is None:
             det = await asyncio.to_thread(_load_detector, settings, classifier)
-        clf = classifier if classifier is not None else getattr(det, "classifier", None)
+        clf = classifier if classifier is not None else det.classifier
         if clf is None:
             from maskwatch.inference.classifier import Classifier
 
@@ -545,7 +545,7 @@ def create_app(
         def work() -> dict:
             rgb, (sx, sy) = decode(data, name)
             faces = state.detector.detect(rgb)
-            classes = list(getattr(state.classifier, "classes", []))
+            classes = list(state.classifier.classes)
             if threshold is not None:
                 faces = _relabel(faces, classes, threshold)
             records = _scale_boxes(_face_records(faces), sx, sy)
@@ -681,17 +681,14 @@ def create_app(
              responses=error_responses())
     async def model_info() -> dict:
         clf = state.classifier
-        info = getattr(clf, "info", None)
-        det = state.detector
-        det_name = (getattr(getattr(det, "face_detector", None), "name", None)
-                    or getattr(det, "name", None) or settings.detector)
+        info = clf.info
         return {
-            "name": getattr(info, "name", None),
-            "classes": list(getattr(clf, "classes", None) or getattr(info, "classes", [])),
-            "threshold": getattr(info, "threshold", None),
-            "input_size": getattr(info, "input_size", None),
-            "detector": str(det_name) if det_name else None,
-            "site": asdict(det.site) if getattr(det, "site", None) else None,
+            "name": info.name,
+            "classes": list(clf.classes),
+            "threshold": info.threshold,
+            "input_size": info.input_size,
+            "detector": state.detector.face_detector.name,
+            "site": asdict(state.detector.site) if state.detector.site else None,
             "limits": {
                 "max_upload_mb": settings.max_upload_mb,
                 "max_video_mb": settings.max_video_mb,
