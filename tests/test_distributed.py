@@ -19,8 +19,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
 import torch.distributed as dist  # noqa: E402
+from slowdown import slow_env  # noqa: E402
 
 from maskwatch.training.distributed import DistEnv, shard_order  # noqa: E402
+
+STEP = "maskwatch.training.augment:augment_batch"  # called once per training step
 
 if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with the gloo back-end is not available in this torch build",
@@ -41,8 +44,10 @@ def _torchrun(*argv: str) -> list[str]:
             "-m", "maskwatch", *argv]
 
 
-def _env(**extra: str) -> dict:
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", **extra)
+def _env(slow_step: float = 0.0) -> dict:
+    """The environment for torchrun; ``slow_step``: seconds each training step sleeps."""
+    env = (slow_env(STEP, slow_step) if slow_step
+           else dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
         env.pop(key, None)
     return env
@@ -115,7 +120,9 @@ def _weights(path: Path) -> dict:
 
 def test_torchrun_two_processes_metrics_files_and_resume(tmp_path, faces):
     from maskwatch.models.checkpoint import load_checkpoint, read_header
-    from maskwatch.training.train import create_criterion, evaluate, load_data
+    from maskwatch.training.data import load_data
+    from maskwatch.training.losses import create_criterion
+    from maskwatch.training.train import evaluate
 
     cache = tmp_path / "cache"
     full = tmp_path / "full"
@@ -163,7 +170,7 @@ def test_torchrun_two_processes_metrics_files_and_resume(tmp_path, faces):
         pytest.skip("killing a torchrun job's workers needs /proc (Linux)")
     killed = tmp_path / "killed"
     runner = subprocess.Popen(_torchrun(*_train_argv(faces, killed, cache)),
-                              env=_env(MASKWATCH_STEP_DELAY="0.3"),
+                              env=_env(slow_step=0.3),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60

@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
 from PIL import Image  # noqa: E402
+from slowdown import slow_env  # noqa: E402
 
 from maskwatch.cli import main as cli_main  # noqa: E402
 from maskwatch.errors import MaskwatchError, ModelError  # noqa: E402
@@ -24,8 +25,8 @@ from maskwatch.inference.modelfile import ModelInfo  # noqa: E402
 from maskwatch.models import create_model  # noqa: E402
 from maskwatch.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from maskwatch.training import augment  # noqa: E402
-from maskwatch.training.data import decode_faces, group_split, relabel  # noqa: E402
-from maskwatch.training.train import epoch_order, lr_at  # noqa: E402
+from maskwatch.training.data import decode_faces, epoch_order, group_split, relabel  # noqa: E402
+from maskwatch.training.optim import lr_at  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -275,7 +276,7 @@ def test_resume_after_kill_mid_epoch_matches_uninterrupted_run(tmp_path, capsys)
     assert cli_main(train_argv(data, full, cache, *epochs)) == 0
 
     killed = tmp_path / "killed"
-    env = dict(os.environ, MASKWATCH_STEP_DELAY="0.25", OMP_WAIT_POLICY="PASSIVE")
+    env = slow_env("maskwatch.training.augment:augment_batch", 0.25)  # one call per step
     proc = subprocess.Popen(
         [sys.executable, "-m", "maskwatch", *train_argv(data, killed, cache, *epochs)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

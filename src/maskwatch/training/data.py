@@ -1,4 +1,5 @@
-"""Training data: sample selection, group-aware validation split and the decoded-face cache."""
+"""Training data: sample selection, group-aware validation split, the decoded-face cache,
+and the decoded splits (``load_data``) with their epoch order and batches."""
 
 from __future__ import annotations
 
@@ -8,21 +9,19 @@ import multiprocessing as mp
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from maskwatch import default_cache_dir
 from maskwatch.data.model import is_synthetic
 from maskwatch.errors import ImageError, MaskwatchError
 from maskwatch.labels import INCORRECT_MASK, WITH_MASK, WITHOUT_MASK
+from maskwatch.training.logs import log
 
 CACHE_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "maskwatch"
 
 
 def class_list(num_classes: int) -> list[str]:
@@ -210,3 +209,130 @@ def decode_faces(
         failed = [int(i) for i in np.flatnonzero(~ok)]
         json_path.write_text(json.dumps({"failed": failed, "errors": errors, "n": n}))
     return FaceArray(images, ok, errors)
+
+
+# ----------------------------------------------------------- decoded splits and batches
+
+
+@dataclass
+class Split:
+    """Decoded faces of one split and their label indices."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TrainData:
+    train: Split
+    val: Split | None
+    classes: list[str]
+    summary: dict
+
+
+def _load_split_samples(path: str, args):
+    from maskwatch.data import load_dataset
+
+    ds = load_dataset(path, mapping=args.mapping)
+    return ds
+
+
+def _decode_split(samples, labels, size, args, desc) -> Split:
+    cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    faces = decode_faces(
+        samples, size, args.margin, cache, args.workers, not args.no_progress, desc
+    )
+    if faces.errors:
+        log(f"skipped {len(faces.errors)} unreadable image(s) in {desc}, e.g. {faces.errors[0]}")
+    keep = np.flatnonzero(faces.ok)
+    if len(keep) == len(samples):
+        images = faces.images
+    else:
+        images = np.asarray(faces.images[keep])
+    return Split(images, labels[keep], [str(samples[i].path) for i in keep])
+
+
+def load_data(args, input_size: int) -> TrainData:
+    """Read the dataset(s), choose train/val samples and decode them (cached)."""
+    classes = class_list(args.classes)
+    if args.loss == "sigmoid" and len(classes) != 2:
+        raise MaskwatchError("--loss sigmoid needs --classes 2")
+    ds = _load_split_samples(args.data, args)
+    samples, labels = relabel(ds.samples, classes, args.merge_incorrect)
+    if not samples:
+        raise MaskwatchError(f"{args.data}: no sample of the classes {', '.join(classes)}")
+    splits = np.asarray([s.split or "" for s in samples])
+    val_idx = np.flatnonzero(splits == "val")
+    train_idx = np.flatnonzero((splits == "train") | (splits == ""))
+    if len(train_idx) == 0:
+        raise MaskwatchError(f"{args.data}: no training samples (split 'train' or none)")
+    val_samples, val_labels, val_source = [], np.zeros(0, np.int64), "none"
+    if args.val_data:
+        vds = _load_split_samples(args.val_data, args)
+        vs, vl = relabel(vds.samples, classes, args.merge_incorrect)
+        real = [i for i, s in enumerate(vs) if not is_synthetic(s)]  # never validate on them
+        wanted = [i for i in real if vs[i].split in ("val", None)] or real
+        val_samples, val_labels = [vs[i] for i in wanted], vl[wanted]
+        val_source = f"--val-data {args.val_data}"
+    elif len(val_idx):
+        val_samples, val_labels = [samples[i] for i in val_idx], labels[val_idx]
+        val_source = "the data's val split"
+    elif args.val_fraction > 0:
+        sub = [samples[i] for i in train_idx]
+        tr, va = group_split(sub, labels[train_idx], args.val_fraction, args.seed)
+        val_samples, val_labels = [sub[i] for i in va], labels[train_idx][va]
+        train_idx = train_idx[tr]
+        val_source = f"{args.val_fraction:g} of train by group (seed {args.seed})"
+    train_samples, train_labels = [samples[i] for i in train_idx], labels[train_idx]
+    missing = [c for i, c in enumerate(classes) if not (train_labels == i).any()]
+    if missing:
+        raise MaskwatchError(f"no training sample of class {', '.join(missing)}")
+    train = _decode_split(train_samples, train_labels, input_size, args, "decoding train")
+    val = None
+    if len(val_samples):
+        val = _decode_split(val_samples, val_labels, input_size, args, "decoding val")
+    summary = {
+        "classes": classes,
+        "train_counts": {c: int((train.labels == i).sum()) for i, c in enumerate(classes)},
+        "val_counts": (
+            {c: int((val.labels == i).sum()) for i, c in enumerate(classes)} if val else {}
+        ),
+        "validation": val_source,
+        "layout": ds.layout,
+    }
+    return TrainData(train, val, classes, summary)
+
+
+def epoch_order(labels: np.ndarray, balance: str, seed: int, epoch: int) -> np.ndarray:
+    """Sample indices for one epoch: a permutation, or a class-balanced draw."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    n = len(labels)
+    if balance == "sampler":
+        counts = np.bincount(labels, minlength=labels.max() + 1).astype(np.float64)
+        weights = torch.from_numpy(1.0 / counts[labels])
+        return torch.multinomial(weights, n, replacement=True, generator=g).numpy()
+    return torch.randperm(n, generator=g).numpy()
+
+
+class BatchLoader:
+    """Yields (uint8 N x S x S x 3 tensor, label tensor) batches in a given order."""
+
+    def __init__(self, split: Split, order: np.ndarray, batch_size: int, drop_small: bool = True):
+        self.split, self.order, self.batch_size = split, order, batch_size
+        self.drop_small = drop_small  # a batch of 1 breaks batch norm in training mode
+
+    def __len__(self) -> int:
+        n = len(self.order)
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest > (1 if self.drop_small else 0) else 0)
+
+    def __iter__(self):
+        for b in range(len(self)):
+            idx = np.sort(self.order[b * self.batch_size : (b + 1) * self.batch_size])
+            images = torch.from_numpy(np.ascontiguousarray(self.split.images[idx]))
+            labels = torch.from_numpy(self.split.labels[idx])
+            yield images, labels

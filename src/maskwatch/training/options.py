@@ -1,11 +1,18 @@
-"""Command-line options of ``maskwatch train`` (no heavy imports here)."""
+"""Command-line options of ``maskwatch train`` and the run folder they are kept in (no
+heavy imports here)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from maskwatch.errors import MaskwatchError
 
 #: Options that may differ when a run is resumed (they do not change the results).
 RUNTIME_OPTIONS = ("device", "threads", "workers", "cache_dir", "no_progress", "resume")
+#: The resume state in a run folder (see ``maskwatch.training.checkpoint``).
+STATE_FILE = "last_state.safetensors"
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -81,3 +88,38 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     r.add_argument("--eval-batch-size", type=int, default=128, help="validation batch size")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def args_dict(args) -> dict:
+    """The options as a JSON-ready dict (config.json)."""
+    return {k: v for k, v in vars(args).items() if k != "func"}
+
+
+def prepare_run_dir(args, create: bool = True) -> tuple[argparse.Namespace, Path, bool]:
+    """(effective args, run folder, resuming?); refuses to reuse a finished run's folder.
+
+    ``create=False`` (ranks other than 0, after rank 0 made the folder) skips the
+    emptiness check and the mkdir.
+    """
+    if args.resume:
+        out = Path(args.resume)
+        cfg_path = out / "config.json"
+        if not cfg_path.is_file() or not (out / STATE_FILE).is_file():
+            raise MaskwatchError(f"{out}: no run to resume (needs config.json and {STATE_FILE})")
+        saved = json.loads(cfg_path.read_text())["args"]
+        for key in RUNTIME_OPTIONS:
+            saved[key] = getattr(args, key, saved.get(key))
+        merged = argparse.Namespace(**{**args_dict(args), **saved})
+        merged.out = str(out)
+        return merged, out, True
+    if not args.data or not args.out:
+        raise MaskwatchError("--data and --out are required (or --resume RUN_DIR)")
+    out = Path(args.out)
+    if not create:
+        return args, out, False
+    if out.exists() and any(out.iterdir()):
+        raise MaskwatchError(
+            f"{out}: folder exists and is not empty; choose a new --out or --resume it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return args, out, False
