@@ -95,6 +95,17 @@ def test_no_import_cycles():
     assert _cycles(_without_package_parents(_imports())) == []
 
 
+def test_readme_layout_names_every_module_and_package():
+    """README's layout section lists every package and top-level module of src/maskwatch,
+    and every module of training/ (the one package it details file by file)."""
+    readme = (SRC.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    names = [f"{p.name}/" for p in SRC.iterdir() if p.is_dir() and p.name != "__pycache__"]
+    names += [p.name for p in SRC.glob("*.py") if not p.name.startswith("__")]
+    names += [p.name for p in (SRC / "training").glob("*.py") if not p.name.startswith("__")]
+    assert [n for n in sorted(names) if n not in section] == []
+
+
 def test_the_checks_see_a_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
