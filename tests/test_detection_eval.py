@@ -12,6 +12,7 @@ import pytest
 from detection_helpers import SkinClassifier, scene, write_image
 
 from maskwatch.cli import main
+from maskwatch.data import load_dataset
 from maskwatch.detection import pipeline
 from maskwatch.detection.evaluate import (
     Scene,
@@ -108,10 +109,15 @@ def test_load_scenes_and_bad_xml(voc_dir):
     scenes = load_scenes(voc_dir)
     assert [len(s.boxes) for s in scenes] == [2, 1]
     assert scenes[0].labels == ["without_mask", "with_mask"]
+    # an annotation with entities is refused (defusedxml) and skipped with a note
     (voc_dir / "annotations" / "scene9.xml").write_text(
         "<!DOCTYPE x [<!ENTITY a 'b'>]><annotation>&a;</annotation>")
-    with pytest.raises(LayoutError, match="XML refused"):
-        load_scenes(voc_dir)
+    assert [len(s.boxes) for s in load_scenes(voc_dir)] == [2, 1]
+    ds = load_dataset(voc_dir)
+    assert ds.skipped["bad annotation file"] == 1
+    assert any("XML refused" in note for note in ds.notes)
+    with pytest.raises(LayoutError, match="no known dataset layout"):
+        load_scenes(voc_dir / "images")
 
 
 def test_cli_evaluate_detection_json(voc_dir, capsys, monkeypatch):
