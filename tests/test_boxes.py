@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskwatch.boxes import clip_box, crop, expand_box, iou, iou_matrix, nms
+from maskwatch.boxes import clip_box, crop, expand_box, greedy_pairs, iou, iou_matrix, nms
 from maskwatch.data.model import Sample, read_face
 from maskwatch.detection.pipeline import Detector
 from maskwatch.errors import ImageError
@@ -85,3 +85,12 @@ def test_training_and_inference_crops_are_the_same_pixels(tmp_path):
     train = read_face(Sample(path, "with_mask", box=box), margin=0.15)
     assert clf.crops[0].shape == train.shape
     assert np.array_equal(clf.crops[0], train)
+
+
+def test_greedy_pairs_best_first_one_to_one():
+    ious = np.array([[0.9, 0.6, 0.0],
+                     [0.8, 0.7, 0.0],
+                     [0.0, 0.0, 0.2]])
+    assert greedy_pairs(ious, 0.5) == [(0, 0), (1, 1)]
+    assert greedy_pairs(ious, 0.1) == [(0, 0), (1, 1), (2, 2)]
+    assert greedy_pairs(np.zeros((0, 3)), 0.5) == []

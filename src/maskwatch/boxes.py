@@ -1,8 +1,10 @@
-"""Boxes ``(x1, y1, x2, y2)`` in pixels (x2, y2 exclusive): clip, expand, crop, IoU, NMS.
+"""Boxes ``(x1, y1, x2, y2)`` in pixels (x2, y2 exclusive): clip, expand, crop, IoU, NMS
+and greedy IoU matching.
 
 One home for box arithmetic, shared by the data tools (training crops), the detection
-pipeline (inference crops), the face detectors (NMS), the tracker and the detection
-metrics (IoU), so training and inference cut faces with the same rounding.
+pipeline (inference crops), the face detectors (NMS), the tracker, the detection
+metrics and site calibration (IoU, matching), so training and inference cut faces with
+the same rounding.
 """
 
 from __future__ import annotations
@@ -102,3 +104,21 @@ def nms(boxes, scores, iou_threshold: float = 0.4) -> list[int]:
         rest = order[1:]
         order = rest[iou_matrix(boxes[i], boxes[rest])[0] <= iou_threshold]
     return keep
+
+
+def greedy_pairs(ious: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """One-to-one (row, column) matches of an IoU matrix with IoU >= ``threshold``, best
+    pairs first (ties in row-major order)."""
+    if ious.size == 0:
+        return []
+    pairs = np.argwhere(ious >= threshold)
+    order = np.argsort(-ious[pairs[:, 0], pairs[:, 1]], kind="stable")
+    used_rows, used_cols, out = set(), set(), []
+    for r, c in pairs[order].tolist():
+        if r in used_rows or c in used_cols:
+            continue
+        used_rows.add(r)
+        used_cols.add(c)
+        out.append((r, c))
+    return out
+

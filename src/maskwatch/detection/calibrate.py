@@ -24,11 +24,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from maskwatch.boxes import greedy_pairs, iou_matrix
 from maskwatch.detection.evaluate import (
     Scene,
     detect_scenes,
-    greedy_pairs,
-    iou_matrix,
     scene_outcomes,
     score_detections,
     subset_map,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.boxes import iou_matrix
+from maskwatch.boxes import greedy_pairs, iou_matrix
 from maskwatch.errors import LayoutError, MaskwatchError
 from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITH_MASK, WITHOUT_MASK
 
@@ -353,22 +353,6 @@ def evaluate_detection(
     report = score_detections(scenes, predictions, recall_iou)
     report["ms_per_image"] = round(1000 * seconds / report["images"], 2)
     return report
-
-
-def greedy_pairs(ious: np.ndarray, threshold: float) -> list[tuple[int, int]]:
-    """One-to-one (truth, prediction) matches with IoU >= threshold, best pairs first."""
-    if ious.size == 0:
-        return []
-    pairs = np.argwhere(ious >= threshold)
-    order = np.argsort(-ious[pairs[:, 0], pairs[:, 1]], kind="stable")
-    used_g, used_p, out = set(), set(), []
-    for g, p in pairs[order]:
-        if g in used_g or p in used_p:
-            continue
-        used_g.add(g)
-        used_p.add(p)
-        out.append((int(g), int(p)))
-    return out
 
 
 def _ratio(a: int, b: int) -> float | None:

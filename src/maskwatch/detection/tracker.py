@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from maskwatch.boxes import iou_matrix
+from maskwatch.boxes import greedy_pairs, iou_matrix
 from maskwatch.labels import WITHOUT_MASK, sort_classes
 
 
@@ -67,15 +65,12 @@ class IoUTracker:
         ``score`` and ``scores`` on each face (in place) and returns the faces."""
         self.frame += 1
         live = list(self.tracks.values())
-        ious = iou_matrix([t.predicted(self.frame) for t in live], [f.box for f in faces])
-        pairs = [(ious[ti, fi], ti, fi) for ti, fi in np.argwhere(ious >= self.iou_threshold)]
-        pairs.sort(key=lambda p: -p[0])
-        used_t, used_f = set(), set()
-        for _iou_value, ti, fi in pairs:
-            if ti in used_t or fi in used_f:
-                continue
-            used_t.add(ti)
-            used_f.add(fi)
+        matches = greedy_pairs(
+            iou_matrix([t.predicted(self.frame) for t in live], [f.box for f in faces]),
+            self.iou_threshold)
+        used_t = {ti for ti, _ in matches}
+        used_f = {fi for _, fi in matches}
+        for ti, fi in matches:
             self._observe(live[ti], faces[fi])
         for fi, face in enumerate(faces):
             if fi not in used_f:
