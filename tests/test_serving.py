@@ -501,7 +501,7 @@ def test_video_job_limit_gives_503(tmp_path):
         assert c.post("/api/video", files=files).status_code == 202
 
 
-def test_video_job_frame_and_pixel_limits(tmp_path):
+def test_video_job_frame_limit(tmp_path):
     src = tmp_path / "clip.mp4"
     write_video(src, frames=8)
     files = {"file": ("clip.mp4", src.read_bytes(), "video/mp4")}
@@ -510,9 +510,6 @@ def test_video_job_frame_and_pixel_limits(tmp_path):
         assert body["status"] == "done" and body["truncated"] is True
         assert body["frames_done"] == 5 and len(body["frames"]) == 5
         assert body["people"] == {"without_mask": 1}
-    with client_for(max_pixels=96 * 64 - 1) as c:
-        body = wait_job(c, c.post("/api/video", files=files).json()["url"])
-        assert body["status"] == "error" and "over the limit" in body["error"]
 
 
 def test_video_job_and_detect_cli_agree(tmp_path):
