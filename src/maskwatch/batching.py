@@ -33,6 +33,17 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 # -------------------------------------------------------------------------- shards
 
 
+def check_batch_options(workers: int | None, resume: bool, output, shard, ray) -> None:
+    """One-line errors for the large-collection options of classify and detect."""
+    if resume and not output:
+        raise MaskwatchError("--resume needs --results FILE")
+    if workers is not None and workers < 1:
+        raise MaskwatchError("--workers must be at least 1")
+    if shard is not None and ray:
+        raise MaskwatchError("--shard and --ray do not mix: Ray spreads the inputs over the "
+                             "cluster itself")
+
+
 def select_shard(items: Sequence[T], shard: tuple[int, int] | None,
                  key: Callable[[T], str] = str) -> list[T]:
     """The items of part I of N: item k of the list sorted by ``key`` goes to part k mod N.
@@ -49,8 +60,9 @@ def select_shard(items: Sequence[T], shard: tuple[int, int] | None,
 
 
 def same_file_key(path: str | Path) -> str:
-    """How inputs are matched against an output file on --resume (absolute path)."""
-    return os.path.abspath(str(path))
+    """How inputs are matched against an output file on --resume (absolute path; a URI
+    as it is)."""
+    return str(path) if "://" in str(path) else os.path.abspath(str(path))
 
 
 # ---------------------------------------------------------------------- output file

@@ -21,6 +21,10 @@ Sections (each a function returning a dict):
 - ``watch``: ``maskwatch watch`` frames/s and events/s on a 640x480 clip of people walking
   through a door; ``/api/events`` and ``/api/stats`` latency on a SQLite database of a
   million generated events, and its size (see :mod:`maskwatch.monitoring.bench`).
+- ``batch``: images/s of ``maskwatch classify`` and ``detect`` over a folder with
+  ``--results``, end to end in a fresh process: ``--workers 1 --threads 1`` (the per-core
+  rate), ``--workers 2``, and ``--ray`` (Ray started on this machine); the seconds to the
+  first result (start-up) apart from the rate after it.
 - ``memory``: peak resident memory of this process.
 """
 
@@ -44,7 +48,7 @@ import numpy as np
 from maskwatch.errors import MaskwatchError
 
 SECTIONS = ("classifier", "pipeline", "scenes", "cold_start", "training", "distributed", "serve",
-            "soak", "watch", "memory")
+            "soak", "watch", "batch", "memory")
 #: `detect` options before two-pass detection (for the ``scenes`` ratios): its defaults,
 #: and the settings that reached mAP@0.5 0.85 on the held-out scenes (4x slower).
 PREVIOUS_DETECT = {"detect_size": 960, "refine_size": 0, "face_threshold": 0.4}
@@ -504,6 +508,67 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _timed_run(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[2:])} failed: {done.stderr.strip()[-300:]}")
+    return time.perf_counter() - start
+
+
+def bench_batch(model: Path, tmp: Path, crops: tuple[int, int] = (500, 4000),
+                frames: tuple[int, int] = (40, 200)) -> dict:
+    """End-to-end images/s of `classify` (face crops) and `detect` (640x480 frames with 5
+    faces) with --output: one process and thread, two processes, and Ray on this machine.
+
+    Each is timed on a small and a large folder: ``per_image_rate`` is the extra images
+    over the extra seconds, ``fixed_seconds`` what the small run took beyond its images
+    (interpreter, model loading, and for Ray starting the cluster and its actors).
+    """
+    import importlib.util
+
+    from maskwatch.imaging import save_rgb
+
+    modes = {"workers_1_threads_1": ["--workers", "1", "--threads", "1"],
+             "workers_2": ["--workers", "2"], "ray_local": ["--ray"]}
+    if importlib.util.find_spec("ray") is None:
+        modes.pop("ray_local")
+    jobs = {
+        "classify": (crops, lambda n: synthetic_faces(n, seed=1),
+                     ["classify", "--model", str(model)]),
+        "detect": (frames, lambda n: test_frames(n, seed=2),
+                   ["detect", "--model", str(model), "--quiet"]),
+    }
+    out: dict = {"cpus": os.cpu_count()}
+    for name, (sizes, make, command) in jobs.items():
+        folders = []
+        for n in sizes:
+            folder = tmp / f"{name}_{n}"
+            for i, rgb in enumerate(make(n)):
+                save_rgb(folder / f"{i:05d}.jpg", rgb)
+            folders.append(folder)
+        section: dict = {"images": list(sizes)}
+        for mode, flags in modes.items():
+            seconds = []
+            for folder in folders:
+                result = tmp / f"{name}_{mode}_{folder.name}.jsonl"
+                cmd = [sys.executable, "-m", "maskwatch", command[0], str(folder), *command[1:],
+                       "--output", str(result), *flags]
+                seconds.append(_timed_run(cmd))
+            rate = (sizes[1] - sizes[0]) / max(seconds[1] - seconds[0], 1e-6)
+            section[mode] = {"seconds": [round(t, 1) for t in seconds],
+                             "per_image_rate": round(rate, 1),
+                             "fixed_seconds": round(max(seconds[0] - sizes[0] / rate, 0), 1)}
+        if "ray_local" in section:
+            section["ray_vs_workers_2_rate"] = round(
+                section["ray_local"]["per_image_rate"] / section["workers_2"]["per_image_rate"],
+                2)
+        out[name] = section
+    if "ray_local" not in modes:
+        out["ray_local"] = {"skipped": "Ray is not installed (pip install 'maskwatch[ray]')"}
+    return out
+
+
 def _bench_data(root: Path, per_class: int = 64, size: int = 48) -> Path:
     from PIL import Image
 
@@ -604,6 +669,9 @@ def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
             "serve": lambda: bench_serve(model_path, threads, serve_seconds, clients),
             "soak": lambda: bench_soak(model_path, threads, soak_seconds, soak_clients, tmp),
             "watch": lambda: _bench_watch(model_path, threads, tmp, watch_events, watch_frames),
+            # 3000 crops and 150 frames at the default --seconds 3
+            "batch": lambda: bench_batch(model_path, tmp, crops=max(20, int(1000 * seconds)),
+                                         frames=max(4, int(50 * seconds))),
         }
         for name in sections:
             if name in jobs:

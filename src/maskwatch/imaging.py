@@ -25,8 +25,62 @@ MAX_PIXELS = int(os.environ.get("MASKWATCH_MAX_PIXELS", 120_000_000))
 MAX_FILE_BYTES = int(float(os.environ.get("MASKWATCH_MAX_FILE_MB", 256)) * 1024 * 1024)
 
 
+#: Inputs named by URI are read through pyarrow's filesystems (installed with
+#: ``maskwatch[ray]``); file:// is the local stand-in the tests use.
+URI_SCHEMES = ("s3://", "gs://", "gcs://", "file://")
+
+
 def is_video_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def is_uri(text: str | Path) -> bool:
+    """True for an object-store (or file://) URI: ``s3://bucket/key``, ``gs://...``."""
+    return isinstance(text, str) and text.lower().startswith(URI_SCHEMES)
+
+
+def _filesystem(uri: str):
+    try:
+        from pyarrow import fs
+    except ImportError:
+        raise MaskwatchError(f"{uri}: object-store inputs need pyarrow: "
+                             "pip install 'maskwatch[ray]'") from None
+    try:
+        return fs, *fs.FileSystem.from_uri(uri)
+    except (OSError, ValueError) as exc:
+        raise MaskwatchError(f"{uri}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def read_uri(uri: str) -> bytes:
+    """The bytes of an object-store file, through pyarrow (credentials from the usual
+    environment variables and config files of S3 or Google Cloud)."""
+    _, filesystem, path = _filesystem(uri)
+    try:
+        with filesystem.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ImageError(f"{uri}: no such file") from None
+    except OSError as exc:
+        raise ImageError(f"{uri}: cannot read ({str(exc).splitlines()[0][:200]})") from None
+
+
+def list_uri(uri: str, suffixes: set[str]) -> list[str]:
+    """Files under an object-store prefix (recursive, sorted) whose suffix is in
+    ``suffixes``; a URI naming one file comes back as it is."""
+    fs, filesystem, path = _filesystem(uri)
+    try:
+        info = filesystem.get_file_info(path)
+        if info.type == fs.FileType.File:
+            return [uri]
+        if info.type == fs.FileType.NotFound:
+            raise MaskwatchError(f"{uri}: no such file or prefix")
+        found = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+    except OSError as exc:
+        raise MaskwatchError(f"{uri}: cannot list ({str(exc).splitlines()[0][:200]})") from None
+    scheme = uri.split("://", 1)[0]
+    query = "?" + uri.split("?", 1)[1] if "?" in uri else ""  # e.g. ?endpoint_override=...
+    return sorted(f"{scheme}://{f.path}{query}" for f in found
+                  if f.type == fs.FileType.File and Path(f.path).suffix.lower() in suffixes)
 
 
 def expand_inputs(
@@ -58,12 +112,15 @@ def expand_inputs(
             raise MaskwatchError(f"{item}: no such file or folder")
 
 
-def list_images(items: Iterable[str]) -> list[Path]:
-    """Files from paths, folders (recursive, sorted) and globs. Non-image files inside
-    folders are left out; named files are kept, even missing ones, so they get reported."""
+def list_images(items: Iterable[str]) -> list[Path | str]:
+    """Files from paths, folders (recursive, sorted) and globs, and (as str) the images
+    under object-store URIs. Non-image files inside folders are left out; named files are
+    kept, even missing ones, so they get reported."""
     items = list(items)
+    out: list[Path | str] = [u for item in items if is_uri(item)
+                             for u in list_uri(item, IMAGE_SUFFIXES)]
+    items = [item for item in items if not is_uri(item)]
     folders = [Path(p) for p in items if Path(p).is_dir()]
-    out = []
     for path in expand_inputs(items, suffixes=None, keep_unmatched=True):
         if path.suffix.lower() not in IMAGE_SUFFIXES and any(
             path.is_relative_to(f) for f in folders
@@ -220,7 +277,10 @@ def open_image(source, max_pixels: int | None = None) -> Image.Image:
 
 
 def load_rgb(source, max_pixels: int | None = None) -> np.ndarray:
-    """Read an image as an upright HxWx3 uint8 RGB array (see open_image)."""
+    """Read an image (a path, file object or object-store URI) as an upright HxWx3 uint8
+    RGB array (see open_image)."""
+    if is_uri(source):
+        return decode_bytes(read_uri(source), max_pixels, name=source)
     return np.asarray(open_image(source, max_pixels))
 
 

@@ -26,12 +26,14 @@ def register(subparsers) -> None:
         "requests/s and latency of /api/detect; a soak and overload run of `maskwatch serve` "
         "(16-32 clients on /api/detect, an over-budget /api/video upload, p50/p95/p99, 503s, "
         "server memory before and after); `watch` frames/s and events/s, and the watch API's "
-        "latency and database size on a million generated events; peak memory. Quote ratios "
-        "from one run.",
+        "latency and database size on a million generated events; images/s of classify and "
+        "detect over a folder with --workers and with --ray (batch); peak memory. Quote "
+        "ratios from one run.",
         examples=["maskwatch bench", "maskwatch bench --sections classifier pipeline -j",
                   "maskwatch bench --sections serve soak --soak-clients 32 -j",
                   "maskwatch bench --sections scenes -j",
-                  "maskwatch bench --sections watch -j"],
+                  "maskwatch bench --sections watch -j",
+                  "maskwatch bench --sections batch -j"],
     )
     add_model_argument(p)
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),

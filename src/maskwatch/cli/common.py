@@ -137,9 +137,15 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def add_batch_arguments(p: argparse.ArgumentParser) -> None:
-    """--workers, --results, --resume and --shard (classify and detect)."""
-    p.add_argument("-w", "--workers", type=int, default=1,
-                   help="worker processes, each with its own model (1: this process)")
+    """--workers, --ray, --results, --resume and --shard (classify and detect)."""
+    p.add_argument("-w", "--workers", type=int, default=None,
+                   help="worker processes, each with its own model (default: 1, this "
+                   "process); with --ray, Ray actors (default: one per CPU of the cluster)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster: HOST:PORT of its head, or auto (the one this "
+                   "machine belongs to); --ray alone starts Ray on this machine. Inputs must "
+                   "be readable on every node (shared filesystem, s3:// or gs://); needs "
+                   "pip install 'maskwatch[ray]'")
     p.add_argument("-r", "--results", default=None, metavar="FILE",
                    help="write results to FILE (.jsonl or .csv) as they come, one flushed "
                    "record per input; an existing FILE needs --resume or --overwrite")

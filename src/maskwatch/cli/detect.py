@@ -63,12 +63,14 @@ def register(subparsers) -> None:
         "1 thread each unless --threads); results are recorded in input order. Videos are\n"
         "not split: each runs in the main process, frame by frame, after the images.\n"
         "-r FILE.jsonl|.csv writes each image's (or frame's) result as it comes, flushed;\n"
-        "--resume skips what FILE holds; --shard I/N takes part I of N of the inputs.",
+        "--resume skips what FILE holds; --shard I/N takes part I of N of the inputs.\n"
+        "--ray [ADDRESS] runs the images on a Ray cluster's actors instead (same output).",
         examples=[
             "maskwatch detect street.jpg                  # saved to runs/detect/N",
             "maskwatch detect photos/ clip.mp4 -o annotated/ --blur unmasked",
             "maskwatch detect 0 --alert-command ./notify.sh --no-save   # camera 0",
             "maskwatch detect /data/photos -w 8 -r faces.csv --no-save -q",
+            "maskwatch detect /shared/photos --ray 10.0.0.5:6379 -r faces.csv --no-save -q",
         ],
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, globs, videos, "
@@ -162,8 +164,8 @@ def run_detect(args: argparse.Namespace) -> int:
         detect_every=args.detect_every,
         alert_after=args.alert_after, alert_command=args.alert_command,
         alert_url=args.alert_url, alert_interval=args.alert_interval, workers=args.workers,
-        results=args.results, resume=args.resume, shard=args.shard, quiet=args.quiet,
-        non_compliant=args.non_compliant,
+        results=args.results, resume=args.resume, shard=args.shard, ray=args.ray,
+        quiet=args.quiet, non_compliant=args.non_compliant,
     )
 
 

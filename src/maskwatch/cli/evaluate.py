@@ -68,11 +68,14 @@ def register(subparsers) -> None:
         "Large collections: --workers N runs N processes (own model, 1 thread each unless\n"
         "--threads); results keep the input order. -r FILE.jsonl|.csv writes each\n"
         "result as it comes (flushed, so a crash keeps what was written); --resume skips\n"
-        "images already in FILE; --shard I/N spreads one job over N machines.",
+        "images already in FILE; --shard I/N spreads one job over N machines by hand.\n"
+        "--ray [ADDRESS] runs on a Ray cluster's actors instead (same output, Ray retries\n"
+        "failed workers): see README, \"Several GPUs, machines, or millions of images\".",
         examples=[
             "maskwatch classify face.jpg crops/ \"more/*.png\"",
             "maskwatch classify crops/ -t 0.5 -j",
             "maskwatch classify /data/crops -w 4 -r crops.jsonl --resume",
+            "maskwatch classify /data/crops --ray auto -r crops.jsonl",
         ],
     )
     c.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
@@ -225,18 +228,16 @@ def run_classify(args) -> int:
     from maskwatch import batching
     from maskwatch.cli.common import print_json
     from maskwatch.console import note
-    from maskwatch.errors import MaskwatchError
     from maskwatch.imaging import list_images
     from maskwatch.inference import batch
 
-    if args.resume and not args.results:
-        raise MaskwatchError("--resume needs --results FILE")
-    if args.workers < 1:
-        raise MaskwatchError("--workers must be at least 1")
+    batching.check_batch_options(args.workers, args.resume, args.results, args.shard,
+                                 args.ray)
+    workers = args.workers or 1
     files = batching.select_shard(list_images(args.paths), args.shard)
     # the model is loaded here too: a bad --model fails once, with one line, before any
     # worker starts, and the CSV columns need its classes
-    threads = args.threads if args.workers == 1 else (args.threads or 1)
+    threads = args.threads if workers == 1 and not args.ray else (args.threads or 1)
     batch.init_classifier(args.model, threads, args.batch_size, args.threshold)
     classes = batch.loaded_classifier().classes
     writer, skipped = None, 0
@@ -249,8 +250,8 @@ def run_classify(args) -> int:
         files = [f for f in files if batching.same_file_key(f) not in done]
         skipped = before - len(files)
     size = args.batch_size
-    if args.workers > 1:  # small tasks so results stream and the workers stay busy
-        size = max(1, min(size, math.ceil(len(files) / (4 * args.workers))))
+    if workers > 1:  # small tasks so results stream and the workers stay busy
+        size = max(1, min(size, math.ceil(len(files) / (4 * workers))))
     tasks = batching.chunks([str(f) for f in files], size)
     table = not args.json and writer is None
     if table:
@@ -262,9 +263,16 @@ def run_classify(args) -> int:
 
         bar = tqdm(total=len(files), desc="classify", unit="img", file=sys.stderr)
     try:
-        results = batching.ordered_map(batch.classify_chunk, tasks, args.workers,
-                                    batch.init_classifier,
-                                    (args.model, threads, size, args.threshold))
+        if args.ray:  # the same chunks on Ray actors; results come back the same way
+            from maskwatch.ray_batch import ray_map, ship
+
+            results = ray_map(batch.classify_chunk, tasks, args.workers, batch.init_classifier,
+                              (ship(args.model), threads, size, args.threshold),
+                              address=args.ray, cpus_per_actor=threads)
+        else:
+            results = batching.ordered_map(batch.classify_chunk, tasks, workers,
+                                           batch.init_classifier,
+                                           (args.model, threads, size, args.threshold))
         for chunk in results:
             for path, pred, err in chunk:
                 if bar is not None:

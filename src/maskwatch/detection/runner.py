@@ -11,7 +11,9 @@ from pathlib import Path
 
 from maskwatch.batching import (
     AppendWriter,
+    check_batch_options,
     json_line,
+    ordered_map,
     read_done,
     same_file_key,
     select_shard,
@@ -306,10 +308,11 @@ def run_detect(
     alert_command: str | None = None,
     alert_url: str | None = None,
     alert_interval: float = 60.0,
-    workers: int = 1,
+    workers: int | None = None,
     results: str | Path | None = None,
     resume: bool = False,
     shard: tuple[int, int] | None = None,
+    ray: str | None = None,
     quiet: bool = False,
     non_compliant: tuple[str, ...] = NON_COMPLIANT,
 ) -> int:
@@ -317,17 +320,17 @@ def run_detect(
     interrupted).
 
     ``detector_options``: keyword arguments of :class:`~maskwatch.detection.pipeline.Detector`.
-    Images go to ``workers`` processes (results recorded in input order); with one worker
-    and ``threads`` 0 (auto), one image per CPU core is in flight in threads of this
-    process, each model running single-threaded. Videos, cameras and streams always run
-    here, one after the other, frame by frame.
+    Images go to ``workers`` processes (default 1: this one; results recorded in input
+    order); with one worker and ``threads`` 0 (auto), one image per CPU core is in flight
+    in threads of this process, each model running single-threaded. With ``ray`` (a
+    cluster address, or "local") they go to Ray actors instead (``workers`` of them,
+    default one per CPU). Videos, cameras and streams always run here, one after the
+    other, frame by frame.
     """
     from maskwatch.detection.pipeline import Detector
 
-    if resume and not results:
-        raise MaskwatchError("--resume needs --results FILE")
-    if workers < 1:
-        raise MaskwatchError("--workers must be at least 1")
+    check_batch_options(workers, resume, results, shard, ray)
+    actors, workers = workers, workers or 1
     if detect_every < 1:
         raise MaskwatchError("--detect-every must be at least 1")
     options = dict(detector_options)
@@ -337,7 +340,8 @@ def run_detect(
     images = [s for kind, s in sources if kind == "image"]
     # one image per core beats one image on all cores: ONNX Runtime's threads scale poorly
     # on a few cores, and decoding, resizing and drawing then overlap inference
-    in_flight = min(len(images), cpu_cores()) if workers <= 1 and not options.get("threads") else 1
+    in_flight = (min(len(images), cpu_cores())
+                 if workers <= 1 and not options.get("threads") and not ray else 1)
     if in_flight > 1:
         options["threads"] = 1
     detector = Detector(**options)
@@ -360,16 +364,22 @@ def run_detect(
 
         bar = tqdm(total=len(images), desc="images", unit="img", file=sys.stderr,
                    disable=quiet or len(images) < 2)
-        if workers <= 1 and in_flight <= 1:
+        if workers <= 1 and in_flight <= 1 and not ray:
             for spec in images:
                 run.image(spec)
                 bar.update(1)
         else:
-            from maskwatch.batching import ordered_map
-
             # output names are chosen here, in input order, so they never depend on timing
             jobs = ((s, None if run.namer is None else str(run.out_path(s))) for s in images)
-            if workers > 1:
+            if ray:
+                from maskwatch.ray_batch import ray_map, ship
+
+                options["threads"] = options.get("threads") or 1
+                options["classifier"] = ship(options.get("classifier"))
+                results = ray_map(detect_image, jobs, actors, init_detector,
+                                  (options, annotate), address=ray,
+                                  cpus_per_actor=options["threads"], batch_size=4)
+            elif workers > 1:
                 options["threads"] = options.get("threads") or 1
                 results = ordered_map(detect_image, jobs, workers, init_detector,
                                       (options, annotate))
