@@ -204,30 +204,6 @@ def test_a_killed_worker_is_survived(tmp_path, ray_head, model, folder):
     assert sorted(r["path"] for r in got) == paths  # each file exactly once
 
 
-def test_object_store_uris_are_listed_and_read(tmp_path, model, folder, capsys):
-    """file:// goes through the same pyarrow filesystem calls as s3:// and gs://."""
-    from maskwatch.errors import MaskwatchError
-    from maskwatch.imaging import list_uri, load_rgb
-
-    uri = folder.as_uri()
-    found = list_uri(uri, {".png"})
-    assert found == sorted(p.as_uri() for p in folder.rglob("*.png"))
-    assert (load_rgb(found[3]) == load_rgb(folder / found[3][len(uri) + 1 :])).all()
-    with pytest.raises(MaskwatchError, match="no such file"):
-        list_uri(uri + "/missing", {".png"})
-    # classify over the URI gives the same labels as over the folder, and resumes by URI
-    local, remote = tmp_path / "local.jsonl", tmp_path / "uri.jsonl"
-    assert cli_main(["classify", str(folder), "--model", str(model), "--output",
-                     str(local)]) == 1
-    assert cli_main(["classify", uri, "--model", str(model), "--output", str(remote)]) == 1
-    assert cli_main(["classify", uri, "--model", str(model), "--output", str(remote),
-                     "--resume"]) == 1  # only broken.png is tried again
-    capsys.readouterr()
-    assert [Path(r["path"]).as_uri() for r in _records(local)] == [
-        r["path"] for r in _records(remote)]
-    assert [r["label"] for r in _records(local)] == [r["label"] for r in _records(remote)]
-
-
 def test_ray_options_fail_in_one_line(model, folder, capsys):
     port = _free_port()  # nothing listens there
     assert cli_main(["classify", str(folder), "--model", str(model), "--ray",
