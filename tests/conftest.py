@@ -90,3 +90,32 @@ def postgres_url():
         pytest.skip(f"no PostgreSQL server: {exc}")
     yield url
     server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> Path:
+    """A tiny ONNX classifier (needs onnx): with_mask follows the mean blue, without_mask
+    the mean red."""
+    pytest.importorskip("onnx")
+    from onnx_helpers import write_tiny_onnx
+
+    return write_tiny_onnx(tmp_path / "tiny.onnx", [[0, 8], [0, 0], [8, 0]],
+                           mean=[0.5] * 3, std=[0.5] * 3)
+
+
+@pytest.fixture
+def face_folder(tmp_path) -> Path:
+    """faces/a and faces/b: 40 small faces (every third masked) and a text file in a/."""
+    root = tmp_path / "faces"
+    for i in range(40):
+        write_face(root / ("a" if i % 2 else "b") / f"face{i:02d}.png", seed=i,
+                   masked=i % 3 == 0, size=24)
+    (root / "a" / "readme.txt").write_text("not an image")
+    return root
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file."""
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]

@@ -15,27 +15,19 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from onnx_helpers import write_tiny_onnx  # noqa: E402
 from slowdown import slow_env  # noqa: E402
 
 from maskwatch.cli import main as cli_main  # noqa: E402
 
 
 @pytest.fixture
-def model(tmp_path) -> Path:
-    # with_mask follows the mean blue, without_mask the mean red
-    return write_tiny_onnx(tmp_path / "tiny.onnx", [[0, 8], [0, 0], [8, 0]],
-                           mean=[0.5] * 3, std=[0.5] * 3)
+def model(tiny_model) -> Path:
+    return tiny_model
 
 
 @pytest.fixture
-def folder(tmp_path, make_face) -> Path:
-    root = tmp_path / "faces"
-    for i in range(40):
-        make_face(root / ("a" if i % 2 else "b") / f"face{i:02d}.png", seed=i,
-                  masked=i % 3 == 0, size=24)
-    (root / "a" / "readme.txt").write_text("not an image")
-    return root
+def folder(face_folder) -> Path:
+    return face_folder
 
 
 def _records(path: Path) -> list[dict]:

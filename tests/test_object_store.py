@@ -3,7 +3,6 @@ local file:// folder and a local S3 stand-in (moto's server on 127.0.0.1)."""
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 pytest.importorskip("pyarrow", reason="pyarrow comes with maskwatch[ray]")
 pytest.importorskip("onnx")
 
-from onnx_helpers import write_tiny_onnx  # noqa: E402
+from conftest import read_jsonl  # noqa: E402
 
 from maskwatch.cli import main as cli_main  # noqa: E402
 from maskwatch.errors import MaskwatchError  # noqa: E402
@@ -20,24 +19,14 @@ from maskwatch.imaging import list_uri, load_rgb  # noqa: E402
 
 
 @pytest.fixture
-def model(tmp_path) -> Path:
-    return write_tiny_onnx(tmp_path / "tiny.onnx", [[0, 8], [0, 0], [8, 0]],
-                           mean=[0.5] * 3, std=[0.5] * 3)
+def model(tiny_model) -> Path:
+    return tiny_model
 
 
 @pytest.fixture
-def folder(tmp_path, make_face) -> Path:
-    root = tmp_path / "faces"
-    for i in range(12):
-        make_face(root / ("a" if i % 2 else "b") / f"face{i:02d}.png", seed=i,
-                  masked=i % 3 == 0, size=24)
-    (root / "a" / "broken.png").write_bytes(b"not an image")
-    (root / "notes.txt").write_text("not listed")
-    return root
-
-
-def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def folder(face_folder) -> Path:
+    (face_folder / "a" / "broken.png").write_bytes(b"not an image")
+    return face_folder
 
 
 def test_file_uris_classify_like_paths_and_resume(tmp_path, model, folder, capsys):
@@ -55,9 +44,9 @@ def test_file_uris_classify_like_paths_and_resume(tmp_path, model, folder, capsy
     assert cli_main(["classify", uri, "--model", str(model), "--output", str(remote),
                      "--resume"]) == 1  # only broken.png is tried again
     assert "0 image(s) written" in capsys.readouterr().err
-    assert [Path(r["path"]).as_uri() for r in _records(local)] == [
-        r["path"] for r in _records(remote)]
-    assert [r["label"] for r in _records(local)] == [r["label"] for r in _records(remote)]
+    assert [Path(r["path"]).as_uri() for r in read_jsonl(local)] == [
+        r["path"] for r in read_jsonl(remote)]
+    assert [r["label"] for r in read_jsonl(local)] == [r["label"] for r in read_jsonl(remote)]
 
 
 @pytest.fixture
@@ -98,7 +87,7 @@ def test_s3_uris_through_a_local_stand_in(tmp_path, model, folder, s3, capsys):
     assert cli_main(["classify", f"s3://photos/crops{query}", "--model", str(model),
                      "--output", str(remote)]) == 1
     err = capsys.readouterr().err
-    assert "broken.png" in err and "12 image(s) written" in err
+    assert "broken.png" in err and "40 image(s) written" in err
     labels = [line.split(",")[1] for line in local.read_text().splitlines()]
     assert [line.split(",")[1] for line in remote.read_text().splitlines()] == labels
     with pytest.raises(MaskwatchError, match="no such file"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -17,7 +16,7 @@ import pytest
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'maskwatch[ray]')")
 pytest.importorskip("onnx")
 
-from onnx_helpers import write_tiny_onnx  # noqa: E402
+from conftest import read_jsonl  # noqa: E402
 
 from maskwatch.cli import main as cli_main  # noqa: E402
 
@@ -103,24 +102,14 @@ def ray_head():
 
 
 @pytest.fixture
-def model(tmp_path) -> Path:
-    (tmp_path / "m").mkdir()
-    return write_tiny_onnx(tmp_path / "m" / "tiny.onnx", [[0, 8], [0, 0], [8, 0]],
-                           mean=[0.5] * 3, std=[0.5] * 3)
+def model(tiny_model) -> Path:
+    return tiny_model
 
 
 @pytest.fixture
-def folder(tmp_path, make_face) -> Path:
-    root = tmp_path / "faces"
-    for i in range(40):
-        make_face(root / ("a" if i % 2 else "b") / f"face{i:02d}.png", seed=i,
-                  masked=i % 3 == 0, size=24)
-    (root / "a" / "broken.png").write_bytes(b"not an image")
-    return root
-
-
-def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def folder(face_folder) -> Path:
+    (face_folder / "a" / "broken.png").write_bytes(b"not an image")
+    return face_folder
 
 
 def _maskwatch(args: list[str], head: Head, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -134,7 +123,7 @@ def test_classify_on_ray_matches_a_local_run_and_resumes(tmp_path, ray_head, mod
     assert cli_main(["classify", str(folder), "--model", str(model), "--output",
                      str(local)]) == 1  # broken.png
     capsys.readouterr()
-    expected = _records(local)
+    expected = read_jsonl(local)
     assert len(expected) == 40
     # a run with the first 15 records already written (and a torn 16th) goes on from there
     out = tmp_path / "ray.jsonl"
@@ -144,7 +133,7 @@ def test_classify_on_ray_matches_a_local_run_and_resumes(tmp_path, ray_head, mod
                      "--resume", "--ray", ray_head.address], ray_head)
     assert rc.returncode == 1, rc.stderr  # broken.png reported, as locally
     assert "broken.png" in rc.stderr and "25 image(s) written" in rc.stderr
-    got = _records(out)
+    got = read_jsonl(out)
     assert [r["path"] for r in got] == [r["path"] for r in expected]  # each once, in order
     for a, b in zip(got, expected):
         assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
@@ -199,7 +188,7 @@ def test_a_killed_worker_is_survived(tmp_path, ray_head, model, folder):
             proc.kill()
     assert proc.returncode == 1, err  # broken.png only
     assert done < 40  # the kill came mid-run
-    got = _records(out)
+    got = read_jsonl(out)
     paths = sorted(str(p) for p in folder.rglob("*.png") if p.name != "broken.png")
     assert sorted(r["path"] for r in got) == paths  # each file exactly once
 
