@@ -19,17 +19,13 @@ from maskwatch.imaging import list_uri, load_rgb  # noqa: E402
 
 
 @pytest.fixture
-def model(tiny_model) -> Path:
-    return tiny_model
-
-
-@pytest.fixture
 def folder(face_folder) -> Path:
+    """The shared face folder with an unreadable .png added."""
     (face_folder / "a" / "broken.png").write_bytes(b"not an image")
     return face_folder
 
 
-def test_file_uris_classify_like_paths_and_resume(tmp_path, model, folder, capsys):
+def test_file_uris_classify_like_paths_and_resume(tmp_path, tiny_model, folder, capsys):
     uri = folder.as_uri()
     found = list_uri(uri, {".png"})
     assert found == sorted(p.as_uri() for p in folder.rglob("*.png"))
@@ -37,11 +33,11 @@ def test_file_uris_classify_like_paths_and_resume(tmp_path, model, folder, capsy
     with pytest.raises(MaskwatchError, match="no such file"):
         list_uri(uri + "/missing", {".png"})
     local, remote = tmp_path / "local.jsonl", tmp_path / "uri.jsonl"
-    assert cli_main(["classify", str(folder), "--model", str(model), "--output",
+    assert cli_main(["classify", str(folder), "--model", str(tiny_model), "--output",
                      str(local)]) == 1  # broken.png
-    assert cli_main(["classify", uri, "--model", str(model), "--output", str(remote)]) == 1
+    assert cli_main(["classify", uri, "--model", str(tiny_model), "--output", str(remote)]) == 1
     assert "broken.png" in capsys.readouterr().err
-    assert cli_main(["classify", uri, "--model", str(model), "--output", str(remote),
+    assert cli_main(["classify", uri, "--model", str(tiny_model), "--output", str(remote),
                      "--resume"]) == 1  # only broken.png is tried again
     assert "0 image(s) written" in capsys.readouterr().err
     assert [Path(r["path"]).as_uri() for r in read_jsonl(local)] == [
@@ -71,7 +67,7 @@ def s3(monkeypatch):
         server.stop()
 
 
-def test_s3_uris_through_a_local_stand_in(tmp_path, model, folder, s3, capsys):
+def test_s3_uris_through_a_local_stand_in(tmp_path, tiny_model, folder, s3, capsys):
     client, port = s3
     client.create_bucket(Bucket="photos")
     for path in folder.rglob("*"):
@@ -82,9 +78,9 @@ def test_s3_uris_through_a_local_stand_in(tmp_path, model, folder, s3, capsys):
     keys = sorted(f"crops/{p.relative_to(folder)}" for p in folder.rglob("*.png"))
     assert found == [f"s3://photos/{k}{query}" for k in keys]
     local, remote = tmp_path / "local.csv", tmp_path / "s3.csv"
-    assert cli_main(["classify", str(folder), "--model", str(model), "--output",
+    assert cli_main(["classify", str(folder), "--model", str(tiny_model), "--output",
                      str(local)]) == 1
-    assert cli_main(["classify", f"s3://photos/crops{query}", "--model", str(model),
+    assert cli_main(["classify", f"s3://photos/crops{query}", "--model", str(tiny_model),
                      "--output", str(remote)]) == 1
     err = capsys.readouterr().err
     assert "broken.png" in err and "40 image(s) written" in err

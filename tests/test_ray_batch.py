@@ -102,12 +102,8 @@ def ray_head():
 
 
 @pytest.fixture
-def model(tiny_model) -> Path:
-    return tiny_model
-
-
-@pytest.fixture
 def folder(face_folder) -> Path:
+    """The shared face folder with an unreadable .png added."""
     (face_folder / "a" / "broken.png").write_bytes(b"not an image")
     return face_folder
 
@@ -117,10 +113,10 @@ def _maskwatch(args: list[str], head: Head, timeout: float = 240) -> subprocess.
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_classify_on_ray_matches_a_local_run_and_resumes(tmp_path, ray_head, model, folder,
+def test_classify_on_ray_matches_a_local_run_and_resumes(tmp_path, ray_head, tiny_model, folder,
                                                         capsys):
     local = tmp_path / "local.jsonl"
-    assert cli_main(["classify", str(folder), "--model", str(model), "--output",
+    assert cli_main(["classify", str(folder), "--model", str(tiny_model), "--output",
                      str(local)]) == 1  # broken.png
     capsys.readouterr()
     expected = read_jsonl(local)
@@ -129,7 +125,7 @@ def test_classify_on_ray_matches_a_local_run_and_resumes(tmp_path, ray_head, mod
     out = tmp_path / "ray.jsonl"
     lines = local.read_text().splitlines(keepends=True)
     out.write_text("".join(lines[:15]) + lines[15][:20])
-    rc = _maskwatch(["classify", str(folder), "--model", str(model), "--output", str(out),
+    rc = _maskwatch(["classify", str(folder), "--model", str(tiny_model), "--output", str(out),
                      "--resume", "--ray", ray_head.address], ray_head)
     assert rc.returncode == 1, rc.stderr  # broken.png reported, as locally
     assert "broken.png" in rc.stderr and "25 image(s) written" in rc.stderr
@@ -139,7 +135,7 @@ def test_classify_on_ray_matches_a_local_run_and_resumes(tmp_path, ray_head, mod
         assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
 
 
-def test_detect_on_ray_matches_a_local_run(tmp_path, ray_head, model, make_face):
+def test_detect_on_ray_matches_a_local_run(tmp_path, ray_head, tiny_model, make_face):
     pytest.importorskip("cv2")
     from detection_helpers import scene, write_image
 
@@ -149,7 +145,7 @@ def test_detect_on_ray_matches_a_local_run(tmp_path, ray_head, model, make_face)
         write_image(root / f"people{i}.jpg", img)
     for i in range(3):
         make_face(root / f"crop{i}.png", seed=i, size=32)
-    common = ["--model", str(model), "--detect-size", "320", "--threads", "1", "--quiet"]
+    common = ["--model", str(tiny_model), "--detect-size", "320", "--threads", "1", "--quiet"]
     local, remote = tmp_path / "local.csv", tmp_path / "ray.csv"
     assert cli_main(["detect", str(root), "--output", str(local), *common]) == 0
     rc = _maskwatch(["detect", str(root), "--output", str(remote), "--ray", ray_head.address,
@@ -161,12 +157,12 @@ def test_detect_on_ray_matches_a_local_run(tmp_path, ray_head, model, make_face)
         p.name for p in root.iterdir())  # annotated copies written by the actors
 
 
-def test_a_killed_worker_is_survived(tmp_path, ray_head, model, folder):
+def test_a_killed_worker_is_survived(tmp_path, ray_head, tiny_model, folder):
     out = tmp_path / "killed.jsonl"
     ray_head.slow_file.write_text("0.1")  # 0.1 s per image on the head's workers
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "maskwatch", "classify", str(folder), "--model", str(model),
+            [sys.executable, "-m", "maskwatch", "classify", str(folder), "--model", str(tiny_model),
              "--output", str(out), "--ray", ray_head.address, "--batch-size", "2"],
             env=_ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         victim = None
@@ -193,12 +189,12 @@ def test_a_killed_worker_is_survived(tmp_path, ray_head, model, folder):
     assert sorted(r["path"] for r in got) == paths  # each file exactly once
 
 
-def test_ray_options_fail_in_one_line(model, folder, capsys):
+def test_ray_options_fail_in_one_line(tiny_model, folder, capsys):
     port = _free_port()  # nothing listens there
-    assert cli_main(["classify", str(folder), "--model", str(model), "--ray",
+    assert cli_main(["classify", str(folder), "--model", str(tiny_model), "--ray",
                      f"127.0.0.1:{port}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("maskwatch: error: cannot join") and err.count("\n") == 1
-    assert cli_main(["classify", str(folder), "--model", str(model), "--ray",
+    assert cli_main(["classify", str(folder), "--model", str(tiny_model), "--ray",
                      "--shard", "0/2"]) == 2
     assert "--shard and --ray do not mix" in capsys.readouterr().err
