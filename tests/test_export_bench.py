@@ -71,7 +71,8 @@ def test_export_rejects_a_corrupt_checkpoint(tmp_path, capsys):
 def test_bench_json_has_every_section(checkpoint, tmp_path):
     onnx_path = tmp_path / "m.onnx"
     assert main(["export", "--model", str(checkpoint), "--out", str(onnx_path)]) == 0
-    # every section but "scenes" (minutes on the real scenes; its skip is tested below)
+    # every section but "scenes" (minutes on the real scenes; its skip is tested below) and
+    # "batch" (starts Ray twice; a smaller run without Ray is tested below)
     cmd = [sys.executable, "-m", "maskwatch", "bench", "--json", "--model", str(onnx_path),
            "--seconds", "0.05", "--serve-seconds", "1", "--clients", "2", "--threads", "1",
            "--soak-seconds", "2", "--soak-clients", "4",
@@ -114,3 +115,18 @@ def test_bench_scenes_says_why_it_skips_without_the_datasets(tmp_path, capsys, m
     report = json.loads(capsys.readouterr().out)
     assert "no-datasets" in report["scenes"]["skipped"]
     assert "MASKWATCH_DATASETS" in report["scenes"]["skipped"]
+
+
+def test_bench_batch_times_a_real_run(tmp_path):
+    from maskwatch.bench import bench_batch
+    from maskwatch.inference.classifier import bundled_model_path
+
+    report = bench_batch(bundled_model_path(), tmp_path, crops=12, frames=2,
+                         modes=("workers_1_threads_1",))
+    for name, n in (("classify", 12), ("detect", 2)):
+        row = report[name]["workers_1_threads_1"]
+        assert report[name]["images"] == n
+        assert 0 < row["seconds_to_first_result"] <= row["seconds"]
+        assert row["images_per_s_overall"] == pytest.approx(n / row["seconds"], rel=0.05)
+        assert row["cpu_seconds"] > 0
+    assert len(list((tmp_path / "classify").glob("*.jpg"))) == 12

@@ -536,7 +536,12 @@ def _watched_run(cmd: list[str], output: Path) -> dict:
             "cpu_seconds": round(cpu, 1), "images_per_cpu_second": round(records / cpu, 1)}
 
 
-def bench_batch(model: Path, tmp: Path, crops: int = 3000, frames: int = 150) -> dict:
+BATCH_MODES = {"workers_1_threads_1": ["--workers", "1", "--threads", "1"],
+               "workers_2": ["--workers", "2"], "ray_local": ["--ray"]}
+
+
+def bench_batch(model: Path, tmp: Path, crops: int = 3000, frames: int = 150,
+                modes: tuple[str, ...] = tuple(BATCH_MODES)) -> dict:
     """End-to-end images/s of `classify` (face crops) and `detect` (640x480 frames with 5
     faces) over a folder with --output, in a fresh process: one process and thread (the
     per-core rate), two processes, and Ray started on this machine (``--ray``).
@@ -549,10 +554,8 @@ def bench_batch(model: Path, tmp: Path, crops: int = 3000, frames: int = 150) ->
 
     from maskwatch.imaging import save_rgb
 
-    modes = {"workers_1_threads_1": ["--workers", "1", "--threads", "1"],
-             "workers_2": ["--workers", "2"], "ray_local": ["--ray"]}
-    if importlib.util.find_spec("ray") is None:
-        modes.pop("ray_local")
+    ray_missing = "ray_local" in modes and importlib.util.find_spec("ray") is None
+    modes = {m: BATCH_MODES[m] for m in modes if not (m == "ray_local" and ray_missing)}
     jobs = {
         "classify": (crops, synthetic_faces(crops, seed=1), ["--model", str(model)]),
         "detect": (frames, test_frames(frames, seed=2), ["--model", str(model), "--quiet"]),
@@ -574,7 +577,7 @@ def bench_batch(model: Path, tmp: Path, crops: int = 3000, frames: int = 150) ->
                 section["ray_local"]["images_per_s_after_first"]
                 / section["workers_2"]["images_per_s_after_first"], 2)
         out[name] = section
-    if "ray_local" not in modes:
+    if ray_missing:
         out["ray_local"] = {"skipped": "Ray is not installed (pip install 'maskwatch[ray]')"}
     out["load_average_after"] = [round(v, 1) for v in os.getloadavg()]
     return out
