@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -31,13 +32,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Ray's token authentication with a token of the session's own, whatever ~/.ray holds
+TOKEN = secrets.token_hex(32)
+
+
 def _ray_env(*first_on_path: Path, **extra: str) -> dict:
     """Environment for the head and the drivers: loopback only, no usage stats, this
-    checkout's maskwatch first on the path."""
+    session's auth token, this checkout's maskwatch first on the path."""
     path = [*map(str, first_on_path), str(REPO / "src"), os.environ.get("PYTHONPATH")]
-    return dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
-                OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=os.pathsep.join(p for p in path if p),
-                **extra)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    return dict(env, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
+                RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN, OMP_WAIT_POLICY="PASSIVE",
+                PYTHONPATH=os.pathsep.join(p for p in path if p), **extra)
 
 
 class Head:
