@@ -530,7 +530,7 @@ def _watched_run(cmd: list[str], output: Path) -> dict:
     records = output.read_text().count("\n")
     first = total if first is None else first
     cpu = usage.ru_utime + usage.ru_stime  # the process and the children it waited for
-    return {"seconds": round(total, 1), "seconds_to_first_result": round(first, 1),
+    return {"seconds": round(total, 2), "seconds_to_first_result": round(first, 2),
             "images_per_s_after_first": round((records - 1) / max(total - first, 1e-6), 1),
             "images_per_s_overall": round(records / total, 1),
             "cpu_seconds": round(cpu, 1), "images_per_cpu_second": round(records / cpu, 1)}
