@@ -73,6 +73,7 @@ class SkinClassifier:
 
     classes = ["with_mask", "without_mask"]
     info = Info(classes=["with_mask", "without_mask"])
+    threshold = 0.5  # its labels are the most likely class
 
     def __init__(self):
         self.batches: list[int] = []

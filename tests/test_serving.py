@@ -52,6 +52,7 @@ class FakeDetector:
     """'Faces' are the bright rectangles of an image; records how many calls overlap."""
 
     site = None  # no site calibration
+    threshold = None  # labels as the fake classifier gives them
 
     def __init__(self, delay: float = 0.0) -> None:
         from maskwatch.detection.faces import make_face_detector

@@ -117,6 +117,23 @@ def test_tracker_keeps_identity_and_smooths_label():
     assert tracker.people() == 2
 
 
+def test_tracker_follows_the_decision_threshold():
+    # P(without_mask) 0.2 is unmasked at the shipped-style threshold 0.106, as in a photo
+    def face(p):
+        return Face([10, 50, 70, 110], 0.9, None, None,
+                    {"with_mask": 1 - p, "without_mask": p})
+
+    plain, thresholded = IoUTracker(), IoUTracker(threshold=0.106)
+    for _ in range(6):
+        assert plain.update([face(0.2)])[0].label == "with_mask"
+        assert thresholded.update([face(0.2)])[0].label == "without_mask"
+    # hysteresis: a dip just under the threshold keeps the alarm; a clear drop ends it
+    labels = [thresholded.update([face(p)])[0].label for p in [0.09] * 3 + [0.01] * 8]
+    assert labels[:3] == ["without_mask"] * 3
+    assert labels[-1] == "with_mask"
+    assert thresholded.counts() == {"without_mask": 1}
+
+
 def test_tracker_counts_people_not_frames():
     tracker = IoUTracker(max_missed=1)
     for _ in range(5):

@@ -142,6 +142,11 @@ class Detector:
         self.min_face = int(min_face)
 
     @property
+    def threshold(self) -> float | None:
+        """The classifier's without_mask decision threshold (None without a classifier)."""
+        return None if self.classifier is None else float(self.classifier.threshold)
+
+    @property
     def classes(self) -> list[str]:
         return list(self.classifier.classes) if self.classifier is not None else []
 

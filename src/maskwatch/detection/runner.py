@@ -22,6 +22,7 @@ from maskwatch.console import note
 from maskwatch.detection.alerts import NON_COMPLIANT
 from maskwatch.detection.draw import Annotator
 from maskwatch.detection.images import detect_image, init_detector, process_image
+from maskwatch.detection.tracker import IoUTracker
 from maskwatch.detection.video import (
     TrackedVideo,
     VideoSource,
@@ -225,6 +226,7 @@ class Run:
         # video frames also show how many faces of each kind are in view
         video = TrackedVideo(src, self.detector.detect, out, self.max_frames,
                              annotate=replace(self.annotate, summary=self.annotate.labels),
+                             tracker=IoUTracker(threshold=self.detector.threshold),
                              detect_every=self.detect_every)
         write_failed: VideoWriteError | None = None
         bar = tqdm(total=self.max_frames or src.frame_count, desc=src.name, unit="frame",

@@ -40,6 +40,10 @@ class IoUTracker:
     before the label changes, so labels don't flicker between frames.
     ``max_missed``: frames a track survives without a detection (short occlusions).
     ``min_hits``: frames a track needs before it counts as a person in :meth:`counts`.
+    ``threshold``: the model's without_mask decision threshold (None: the most likely
+    class). A track turns without_mask when its smoothed P(without_mask) reaches it, as a
+    photo's face would, and turns back only below ``threshold - min(hysteresis,
+    threshold / 2)``.
     """
 
     def __init__(
@@ -49,12 +53,14 @@ class IoUTracker:
         hysteresis: float = 0.1,
         max_missed: int = 10,
         min_hits: int = 3,
+        threshold: float | None = None,
     ):
         self.iou_threshold = iou_threshold
         self.alpha = alpha
         self.hysteresis = hysteresis
         self.max_missed = max_missed
         self.min_hits = min_hits
+        self.threshold = threshold
         self.tracks: dict[int, Track] = {}
         self.finished: list[Track] = []
         self._next_id = 1
@@ -124,18 +130,33 @@ class IoUTracker:
             a = self.alpha
             for k in set(track.scores) | set(face.scores):
                 track.scores[k] = (1 - a) * track.scores.get(k, 0.0) + a * face.scores.get(k, 0.0)
-        best = max(track.scores, key=track.scores.get)
+        best = self._decide(track.scores)
         if track.label is None or track.label not in track.scores:
             track.label = face.label if face.label in track.scores else best
-        elif best != track.label and (
-            track.scores[best] - track.scores[track.label] > self.hysteresis
-        ):
+        elif best != track.label and self._switches(track.scores, track.label, best):
             track.label = best
         track.labels_seen[track.label] += 1
         track.unmasked_streak = track.unmasked_streak + 1 if track.label == WITHOUT_MASK else 0
         face.label = track.label
         face.score = float(track.scores[track.label])
         face.scores = {k: float(v) for k, v in track.scores.items()}
+
+    def _decide(self, scores: dict[str, float]) -> str:
+        """The label of smoothed ``scores`` under the decision threshold, if any."""
+        if self.threshold is None or WITHOUT_MASK not in scores or len(scores) < 2:
+            return max(scores, key=scores.get)
+        if scores[WITHOUT_MASK] >= self.threshold:
+            return WITHOUT_MASK
+        return max((k for k in scores if k != WITHOUT_MASK), key=scores.get)
+
+    def _switches(self, scores: dict[str, float], current: str, best: str) -> bool:
+        """Whether a track labelled ``current`` moves to ``best`` (hysteresis)."""
+        if self.threshold is None or WITHOUT_MASK not in (current, best):
+            return scores[best] - scores[current] > self.hysteresis
+        if best == WITHOUT_MASK:  # _decide already saw it reach the threshold
+            return True
+        band = min(self.hysteresis, self.threshold / 2)
+        return scores[WITHOUT_MASK] < self.threshold - band
 
     def all_tracks(self) -> list[Track]:
         return self.finished + list(self.tracks.values())

@@ -108,7 +108,8 @@ class SourceWatcher:
         self.clock = clock
         self.on_frame = on_frame
         self.live = is_camera(self.spec) or is_stream(self.spec)
-        self.tracker = IoUTracker(max_missed=config.max_missed, min_hits=config.min_frames)
+        self.tracker = IoUTracker(max_missed=config.max_missed, min_hits=config.min_frames,
+                                  threshold=getattr(detector, "threshold", None))
         self.frames = 0
         self.events = 0
         self.reconnects = 0

@@ -437,7 +437,7 @@ def create_app(
             lambda job, stop: process_video(
                 job, stop, det.detect, settings.max_video_frames, settings.max_pixels,
                 settings.video_budget,
-                Annotator(summary=True, blur=job.blur),
+                Annotator(summary=True, blur=job.blur), det.threshold,
             ),
             max_active=settings.max_video_jobs,
             keep_finished=settings.keep_finished_jobs,

@@ -273,6 +273,7 @@ def process_video(
     max_pixels: int,
     budget: int | None = None,
     annotate: Callable[[np.ndarray, list], np.ndarray] | None = None,
+    threshold: float | None = None,
 ) -> None:
     """Detect and track faces in every frame of job.input_path and write the annotated
     H.264 MP4 with the source's audio: the same video path as ``maskwatch detect``.
@@ -282,7 +283,9 @@ def process_video(
     decoding, for containers whose header lies or is silent. A failed write (a full disk)
     fails the job, and no partial file is kept. ``annotate(rgb, faces)``
     draws the frames (default: boxes, labels and the count of faces in view).
+    ``threshold``: the model's without_mask decision threshold, which tracks follow.
     """
+    from maskwatch.detection.tracker import IoUTracker
     from maskwatch.detection.video import TrackedVideo, VideoSource
 
     try:
@@ -295,7 +298,8 @@ def process_video(
                                  f"the limit of {max_pixels:,} pixels")
         job.fps = src.fps
         job.frames_total = min(src.frame_count, max_frames) if src.frame_count else None
-        video = TrackedVideo(src, detect, job.output_path, max_frames, annotate=annotate)
+        video = TrackedVideo(src, detect, job.output_path, max_frames, annotate=annotate,
+                             tracker=IoUTracker(threshold=threshold))
         for index, rgb, faces in video:
             if stop.is_set():
                 raise JobCancelled()
