@@ -130,3 +130,34 @@ def test_bench_batch_times_a_real_run(tmp_path):
         assert row["images_per_s_overall"] == pytest.approx(n / row["seconds"], rel=0.05)
         assert row["cpu_seconds"] > 0
     assert len(list((tmp_path / "classify").glob("*.jpg"))) == 12
+
+
+def test_bench_classify_dir_times_the_command_and_the_reference(tmp_path):
+    from maskwatch.bench import bench_classify_dir
+    from maskwatch.inference.classifier import bundled_model_path
+
+    report = bench_classify_dir(bundled_model_path(), 1, 0.05, tmp_path,
+                                root=tmp_path / "no-datasets", n=16)
+    assert report["crops"].startswith("16 generated")
+    assert len(list((tmp_path / "crops").glob("*.jpg"))) == 16
+    assert report["crops_per_s"] == pytest.approx(16 / report["seconds_whole_process"],
+                                                  rel=0.05)
+    assert report["reference_crops_per_s"] > 0
+    assert report["speedup_vs_reference"] == pytest.approx(
+        report["crops_per_s"] / report["reference_crops_per_s"], rel=0.02)
+
+
+def test_bench_crop_folder_links_real_crops_when_the_datasets_are_there(tmp_path):
+    from maskwatch.bench import crop_folder
+    from maskwatch.imaging import save_rgb
+
+    root = tmp_path / "datasets"
+    for name in ("face-mask-12k/Train/WithMask", "face-mask-7553/data/with_mask"):
+        for i in range(5):
+            save_rgb(root / name / f"{i}.jpg", np.full((20, 20, 3), 100, np.uint8))
+    folder, source = crop_folder(tmp_path / "out", 6, root)
+    links = sorted(folder.iterdir())
+    assert len(links) == 6 and all(p.is_symlink() for p in links)
+    assert sum("face-mask-12k" in str(p.resolve()) for p in links) == 3
+    assert sum("face-mask-7553" in str(p.resolve()) for p in links) == 3
+    assert source.startswith("6 real crops")

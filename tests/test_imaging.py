@@ -24,6 +24,24 @@ def test_reads_plain_jpeg(tmp_path):
     assert rgb.shape == (30, 40, 3) and rgb.dtype == np.uint8
 
 
+def test_min_size_decodes_a_jpeg_smaller_but_never_below_it(tmp_path):
+    path = tmp_path / "big.jpg"
+    Image.fromarray(_gradient(400, 300)).save(path)
+    assert load_rgb(path).shape == (300, 400, 3)
+    assert load_rgb(path, min_size=96).shape == (150, 200, 3)  # DCT scale 1/2: 300 // 96 = 3
+    assert load_rgb(path, min_size=30).shape == (38, 50, 3)  # 1/8
+    assert load_rgb(path, min_size=300).shape == (300, 400, 3)
+    png = tmp_path / "big.png"  # other formats decode whole
+    Image.fromarray(_gradient(400, 300)).save(png)
+    assert load_rgb(png, min_size=96).shape == (300, 400, 3)
+    # turned upright after the reduced decode
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[274] = 6
+    Image.fromarray(_gradient(400, 300)).save(rotated, exif=exif)
+    assert load_rgb(rotated, min_size=96).shape == (200, 150, 3)
+
+
 def test_png_named_jpg_is_read_by_content(tmp_path):
     path = tmp_path / "really_png.jpg"
     Image.fromarray(_gradient()).save(path, format="PNG")

@@ -86,6 +86,21 @@ def test_detect_warns_on_bgr_array_only(detector, tmp_path):
         detector.detect(path)
 
 
+def test_arrays_maskwatch_decoded_itself_are_not_checked_for_bgr(detector, tmp_path):
+    """`detect` DIR decodes each photo itself and passes the array on: a blue-lit photo
+    (faces bluer than red, as the check reads BGR) must not warn there."""
+    from maskwatch.detection.images import process_image
+
+    blue = np.ascontiguousarray(head()[..., ::-1])  # skin bluer than red, read as RGB
+    assert looks_bgr(blue, [f.box for f in detector.detect(blue, check_bgr=False)])
+    path = write_image(tmp_path / "blue-lit.png", blue)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BGRWarning)
+        faces, error, _ = process_image(detector, str(path), None)
+        assert faces and error is None
+        assert detector.detect(blue, check_bgr=False)
+
+
 def _readme_block(marker: str) -> str:
     from conftest import REPO
 

@@ -13,6 +13,11 @@ Sections (each a function returning a dict):
   the previous defaults and the previous 0.85 settings (``--upscale``). Skipped, with the
   reason, without the datasets folder.
 - ``cold_start``: seconds for ``maskwatch classify one.jpg`` in a fresh process.
+- ``classify_dir``: face crops/s of the whole ``maskwatch classify DIR --json`` process
+  (start-up, decoding and output included) on 1,000 JPEG face crops (real ones from the
+  12K and 7,553 sets when the datasets folder is there, else generated), against the
+  reference people run today: a warm loop over the same files that decodes each one,
+  resizes it to 224 px and runs MobileNetV2 (torch eager) on it.
 - ``training``: training images/s and the implied epoch time for the bundled recipe's
   architecture, with ``maskwatch train``'s own loop on generated images.
 - ``distributed``: training images/s under torchrun with 1 and with 2 processes.
@@ -47,8 +52,8 @@ import numpy as np
 
 from maskwatch.errors import MaskwatchError
 
-SECTIONS = ("classifier", "pipeline", "scenes", "cold_start", "training", "distributed", "serve",
-            "soak", "watch", "batch", "memory")
+SECTIONS = ("classifier", "pipeline", "scenes", "cold_start", "classify_dir", "training",
+            "distributed", "serve", "soak", "watch", "batch", "memory")
 #: `detect` options before two-pass detection (for the ``scenes`` ratios): its defaults,
 #: and the settings that reached mAP@0.5 0.85 on the held-out scenes (4x slower).
 PREVIOUS_DETECT = {"detect_size": 960, "refine_size": 0, "face_threshold": 0.4}
@@ -345,6 +350,79 @@ def bench_cold_start(model: Path, tmp: Path, repeats: int = 3) -> dict:
         times.append(time.perf_counter() - start)
     return {"command": "maskwatch classify one.jpg", "seconds_median": round(
         statistics.median(times), 3), "seconds_all": [round(t, 3) for t in times]}
+
+
+def crop_folder(tmp: Path, n: int = 1000, root: Path | None = None, seed: int = 0
+                ) -> tuple[Path, str]:
+    """``n`` JPEG face crops in a folder: half from the 12K set, half from the 7,553 set
+    (links, picked by ``seed``) when the datasets folder is there, else generated ones of
+    48-160 px. Returns the folder and where the crops came from."""
+    import random
+
+    from maskwatch.imaging import IMAGE_SUFFIXES, save_rgb
+
+    folder = tmp / "crops"
+    folder.mkdir(parents=True)
+    root = root or datasets_path()
+    sets = [root / "face-mask-12k", root / "face-mask-7553"]
+    if all(s.is_dir() for s in sets):
+        rng = random.Random(seed)
+        picked = []
+        for s in sets:
+            files = sorted(p for p in s.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            picked += rng.sample(files, min(len(files), n // 2))
+        for i, path in enumerate(picked):
+            (folder / f"{i:05d}{path.suffix.lower()}").symlink_to(path.resolve())
+        return folder, f"{len(picked)} real crops from the 12K and 7,553 sets"
+    for i, rgb in enumerate(synthetic_faces(n, seed=seed)):
+        save_rgb(folder / f"{i:05d}.jpg", rgb)
+    return folder, f"{n} generated crops (the datasets folder is absent)"
+
+
+def _reference_loop_rate(files: list[Path], threads: int, seconds: float) -> float:
+    """Crops/s of the usual script: for each file, decode, resize to 224 px, normalise and
+    run MobileNetV2 (torch eager, batch 1), warm (the model built and run once first)."""
+    import torch
+
+    from maskwatch.imaging import load_rgb
+    from maskwatch.inference.preprocess import prepare
+    from maskwatch.models import create_model
+
+    torch.set_num_threads(threads)
+    model = create_model("mobilenet_v2", 2).eval()
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    i = [0]
+
+    def one():
+        rgb = load_rgb(files[i[0] % len(files)])
+        i[0] += 1
+        with torch.inference_mode():
+            model(torch.from_numpy(prepare([rgb], REFERENCE_SIZE, mean, std)))
+
+    return _rate(one, 1, seconds)
+
+
+def bench_classify_dir(model: Path, threads: int, seconds: float, tmp: Path,
+                       root: Path | None = None, n: int = 1000) -> dict:
+    """Whole-process crops/s of ``maskwatch classify DIR --json`` against the reference
+    loop (see the module docstring), on the same files."""
+    folder, source = crop_folder(tmp, n, root)
+    files = sorted(folder.iterdir())
+    cmd = [sys.executable, "-m", "maskwatch", "classify", str(folder), "--json",
+           "--model", str(model)]
+    times = []
+    for _ in range(2):  # the first run also warms the file cache
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    ours = round(len(files) / times[-1], 1)
+    reference = _reference_loop_rate(files, threads, seconds)
+    return {"crops": source, "command": "maskwatch classify DIR --json",
+            "seconds_whole_process": round(times[-1], 2), "crops_per_s": ours,
+            "reference": f"decode + resize to {REFERENCE_SIZE} px + MobileNetV2 (torch eager, "
+                         f"batch 1, {threads} threads), warm loop",
+            "reference_crops_per_s": reference,
+            "speedup_vs_reference": round(ours / reference, 2)}
 
 
 def bench_training(threads: int, seconds: float, size: int, batch: int = 64,
@@ -678,6 +756,7 @@ def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
             "pipeline": lambda: bench_pipeline(model_path, threads, seconds, tmp),
             "scenes": lambda: bench_scenes(model_path, threads, tmp),
             "cold_start": lambda: bench_cold_start(model_path, tmp),
+            "classify_dir": lambda: bench_classify_dir(model_path, threads, seconds, tmp),
             "training": lambda: bench_training(threads, seconds, size),
             "distributed": lambda: bench_distributed(seconds),
             "serve": lambda: bench_serve(model_path, threads, serve_seconds, clients),

@@ -222,9 +222,14 @@ def _reduce(img: Image.Image, work_pixels: int) -> Image.Image:
 
 
 def open_image_scaled(
-    source, max_pixels: int | None = None, work_pixels: int | None = None
+    source, max_pixels: int | None = None, work_pixels: int | None = None,
+    min_size: int | None = None,
 ) -> tuple[Image.Image, tuple[float, float]]:
     """Open an image as upright 8-bit RGB, shrunk to about ``work_pixels`` when larger.
+
+    ``min_size``: for a reader that shrinks the image anyway (the classifier), a JPEG is
+    decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least
+    ``min_size`` pixels; other formats decode at full size.
 
     Returns the image and (sx, sy): multiply its coordinates by these to get the original
     image's. Raises ImageError with a one-line reason for a missing, empty, truncated,
@@ -250,6 +255,8 @@ def open_image_scaled(
             if work_pixels:
                 img = _reduce(img, work_pixels)
             else:
+                if min_size and img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
+                    img.draft(img.mode, (min_size, min_size))
                 img.load()
             sx, sy = w / img.size[0], h / img.size[1]
             if orientation in _ORIENTATION:  # shrunk copies lose their EXIF: turn by hand
@@ -276,12 +283,12 @@ def open_image(source, max_pixels: int | None = None) -> Image.Image:
     return open_image_scaled(source, max_pixels)[0]
 
 
-def load_rgb(source, max_pixels: int | None = None) -> np.ndarray:
+def load_rgb(source, max_pixels: int | None = None, min_size: int | None = None) -> np.ndarray:
     """Read an image (a path, file object or object-store URI) as an upright HxWx3 uint8
-    RGB array (see open_image)."""
+    RGB array (see open_image; ``min_size`` as in open_image_scaled)."""
     if is_uri(source):
         return decode_bytes(read_uri(source), max_pixels, name=source)
-    return np.asarray(open_image(source, max_pixels))
+    return np.asarray(open_image_scaled(source, max_pixels, min_size=min_size)[0])
 
 
 def as_rgb(image, max_pixels: int | None = None) -> np.ndarray:

@@ -99,7 +99,7 @@ def run_detector(
 
     def detect(rgb: np.ndarray) -> list:
         sizes.append((rgb.shape[1], rgb.shape[0]))
-        return detector.detect(rgb)
+        return detector.detect(rgb, check_bgr=False)
 
     found, _ = detect_scenes(scenes, detect, progress, on_error)
     size_of = iter(sizes)  # one per scene that was read, in order

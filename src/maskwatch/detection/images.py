@@ -23,7 +23,7 @@ def process_image(detector, spec: str, out, annotate: Annotator | None = None
         rgb = load_rgb(spec)
     except MaskwatchError as exc:
         return None, str(exc), None
-    faces = detector.detect(rgb)
+    faces = detector.detect(rgb, check_bgr=False)  # decoded here: RGB
     if out is None:
         return faces, None, None
     path = out() if callable(out) else out

@@ -150,12 +150,13 @@ class Detector:
     def classes(self) -> list[str]:
         return list(self.classifier.classes) if self.classifier is not None else []
 
-    def detect(self, image) -> list[Face]:
+    def detect(self, image, *, check_bgr: bool | None = None) -> list[Face]:
         """Detect and classify all faces in one image (one classifier batch).
 
         ``image``: a file path, a Pillow image or an HxWx3 uint8 RGB array. An array whose
         faces look blue rather than red is probably BGR (``cv2.imread``'s order): it gets
-        a BGRWarning; convert with ``rgb = bgr[..., ::-1]``. Faces are cropped for the
+        a BGRWarning; convert with ``rgb = bgr[..., ::-1]``. ``check_bgr=False`` skips that
+        check, for arrays maskwatch decoded itself (they are RGB). Faces are cropped for the
         classifier from the detector's own boxes; the site's box mapping only changes the
         boxes reported."""
         rgb = as_rgb(image)
@@ -165,7 +166,9 @@ class Detector:
             boxes = site_boxes(boxes, self.box_map, rgb.shape[1], rgb.shape[0]).tolist()
         keep = [i for i, b in enumerate(boxes) if min(b[2] - b[0], b[3] - b[1]) >= self.min_face]
         found = [found[i] for i in keep]
-        if isinstance(image, np.ndarray) and looks_bgr(rgb, found):
+        if check_bgr is None:
+            check_bgr = isinstance(image, np.ndarray)
+        if check_bgr and looks_bgr(rgb, found):
             warnings.warn(
                 "maskwatch: the faces in this array look blue, so it is probably BGR "
                 "(OpenCV's order); mask labels on BGR images are unreliable. Pass RGB: "

@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from maskwatch.batching import (
@@ -224,7 +225,8 @@ class Run:
         if self.namer is not None and (self.save_live or not src.live):
             out = lambda: self.namer.path(f"{src.name}.mp4", spec)  # noqa: E731
         # video frames also show how many faces of each kind are in view
-        video = TrackedVideo(src, self.detector.detect, out, self.max_frames,
+        video = TrackedVideo(src, partial(self.detector.detect, check_bgr=False), out,
+                             self.max_frames,
                              annotate=replace(self.annotate, summary=self.annotate.labels),
                              tracker=IoUTracker(threshold=self.detector.threshold),
                              detect_every=self.detect_every)

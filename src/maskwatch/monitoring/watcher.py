@@ -196,7 +196,7 @@ class SourceWatcher:
     # ------------------------------------------------------------ one frame
 
     def _detect(self, rgb: np.ndarray) -> list:
-        faces = self.detector.detect(rgb)
+        faces = self.detector.detect(rgb, check_bgr=False)
         self._raw = [dict(f.scores) for f in faces]  # the tracker smooths scores in place
         return faces
 

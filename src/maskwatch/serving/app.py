@@ -29,6 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -435,8 +436,8 @@ def create_app(
         state.semaphore = asyncio.Semaphore(settings.max_concurrency)
         state.jobs = JobManager(
             lambda job, stop: process_video(
-                job, stop, det.detect, settings.max_video_frames, settings.max_pixels,
-                settings.video_budget,
+                job, stop, partial(det.detect, check_bgr=False), settings.max_video_frames,
+                settings.max_pixels, settings.video_budget,
                 Annotator(summary=True, blur=job.blur), det.threshold,
             ),
             max_active=settings.max_video_jobs,
@@ -544,7 +545,7 @@ def create_app(
 
         def work() -> dict:
             rgb, (sx, sy) = decode(data, name)
-            faces = state.detector.detect(rgb)
+            faces = state.detector.detect(rgb, check_bgr=False)
             classes = list(state.classifier.classes)
             if threshold is not None:
                 faces = _relabel(faces, classes, threshold)
