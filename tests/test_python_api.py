@@ -12,6 +12,7 @@ from detection_helpers import SkinClassifier, head, scene, write_image
 from PIL import Image
 
 import maskwatch
+from maskwatch.detection.evaluate import Scene, evaluate_detection
 from maskwatch.detection.pipeline import BGRWarning, looks_bgr
 from maskwatch.errors import ImageError
 from maskwatch.imaging import as_rgb
@@ -99,6 +100,21 @@ def test_arrays_maskwatch_decoded_itself_are_not_checked_for_bgr(detector, tmp_p
         faces, error, _ = process_image(detector, str(path), None)
         assert faces and error is None
         assert detector.detect(blue, check_bgr=False)
+        # evaluate-detection and calibrate decode their scenes themselves too
+        scenes = [Scene(path=path, boxes=[tuple(f.box) for f in faces],
+                        labels=["without_mask"] * len(faces))]
+        assert evaluate_detection(scenes, detector.detect, progress=False)["recall"] == 1.0
+
+
+def test_detect_decoded_calls_stand_in_detectors_plainly():
+    """Serving, watch and detect take any object with detect(rgb) (tests pass stand-ins)."""
+    from maskwatch.detection.pipeline import detect_decoded
+
+    class StandIn:
+        def detect(self, rgb):
+            return [rgb.shape]
+
+    assert detect_decoded(StandIn(), np.zeros((4, 5, 3), np.uint8)) == [(4, 5, 3)]
 
 
 def _readme_block(marker: str) -> str:
@@ -141,4 +157,5 @@ def test_readme_first_python_example_runs(tmp_path, monkeypatch):
     printed = []
     exec(compile(_readme_block("Detector().detect("), "README.md", "exec"),  # noqa: S102
          {"print": printed.append})
-    assert sorted(label for label, _ in printed[-1]) == ["with_mask", "without_mask"]
+    # one bare face, one with a drawn mask (below the nose bridge: worn wrongly)
+    assert sorted(label for label, _ in printed[-1]) == ["incorrect_mask", "without_mask"]

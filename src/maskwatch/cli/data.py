@@ -72,11 +72,14 @@ def register(subparsers) -> None:
     y = add_command(
         sub, "synth-incorrect",
         help="make training-only incorrect_mask faces: masks drawn under the nose or on the "
-        "chin of bare faces, and masks of masked faces moved down",
+        "chin of bare faces, and masks of masked faces moved down (and, with worn, drawn "
+        "masks worn right as with_mask faces)",
         description="Make incorrect_mask faces for training from real faces: on bare faces\n"
         "(without_mask) a mask is drawn just under the nose (nose) or on the chin (chin),\n"
         "placed from YuNet's five landmarks; on masked faces (with_mask) the mask is moved\n"
-        "down (moved). Writes DIR/incorrect_mask/*.jpg and DIR/manifest.csv, where every\n"
+        "down (moved). worn draws the same mask worn right, over nose and mouth, as a\n"
+        "with_mask face: the counterpart that keeps a model from learning that a drawn\n"
+        "mask means worn wrongly. Writes DIR/LABEL/*.jpg and DIR/manifest.csv, where every\n"
         "row has split train and source synthetic:KIND:ORIGINAL_PATH: splits, validation and\n"
         "evaluate keep such faces out of every val/test set.",
         examples=["maskwatch data synth-incorrect split/manifest.csv -o synth/ --split train",
@@ -88,7 +91,8 @@ def register(subparsers) -> None:
                    help="take faces of this split only: train, val, test or all; data without "
                    "splits counts as train (default: train, so no test face is copied)")
     y.add_argument("--kinds", default="nose,chin,moved",
-                   help="ways of wearing it wrongly, comma separated (default: nose,chin,moved)")
+                   help="kinds to make, comma separated, among nose, chin, moved (worn "
+                   "wrongly) and worn (worn right) (default: nose,chin,moved)")
     y.add_argument("--per-face", type=int, default=1,
                    help="variants per face and kind (default: 1)")
     y.add_argument("--limit", type=int, default=None,
@@ -190,7 +194,7 @@ def run_synth(args) -> int:
     else:
         kinds = ", ".join(f"{k} {v:,}" for k, v in summary["kinds"].items()) or "none"
         skipped = ", ".join(f"{k} {v:,}" for k, v in summary["skipped"].items())
-        print(f"wrote {summary['written']:,} incorrect_mask faces ({kinds}) from "
+        print(f"wrote {summary['written']:,} synthetic faces ({kinds}) from "
               f"{summary['from_faces']:,} faces to {summary['manifest']}"
               + (f"; skipped: {skipped}" if skipped else ""))
     return 0

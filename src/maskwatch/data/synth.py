@@ -7,6 +7,11 @@ Two ways, as MaskedFace-Net did for its wrongly worn masks:
 * ``moved``: the mask of a masked face moved down, so the nose (filled in from the skin
   around it) shows above it.
 
+And, as MaskedFace-Net also did, their correctly worn counterpart: ``worn``, the same drawn
+mask over nose and mouth, labelled ``with_mask``. Without it a model learns that a drawn
+mask means "worn wrongly" (the bundled model called the demo's drawn mask incorrect_mask
+at 0.98) instead of learning where the mask sits.
+
 Every written sample's ``source`` starts with ``synthetic:`` (``is_synthetic``); splits,
 validation carving and evaluation keep such samples out of every val/test set.
 """
@@ -24,8 +29,13 @@ from maskwatch.data.model import SYNTHETIC_SOURCE, Sample, write_manifest
 from maskwatch.errors import ImageError, MaskwatchError
 from maskwatch.labels import INCORRECT_MASK, WITH_MASK, WITHOUT_MASK
 
-#: The ways of wearing a mask wrongly that ``synthesise`` makes.
-KINDS = ("nose", "chin", "moved")
+#: The faces ``synthesise`` makes: masks worn wrongly, and ``worn`` ones worn right.
+KINDS = ("nose", "chin", "moved", "worn")
+#: The label of each kind's faces.
+KIND_LABELS = {"nose": INCORRECT_MASK, "chin": INCORRECT_MASK, "moved": INCORRECT_MASK,
+               "worn": WITH_MASK}
+#: Kinds drawn on bare faces (the rest move the mask of a masked face).
+DRAWN = ("nose", "chin", "worn")
 
 #: Mask colours (RGB): light blue, white, black, grey, navy, pink, pale green.
 PALETTE = ((165, 200, 230), (238, 238, 235), (35, 35, 38), (150, 152, 158), (40, 50, 90),
@@ -108,16 +118,19 @@ def _v(lm: Landmarks, point) -> float:
 
 def draw_worn_mask(rgb: np.ndarray, lm: Landmarks, kind: str,
                    rng: np.random.Generator) -> np.ndarray:
-    """A copy of a bare face with a mask worn wrongly: ``nose`` (top edge just under the
-    nose tip, mouth covered) or ``chin`` (top edge under the mouth, on the chin)."""
+    """A copy of a bare face with a drawn mask: worn wrongly, ``nose`` (top edge just under
+    the nose tip, mouth covered) or ``chin`` (top edge under the mouth, on the chin), or
+    worn right, ``worn`` (top edge on the nose bridge, nose and mouth covered)."""
     import cv2
 
-    if kind not in ("nose", "chin"):
-        raise ValueError(f"kind must be nose or chin, got {kind!r}")
+    if kind not in DRAWN:
+        raise ValueError(f"kind must be one of {', '.join(DRAWN)}, got {kind!r}")
     nose_v = _v(lm, lm.nose)
     mouth_v = _v(lm, lm.mouth.mean(0))
     if kind == "nose":
         top = nose_v + rng.uniform(0.05, 0.2) * (mouth_v - nose_v)
+    elif kind == "worn":
+        top = nose_v * rng.uniform(0.35, 0.6)
     else:
         top = mouth_v + rng.uniform(0.1, 0.3)
     bottom = mouth_v + rng.uniform(0.75, 0.95)
@@ -191,13 +204,14 @@ def synthesise(
     force: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Write ``incorrect_mask`` faces made from ``samples`` into ``out_dir/incorrect_mask/``
-    and ``out_dir/manifest.csv`` (split ``train``, source ``synthetic:KIND:ORIGINAL_PATH``, the
-    original's group, so a group-aware split keeps both on one side).
+    """Write faces made from ``samples`` into ``out_dir/LABEL/`` (``incorrect_mask``, and
+    ``with_mask`` for ``worn``) and ``out_dir/manifest.csv`` (split ``train``, source
+    ``synthetic:KIND:ORIGINAL_PATH``, the original's group, so a group-aware split keeps
+    both on one side).
 
-    Bare faces (without_mask) give ``nose``/``chin`` faces, masked faces give ``moved``
-    ones; ``per_face`` variants of each chosen kind; faces YuNet finds no landmarks on are
-    skipped for ``nose``/``chin``. Returns a summary."""
+    Bare faces (without_mask) give ``nose``/``chin``/``worn`` faces, masked faces give
+    ``moved`` ones; ``per_face`` variants of each chosen kind; faces YuNet finds no
+    landmarks on are skipped for the drawn kinds. Returns a summary."""
     from tqdm import tqdm
 
     from maskwatch.data.model import read_face
@@ -213,7 +227,7 @@ def synthesise(
     manifest = out / "manifest.csv"
     if manifest.exists() and not force:
         raise MaskwatchError(f"{manifest}: already exists (use --overwrite to replace it)")
-    wanted = {WITHOUT_MASK: [k for k in kinds if k in ("nose", "chin")],
+    wanted = {WITHOUT_MASK: [k for k in kinds if k in DRAWN],
               WITH_MASK: [k for k in kinds if k == "moved"]}
     chosen = [s for s in samples if wanted.get(s.label)]
     rng = np.random.default_rng(seed)
@@ -240,9 +254,9 @@ def synthesise(
                 except ImageError:
                     skipped["too small"] += 1
                     continue
-                dest = out / INCORRECT_MASK / f"{n:06d}_{kind}_{v}.jpg"
+                dest = out / KIND_LABELS[kind] / f"{n:06d}_{kind}_{v}.jpg"
                 save_rgb(dest, img)
-                written.append(Sample(dest, INCORRECT_MASK, "train",
+                written.append(Sample(dest, KIND_LABELS[kind], "train",
                                       f"{SYNTHETIC_SOURCE}:{kind}:{s.path}",
                                       s.group or str(s.path), None))
                 made[kind] += 1

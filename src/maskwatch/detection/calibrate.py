@@ -32,7 +32,7 @@ from maskwatch.detection.evaluate import (
     score_detections,
     subset_map,
 )
-from maskwatch.detection.pipeline import Detector, site_boxes
+from maskwatch.detection.pipeline import Detector, detect_decoded, site_boxes
 from maskwatch.errors import MaskwatchError
 from maskwatch.inference.modelfile import SiteParams
 from maskwatch.inference.preprocess import decide
@@ -99,7 +99,7 @@ def run_detector(
 
     def detect(rgb: np.ndarray) -> list:
         sizes.append((rgb.shape[1], rgb.shape[0]))
-        return detector.detect(rgb, check_bgr=False)
+        return detect_decoded(detector, rgb)
 
     found, _ = detect_scenes(scenes, detect, progress, on_error)
     size_of = iter(sizes)  # one per scene that was read, in order

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from maskwatch.boxes import greedy_pairs, iou_matrix
+from maskwatch.detection.pipeline import BGRWarning
 from maskwatch.errors import LayoutError, MaskwatchError
 from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITH_MASK, WITHOUT_MASK
 
@@ -167,7 +169,9 @@ def detect_scenes(
                 on_error(str(exc))
             continue
         t0 = time.perf_counter()
-        predictions.append(_faces_of(detect(rgb)))
+        with warnings.catch_warnings():  # decoded here, so RGB: the BGR check is moot
+            warnings.simplefilter("ignore", BGRWarning)
+            predictions.append(_faces_of(detect(rgb)))
         seconds += time.perf_counter() - t0
     return predictions, seconds
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from maskwatch.detection.draw import Annotator
+from maskwatch.detection.pipeline import detect_decoded
 from maskwatch.errors import MaskwatchError
 from maskwatch.imaging import load_rgb, save_rgb
 
@@ -23,7 +24,7 @@ def process_image(detector, spec: str, out, annotate: Annotator | None = None
         rgb = load_rgb(spec)
     except MaskwatchError as exc:
         return None, str(exc), None
-    faces = detector.detect(rgb, check_bgr=False)  # decoded here: RGB
+    faces = detect_decoded(detector, rgb)  # decoded here: RGB
     if out is None:
         return faces, None, None
     path = out() if callable(out) else out

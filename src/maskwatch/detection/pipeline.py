@@ -185,3 +185,12 @@ class Detector:
         return faces
 
     __call__ = detect
+
+
+def detect_decoded(detector, rgb: np.ndarray) -> list:
+    """``detector.detect`` on an array maskwatch decoded itself: RGB, so a
+    :class:`Detector` skips its BGR check; any other object with ``detect(rgb)`` (a
+    stand-in, a user's own detector) is called plainly."""
+    if isinstance(detector, Detector):
+        return detector.detect(rgb, check_bgr=False)
+    return detector.detect(rgb)

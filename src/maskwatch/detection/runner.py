@@ -23,6 +23,7 @@ from maskwatch.console import note
 from maskwatch.detection.alerts import NON_COMPLIANT
 from maskwatch.detection.draw import Annotator
 from maskwatch.detection.images import detect_image, init_detector, process_image
+from maskwatch.detection.pipeline import detect_decoded
 from maskwatch.detection.tracker import IoUTracker
 from maskwatch.detection.video import (
     TrackedVideo,
@@ -225,7 +226,7 @@ class Run:
         if self.namer is not None and (self.save_live or not src.live):
             out = lambda: self.namer.path(f"{src.name}.mp4", spec)  # noqa: E731
         # video frames also show how many faces of each kind are in view
-        video = TrackedVideo(src, partial(self.detector.detect, check_bgr=False), out,
+        video = TrackedVideo(src, partial(detect_decoded, self.detector), out,
                              self.max_frames,
                              annotate=replace(self.annotate, summary=self.annotate.labels),
                              tracker=IoUTracker(threshold=self.detector.threshold),

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskwatch.detection.pipeline import detect_decoded
 from maskwatch.detection.tracker import IoUTracker, Track
 from maskwatch.detection.video import (
     TrackedVideo,
@@ -196,7 +197,7 @@ class SourceWatcher:
     # ------------------------------------------------------------ one frame
 
     def _detect(self, rgb: np.ndarray) -> list:
-        faces = self.detector.detect(rgb, check_bgr=False)
+        faces = detect_decoded(self.detector, rgb)
         self._raw = [dict(f.scores) for f in faces]  # the tracker smooths scores in place
         return faces
 

@@ -44,6 +44,7 @@ from starlette.datastructures import UploadFile
 
 from maskwatch import __version__
 from maskwatch.detection.draw import Annotator
+from maskwatch.detection.pipeline import detect_decoded
 from maskwatch.errors import ImageError, MaskwatchError
 from maskwatch.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_upload
 from maskwatch.serving.jobs import (
@@ -436,7 +437,7 @@ def create_app(
         state.semaphore = asyncio.Semaphore(settings.max_concurrency)
         state.jobs = JobManager(
             lambda job, stop: process_video(
-                job, stop, partial(det.detect, check_bgr=False), settings.max_video_frames,
+                job, stop, partial(detect_decoded, det), settings.max_video_frames,
                 settings.max_pixels, settings.video_budget,
                 Annotator(summary=True, blur=job.blur), det.threshold,
             ),
@@ -545,7 +546,7 @@ def create_app(
 
         def work() -> dict:
             rgb, (sx, sy) = decode(data, name)
-            faces = state.detector.detect(rgb, check_bgr=False)
+            faces = detect_decoded(state.detector, rgb)
             classes = list(state.classifier.classes)
             if threshold is not None:
                 faces = _relabel(faces, classes, threshold)
