@@ -24,7 +24,7 @@ COLOURS = {
 }
 SHORT = {WITH_MASK: "mask", WITHOUT_MASK: "no mask", INCORRECT_MASK: "worn wrongly"}
 #: Word put before a label the model gives less than even odds (picked only because the
-#: decision threshold is low, e.g. without_mask from P = 0.106 with the bundled model).
+#: decision threshold is low, e.g. without_mask from P = 0.0615 with the bundled model).
 UNSURE = "maybe"
 #: Where a label may go, relative to its face box, in order of preference.
 PLACES = ("above", "below", "inside-top", "inside-bottom")
