@@ -165,8 +165,8 @@ def add_detector_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--detector", default="centerface", choices=DETECTORS,
         help="face detector: centerface (= accurate; finds masked faces far more often; its "
-        "int8 copy), centerface-fp32 (the published network: about 2x slower, mAP@0.5 0.005 "
-        "higher on the held-out scenes) or yunet (= fast)",
+        "int8 copy), centerface-fp32 (the published network: 1.7x slower, mAP@0.5 0.008 "
+        "higher on the held-out scenes, see MODEL_CARD.md) or yunet (= fast)",
     )
     p.add_argument(
         "--face-threshold", type=float, default=None,

@@ -37,8 +37,8 @@ def register(subparsers) -> None:
     add_model_argument(p)
     p.add_argument(
         "--detector", default=None,
-        help="face detector: centerface (accurate) or yunet (fast); if not given, the "
-        "pipeline's default",
+        help="face detector: centerface (accurate, int8), centerface-fp32 or yunet (fast); if "
+        "not given, the pipeline's default",
     )
     add_threads_argument(p)
     p.add_argument(

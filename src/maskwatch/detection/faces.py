@@ -5,8 +5,9 @@ Two back-ends, both with weights that install with maskwatch:
 * ``centerface`` ("accurate", the default): the CenterFace ONNX model (MIT) shipped in
   maskwatch's assets, run with onnxruntime; it finds masked faces much more often than
   classic detectors do. The default runs its int8 copy (``scripts/quantise_centerface.py``;
-  on a CPU with int8 dot products (AVX-512 VNNI) the whole pipeline ran about 1.5x faster,
-  mAP@0.5 on the held-out scenes within 0.003); ``centerface-fp32`` runs the published one.
+  on a CPU with int8 dot products (AVX-512 VNNI) ``detect`` ran 1.7x faster on the held-out
+  scenes, mAP@0.5 0.008 lower, 0.002 on the validation scenes); ``centerface-fp32`` runs
+  the published one.
 * ``yunet`` ("fast"): libfacedetection's YuNet through the ``yuface`` package.
 """
 
