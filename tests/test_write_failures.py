@@ -269,3 +269,23 @@ def test_video_writer_on_a_really_full_disk(tiny_disk):
             writer.write(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
         writer.close()
     assert list(tiny_disk.iterdir()) == []
+
+
+def test_writing_many_files_lists_their_folder_once(tmp_path, monkeypatch):
+    """A folder is listed once per process, not once per file (that made n writes cost n^2);
+    a killed writer's temporary found then is still removed when its name is written."""
+    from maskwatch import files
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".photo-7.jpg.{dead.pid}.tmp"
+    stale.write_bytes(b"\0")
+    listed = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(files.os, "scandir", lambda p: listed.append(p) or real_scandir(p))
+    for i in range(20):
+        files.write_atomic(tmp_path / f"photo-{i}.jpg", lambda p: p.write_bytes(b"x"))
+    assert listed == [tmp_path]
+    assert not stale.exists() and (tmp_path / "photo-7.jpg").read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"photo-{i}.jpg" for i in range(20))

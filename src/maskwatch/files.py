@@ -2,7 +2,9 @@
 
 A failed write (a full disk) removes the temporary and raises one MaskwatchError line, so no
 half-written file is ever left under the real name; temporaries left by a killed process
-(``kill -9`` mid-save) are removed by the next write to the same name.
+(``kill -9`` mid-save) are removed by a later process's write to the same name. A process
+lists each folder it writes into once (not once per file, which made writing n files into
+one folder cost n^2).
 """
 
 from __future__ import annotations
@@ -29,15 +31,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: Per folder, the temporaries found there when this process first wrote into it, by the
+#: name they stand for (``.<name>.<pid>.tmp``).
+_TEMPS: dict[Path, dict[str, list[Path]]] = {}
+
+
+def _temps_of(path: Path) -> list[Path]:
+    """The temporaries of ``path`` that its folder held when this process first looked."""
+    folder = path.parent
+    index = _TEMPS.get(folder)
+    if index is None:
+        index = {}
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name.startswith(".") and name.endswith(".tmp"):
+                        base, _, pid = name[1:-len(".tmp")].rpartition(".")
+                        if base and pid.isdigit():
+                            index.setdefault(base, []).append(folder / name)
+        except OSError:  # the folder is new or unreadable: nothing to clean
+            pass
+        _TEMPS[folder] = index
+    return index.get(path.name, [])
+
+
 def remove_stale_temps(path: str | Path) -> list[Path]:
     """Delete the temporaries of ``path`` whose writer process is gone; returns them."""
     path = Path(path)
     removed = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+    for tmp in list(_temps_of(path)):
+        pid = int(tmp.name[len(path.name) + 2:-len(".tmp")])
+        if pid != os.getpid() and not _pid_alive(pid):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
+            _TEMPS[path.parent][path.name].remove(tmp)
     return removed
 
 
