@@ -47,15 +47,12 @@ def torch_probabilities(model, info: ModelInfo, faces: list[np.ndarray]) -> np.n
         return probabilities(model(torch.from_numpy(x)).numpy(), info.head)
 
 
-class _Calibration:
-    """Feeds preprocessed face batches to onnxruntime's static quantiser."""
+class _Feed:
+    """Feeds input batches to onnxruntime's static quantiser (its calibration reader)."""
 
-    def __init__(self, info: ModelInfo, faces: list[np.ndarray], input_name: str, batch: int = 16):
-        self.batches = [
-            prepare(faces[i : i + batch], info.input_size, info.mean, info.std)
-            for i in range(0, len(faces), batch)
-        ]
+    def __init__(self, input_name: str, batches: list[np.ndarray]):
         self.input_name = input_name
+        self.batches = batches
         self._it = iter(self.batches)
 
     def get_next(self):
@@ -66,27 +63,11 @@ class _Calibration:
         self._it = iter(self.batches)
 
 
-#: Convolutions at the network's input kept in float by :func:`quantise_int8`, with every
-#: fully connected layer: on the bundled model, quantising them too moved enough
-#: probabilities across its low without_mask threshold to lose 1 point of accuracy on
-#: held-out scene faces (0.983 -> 0.973); kept in float, int8 scored as fp32 (0.982) at
-#: the same speed.
-FLOAT_STEM_CONVS = 2
-
-
-def float_nodes(path: Path, stem_convs: int = FLOAT_STEM_CONVS) -> list[str]:
-    """Names of the nodes :func:`quantise_int8` leaves in float: the first ``stem_convs``
-    convolutions and the fully connected layers (Gemm, MatMul)."""
+def _quantise_static(fp32: Path, out: Path, feed: _Feed, keep_float) -> None:
+    """Static int8 of ``fp32`` into ``out`` (QDQ, per-channel int8 weights, uint8
+    activations with MinMax ranges from ``feed``); the nodes named by ``keep_float(graph)``
+    (the pre-processed graph) stay float."""
     import onnx
-
-    nodes = onnx.load(str(path)).graph.node
-    convs = [n.name for n in nodes if n.op_type == "Conv"][:stem_convs]
-    return convs + [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
-
-
-def quantise_int8(fp32: Path, out: Path, info: ModelInfo, calibration: list[np.ndarray]) -> Path:
-    """Static int8 quantisation (QDQ, per-channel weights) calibrated on face crops; the
-    stem and the head stay float (see :data:`FLOAT_STEM_CONVS`)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -95,26 +76,42 @@ def quantise_int8(fp32: Path, out: Path, info: ModelInfo, calibration: list[np.n
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if not calibration:
-        raise MaskwatchError("int8 quantisation needs calibration images (--calibration-data)")
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         try:
             quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         except Exception:  # pre-processing is an optimisation; quantise the original instead
             shutil.copyfile(fp32, pre)
-        reader = _Calibration(info, calibration, "input")
-        quantize_static(
-            str(pre),
-            str(out),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=float_nodes(pre),
-        )
+        quantize_static(str(pre), str(out), feed, quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=keep_float(onnx.load(str(pre)).graph))
+
+
+#: Convolutions at the network's input kept in float by :func:`quantise_int8`, with every
+#: fully connected layer: on the bundled model, quantising them too moved enough
+#: probabilities across its low without_mask threshold to lose 1 point of accuracy on
+#: held-out scene faces (0.983 -> 0.973); kept in float, int8 scored as fp32 (0.982) at
+#: the same speed.
+FLOAT_STEM_CONVS = 2
+
+
+def float_nodes(graph, stem_convs: int = FLOAT_STEM_CONVS) -> list[str]:
+    """Names of the nodes :func:`quantise_int8` leaves in float: the first ``stem_convs``
+    convolutions and the fully connected layers (Gemm, MatMul)."""
+    convs = [n.name for n in graph.node if n.op_type == "Conv"][:stem_convs]
+    return convs + [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
+
+
+def quantise_int8(fp32: Path, out: Path, info: ModelInfo, calibration: list[np.ndarray],
+                  batch: int = 16) -> Path:
+    """Static int8 quantisation (QDQ, per-channel weights) calibrated on face crops; the
+    stem and the head stay float (see :data:`FLOAT_STEM_CONVS`)."""
+    if not calibration:
+        raise MaskwatchError("int8 quantisation needs calibration images (--calibration-data)")
+    batches = [prepare(calibration[i:i + batch], info.input_size, info.mean, info.std)
+               for i in range(0, len(calibration), batch)]
+    _quantise_static(fp32, out, _Feed("input", batches), float_nodes)
     precision = info.extra.get("precision") or ("int8 (static QDQ, per-channel weights; "
                                                  "stem and head in float)")
     replace(info, extra={**info.extra, "precision": precision}).save_json(
@@ -140,13 +137,6 @@ def quantise_centerface(out: Path, photos: list[np.ndarray], source: Path | None
     that already takes any input size."""
     import onnx
     from onnx import version_converter
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from maskwatch.detection.faces import (
         CenterFaceDetector,
@@ -169,13 +159,14 @@ def quantise_centerface(out: Path, photos: list[np.ndarray], source: Path | None
     for rgb in photos:
         detector.detect(rgb)
 
-    class Blobs:
-        def __init__(self) -> None:
-            self._it = iter(blobs)
-
-        def get_next(self):
-            x = next(self._it, None)
-            return None if x is None else {detector.input_name: x}
+    def keep_float(graph) -> list[str]:  # the stem as for classifiers, and the heads
+        keep = float_nodes(graph, stem_convs)
+        if float_heads:
+            outputs = {o.name for o in graph.output}
+            feeds = {i for n in graph.node if set(n.output) & outputs for i in n.input}
+            keep += [n.name for n in graph.node if n.op_type == "Conv"
+                     and set(n.output) & (outputs | feeds)]
+        return keep
 
     # per-channel DequantizeLinear needs opset 13 (the published graph is opset 9)
     model = onnx.load_from_string(load_dynamic_centerface(source))
@@ -184,21 +175,7 @@ def quantise_centerface(out: Path, photos: list[np.ndarray], source: Path | None
         node.name = node.name or f"{node.op_type.lower()}_{i}"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
+        fp32 = Path(tmp) / "fp32.onnx"
         onnx.save(model, str(fp32))
-        try:
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        except Exception:  # an optimisation only
-            pre = fp32
-        graph = onnx.load(str(pre)).graph
-        keep = [n.name for n in graph.node if n.op_type == "Conv"][:stem_convs]
-        if float_heads:
-            outputs = {o.name for o in graph.output}
-            feeds = {i for n in graph.node if set(n.output) & outputs for i in n.input}
-            keep += [n.name for n in graph.node if n.op_type == "Conv"
-                     and set(n.output) & (outputs | feeds)]
-        quantize_static(str(pre), str(out), Blobs(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=keep)
+        _quantise_static(fp32, out, _Feed(detector.input_name, blobs), keep_float)
     return out
