@@ -37,7 +37,8 @@ _TEMPS: dict[Path, dict[str, list[Path]]] = {}
 
 
 def _temps_of(path: Path) -> list[Path]:
-    """The temporaries of ``path`` that its folder held when this process first looked."""
+    """The temporaries of ``path`` that its folder held when this process first looked
+    (the folder index's own list when there are any)."""
     folder = path.parent
     index = _TEMPS.get(folder)
     if index is None:
@@ -60,12 +61,13 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
     """Delete the temporaries of ``path`` whose writer process is gone; returns them."""
     path = Path(path)
     removed = []
-    for tmp in list(_temps_of(path)):
+    temps = _temps_of(path)
+    for tmp in list(temps):
         pid = int(tmp.name[len(path.name) + 2:-len(".tmp")])
         if pid != os.getpid() and not _pid_alive(pid):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
-            _TEMPS[path.parent][path.name].remove(tmp)
+            temps.remove(tmp)  # the folder's index, so it is not looked at again
     return removed
 
 
