@@ -8,7 +8,9 @@ import pytest
 
 from maskwatch.boxes import iou
 from maskwatch.detection.faces import (
+    REFINE_BELOW,
     FaceDetector,
+    drop_nested,
     merge_passes,
     pass_scales,
     refine_region,
@@ -113,3 +115,28 @@ def test_two_passes_find_and_place_small_faces_the_first_pass_misses():
 def test_refine_size_is_checked():
     with pytest.raises(MaskwatchError, match="refine-size"):
         SquareFinder(refine_size=10)
+
+
+def test_a_face_big_enough_for_the_first_pass_gets_no_finer_pass():
+    # 1600 x 1200 at 320 px: first-pass scale 0.2; a square of side s is 0.2 s there
+    finder = SquareFinder(detect_size=320, refine_size=800)
+    side = int((REFINE_BELOW + 2) / 0.2)
+    finder.detect(photo([(200, 200, side)])[0])
+    assert len(finder.inputs) == 1
+    finder.inputs.clear()
+    finder.detect(photo([(200, 200, int((REFINE_BELOW - 4) / 0.2))])[0])
+    assert len(finder.inputs) == 2
+
+
+def test_boxes_inside_a_bigger_better_face_are_dropped():
+    face = (100, 100, 300, 300, 0.9)
+    eye = (150, 150, 200, 190, 0.3)           # wholly inside the face
+    neighbour = (280, 120, 400, 260, 0.5)     # overlaps the face's edge only
+    assert drop_nested([face, eye, neighbour]) == [face, neighbour]
+    # a smaller box that scores higher is kept, and so is the bigger one after it
+    assert drop_nested([eye[:4] + (0.95,), face]) == [eye[:4] + (0.95,), face]
+    # over half of the small box's area inside the face: dropped; under half: kept
+    half_in = (250, 150, 330, 200, 0.3)       # 50 of 80 px wide inside
+    mostly_out = (270, 150, 350, 200, 0.3)    # 30 of 80 px wide inside
+    assert drop_nested([face, half_in, mostly_out]) == [face, mostly_out]
+    assert drop_nested([face, eye], inside=1.0) == [face, eye]

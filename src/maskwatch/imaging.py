@@ -144,7 +144,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # no copy of what is RGB
 
 
 #: EXIF orientation -> the transpose that makes the image upright.
@@ -157,11 +157,14 @@ _ORIENTATION = {
 
 def _check_regular(path: Path, name: str) -> None:
     """Refuse what is not a regular, non-empty file (folders, devices, FIFOs, sockets)."""
-    if not path.exists():
-        raise ImageError(f"{name}: no such file")
-    if path.is_dir():
+    try:
+        st = path.stat()  # one system call for every check
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ImageError(f"{name}: is a folder, not an image")
-    st = path.stat()
     if not stat.S_ISREG(st.st_mode):
         raise ImageError(f"{name}: not a regular file (a device, pipe or socket)")
     if st.st_size == 0:

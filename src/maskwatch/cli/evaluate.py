@@ -269,10 +269,12 @@ def run_classify(args) -> int:
             results = ray_map(batch.classify_chunk, tasks, args.workers, batch.init_classifier,
                               (ship(args.model), threads, size, args.threshold),
                               address=args.ray, cpus_per_actor=threads)
-        else:
+        elif workers > 1:
             results = batching.ordered_map(batch.classify_chunk, tasks, workers,
                                            batch.init_classifier,
                                            (args.model, threads, size, args.threshold))
+        else:  # loaded above; the next chunk decodes while this one is labelled
+            results = batch.classify_chunks(tasks)
         for chunk in results:
             for path, pred, err in chunk:
                 if bar is not None:

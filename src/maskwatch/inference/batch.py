@@ -6,7 +6,9 @@ the pool, shards and output file are in :mod:`maskwatch.batching`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from typing import Any
 
 from maskwatch.errors import ImageError
@@ -43,24 +45,46 @@ def loaded_classifier():
     return _STATE["classifier"]
 
 
-def classify_chunk(paths: list[str]) -> list[tuple[str, dict | None, str | None]]:
-    """(path, prediction dict, None) or (path, None, error) for each image, in order."""
-    clf = _STATE["classifier"]
-    size = int(clf.info.input_size)
+def read_chunk(paths: list[str]) -> list[tuple[object, str | None]]:
+    """Decode ``paths`` side by side and shrink each to the model's input: (face, None)
+    or (None, error) for each, in order."""
+    from maskwatch.inference.preprocess import resize_face
+
+    size = int(_STATE["classifier"].info.input_size)
 
     def read(path: str):
         try:  # JPEGs decode at the smallest DCT scale that still covers the model's input
-            return load_rgb(path, min_size=size), None
+            return resize_face(load_rgb(path, min_size=size), size), None
         except ImageError as exc:
             return None, str(exc)
 
-    faces, ok, out = [], [], []
-    for p, (rgb, err) in zip(paths, _decoder_pool(_STATE.get("threads", 0)).map(read, paths)):
-        if rgb is None:
-            out.append((p, None, err))
-        else:
-            faces.append(rgb)
-            ok.append(p)
-    preds = dict(zip(ok, (pr.to_dict() for pr in clf.classify(faces)))) if faces else {}
-    results = {p: (p, None, err) for p, _, err in out}
-    return [results.get(p) or (p, preds[p], None) for p in paths]
+    return list(_decoder_pool(_STATE.get("threads", 0)).map(read, paths))
+
+
+def label_chunk(paths: list[str], decoded: list[tuple[object, str | None]]
+                ) -> list[tuple[str, dict | None, str | None]]:
+    """(path, prediction dict, None) or (path, None, error) for each decoded image."""
+    faces = [rgb for rgb, _ in decoded if rgb is not None]
+    preds = iter([pr.to_dict() for pr in _STATE["classifier"].classify(faces)] if faces
+                 else [])
+    return [(p, None, err) if rgb is None else (p, next(preds), None)
+            for p, (rgb, err) in zip(paths, decoded)]
+
+
+def classify_chunk(paths: list[str]) -> list[tuple[str, dict | None, str | None]]:
+    """(path, prediction dict, None) or (path, None, error) for each image, in order."""
+    return label_chunk(paths, read_chunk(paths))
+
+
+def classify_chunks(tasks: Iterable[list[str]]) -> Iterator[list[tuple[str, dict | None,
+                                                                       str | None]]]:
+    """:func:`classify_chunk` over ``tasks`` in this process, the next chunk decoding
+    while the model labels this one (so decoding and inference share the cores)."""
+    it = iter(tasks)
+    with ThreadPoolExecutor(1, thread_name_prefix="maskwatch-prefetch") as ahead:
+        pending = [(paths, ahead.submit(read_chunk, paths)) for paths in islice(it, 1)]
+        while pending:
+            paths, future = pending.pop()
+            decoded = future.result()
+            pending += [(nxt, ahead.submit(read_chunk, nxt)) for nxt in islice(it, 1)]
+            yield label_chunk(paths, decoded)
