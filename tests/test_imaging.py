@@ -115,3 +115,59 @@ def test_decode_bytes(tmp_path):
         decode_bytes(b"")
     with pytest.raises(ImageError):
         decode_bytes(b"GIF89a broken")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_fast_jpeg_path_gives_pillows_upright_pixels(tmp_path, orientation):
+    from maskwatch.imaging import _load_jpeg_fast, open_image_scaled
+
+    rng = np.random.default_rng(orientation)
+    rgb = rng.integers(0, 255, (60, 90, 3), np.uint8)
+    rgb[:10, :20] = 255  # a corner that shows which way is up
+    exif = Image.Exif()
+    exif[274] = orientation
+    path = tmp_path / "o.jpg"
+    Image.fromarray(rgb).save(path, "JPEG", quality=95, exif=exif.tobytes())
+    fast = _load_jpeg_fast(path, None, None)
+    assert fast is not None and fast.flags.c_contiguous
+    assert fast.shape == ((90, 60, 3) if orientation >= 5 else (60, 90, 3))
+    assert np.array_equal(fast, np.asarray(open_image_scaled(path)[0]))
+
+
+@pytest.mark.parametrize("size,min_size", [((800, 600), 96), ((800, 600), 200),
+                                           ((130, 90), 96), ((64, 48), 96), ((803, 601), 100)])
+def test_fast_jpeg_path_takes_pillows_dct_scale(tmp_path, size, min_size):
+    from maskwatch.imaging import _load_jpeg_fast, open_image_scaled
+
+    rgb = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), np.uint8)
+    path = tmp_path / "s.jpg"
+    Image.fromarray(rgb).save(path, "JPEG")
+    fast = _load_jpeg_fast(path, None, min_size)
+    slow = np.asarray(open_image_scaled(path, min_size=min_size)[0])
+    assert fast.shape == slow.shape and min(fast.shape[:2]) >= min(min_size, *size[::-1])
+    assert np.array_equal(fast, slow)
+
+
+def test_fast_jpeg_path_leaves_other_files_to_pillow(tmp_path):
+    from maskwatch.imaging import _load_jpeg_fast
+
+    rgb = np.random.default_rng(1).integers(0, 255, (40, 50, 3), np.uint8)
+    grey = tmp_path / "grey.jpg"
+    Image.fromarray(rgb[..., 0]).save(grey, "JPEG")
+    assert load_rgb(grey).shape == (40, 50, 3)  # grey JPEGs come out as RGB too
+    assert np.array_equal(load_rgb(grey)[..., 0], load_rgb(grey)[..., 2])
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(cmyk, "JPEG")
+    png = tmp_path / "png.jpg"  # a PNG under a JPEG name
+    Image.fromarray(rgb).save(png, "PNG")
+    assert _load_jpeg_fast(cmyk, None, None) is None and load_rgb(cmyk).shape == (40, 50, 3)
+    assert _load_jpeg_fast(png, None, None) is None and load_rgb(png).shape == (40, 50, 3)
+    cut = tmp_path / "cut.jpg"
+    Image.fromarray(rgb).save(cut, "JPEG")
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    assert _load_jpeg_fast(cut, None, None) is None  # Pillow says what is wrong
+    with pytest.raises(ImageError, match="truncated"):
+        load_rgb(cut)
+    with pytest.raises(ImageError, match="over the limit"):
+        load_rgb(grey, max_pixels=100)

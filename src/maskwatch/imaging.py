@@ -224,6 +224,16 @@ def _reduce(img: Image.Image, work_pixels: int) -> Image.Image:
         return img.resize(size, Image.Resampling.NEAREST)
 
 
+def _check_pixels(name: str, w: int, h: int, cap: int) -> None:
+    if w * h > cap:
+        raise ImageError(
+            f"{name}: {w}x{h} is {w * h:,} pixels, over the limit of {cap:,} "
+            "(MASKWATCH_MAX_PIXELS)"
+        )
+    if w == 0 or h == 0:
+        raise ImageError(f"{name}: image has no pixels")
+
+
 def open_image_scaled(
     source, max_pixels: int | None = None, work_pixels: int | None = None,
     min_size: int | None = None,
@@ -247,13 +257,7 @@ def open_image_scaled(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(source)
             w, h = img.size
-            if w * h > cap:
-                raise ImageError(
-                    f"{name}: {w}x{h} is {w * h:,} pixels, over the limit of {cap:,} "
-                    "(MASKWATCH_MAX_PIXELS)"
-                )
-            if w == 0 or h == 0:
-                raise ImageError(f"{name}: image has no pixels")
+            _check_pixels(name, w, h, cap)
             orientation = img.getexif().get(274, 1)
             if work_pixels:
                 img = _reduce(img, work_pixels)
@@ -291,7 +295,58 @@ def load_rgb(source, max_pixels: int | None = None, min_size: int | None = None)
     RGB array (see open_image; ``min_size`` as in open_image_scaled)."""
     if is_uri(source):
         return decode_bytes(read_uri(source), max_pixels, name=source)
+    if isinstance(source, (str, Path)):
+        rgb = _load_jpeg_fast(Path(source), max_pixels, min_size)
+        if rgb is not None:
+            return rgb
     return np.asarray(open_image_scaled(source, max_pixels, min_size=min_size)[0])
+
+
+#: EXIF orientation -> the numpy view that makes a decoded array upright (as _ORIENTATION).
+_ORIENT_ARRAY = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1),
+}
+
+
+def _load_jpeg_fast(path: Path, max_pixels: int | None, min_size: int | None
+                    ) -> np.ndarray | None:
+    """An RGB or grey JPEG file decoded by libjpeg-turbo through ``simplejpeg``: the same
+    pixels as Pillow's decoder (same library, same settings) in about half the time, as
+    Pillow does nothing but read its header (size limit, EXIF orientation). None for
+    anything else, or when simplejpeg refuses the data (a truncated file): Pillow then
+    reads it and gives its usual error."""
+    try:
+        import simplejpeg
+    except ImportError:  # pragma: no cover - a dependency; Pillow decodes without it
+        return None
+    name = str(path)
+    _check_regular(path, name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+                return None
+            w, h = img.size
+            _check_pixels(name, w, h, MAX_PIXELS if max_pixels is None else max_pixels)
+            orientation = img.getexif().get(274, 1)
+        # the DCT scale Pillow's draft() takes (1/2, 1/4 or 1/8 at most, never 3/8...), as
+        # the smallest output libjpeg-turbo may give: the same array as open_image_scaled
+        k = min(w // min_size, h // min_size) if min_size else 1
+        scale = next((s for s in (8, 4, 2, 1) if k >= s), 1)
+        with open(path, "rb") as f:
+            data = f.read()
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-h // scale),
+                                     min_width=-(-w // scale))
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError,
+            Image.DecompressionBombError):
+        return None  # Pillow reads it again and says what is wrong
+    if orientation in _ORIENT_ARRAY:
+        rgb = np.ascontiguousarray(_ORIENT_ARRAY[orientation](rgb))
+    return rgb
 
 
 def as_rgb(image, max_pixels: int | None = None) -> np.ndarray:
