@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 torch = pytest.importorskip("torch")
 
@@ -196,3 +197,22 @@ def test_bench_crop_folder_links_real_crops_when_the_datasets_are_there(tmp_path
     assert sum("face-mask-12k" in str(p.resolve()) for p in links) == 3
     assert sum("face-mask-7553" in str(p.resolve()) for p in links) == 3
     assert source.startswith("6 real crops")
+
+
+def test_bench_one_pass_folder_keeps_the_photos_of_one_pass(tmp_path):
+    from maskwatch.bench import one_pass_folder
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, shade in (("a.jpg", 10), ("b.jpg", 200), ("c.jpg", 30)):
+        Image.fromarray(np.full((30, 40, 3), shade, np.uint8)).save(folder / name)
+
+    class DarkIsOnePass:  # a stand-in: dark photos need one pass
+        def passes(self, rgb):
+            return 1 if rgb.mean() < 100 else 2
+
+    out = tmp_path / "one"
+    assert one_pass_folder(folder, out, DarkIsOnePass(), copies=3) == 2
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{k}-{n}" for k in range(3) for n in ("a.jpg", "c.jpg"))
+    assert all((out / n).resolve().parent == folder.resolve() for n in names)

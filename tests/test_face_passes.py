@@ -140,3 +140,12 @@ def test_boxes_inside_a_bigger_better_face_are_dropped():
     mostly_out = (270, 150, 350, 200, 0.3)    # 30 of 80 px wide inside
     assert drop_nested([face, half_in, mostly_out]) == [face, mostly_out]
     assert drop_nested([face, eye], inside=1.0) == [face, eye]
+
+
+def test_passes_says_whether_the_finer_pass_runs():
+    finder = SquareFinder(detect_size=320, refine_size=800)
+    assert finder.passes(photo([(900, 300, 400)])[0]) == 1
+    assert finder.passes(photo([(900, 300, 400), (100, 100, 40)])[0]) == 2
+    assert SquareFinder(detect_size=320, refine_size=0).passes(
+        photo([(100, 100, 40)])[0]) == 1
+    assert finder.inputs and all(shape[0] <= 240 for shape in finder.inputs)  # first pass only

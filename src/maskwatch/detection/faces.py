@@ -199,11 +199,7 @@ class FaceDetector:
         """
         rgb = _check_rgb(rgb)
         h, w = rgb.shape[:2]
-        first_scale, second_scale = pass_scales(w, h, self.detect_size, self.refine_size,
-                                                self.upscale)
-        low = min(self.threshold, REFINE_TRIGGER) if second_scale else self.threshold
-        boxes = self._detect_scaled(rgb, first_scale, low)
-        small = [b for b in boxes if _side(b) * first_scale < self.refine_below]
+        boxes, small, first_scale, second_scale = self._first_pass(rgb)
         if second_scale and small:
             region = refine_region(small, first_scale, w, h, self.refine_below)
             x1, y1, x2, y2 = region
@@ -221,6 +217,24 @@ class FaceDetector:
             out.append((bx1, by1, bx2, by2, float(score)))
         out.sort(key=lambda b: -b[4])
         return drop_nested(out)
+
+    def _first_pass(self, rgb: np.ndarray) -> tuple[list[Raw], list[Raw], float, float | None]:
+        """The first pass on ``rgb``: its boxes (down to the finer pass's trigger score),
+        those small enough for a finer pass, and both passes' scales (see
+        :func:`pass_scales`; the second is None when no finer pass can run)."""
+        h, w = rgb.shape[:2]
+        first_scale, second_scale = pass_scales(w, h, self.detect_size, self.refine_size,
+                                                self.upscale)
+        low = min(self.threshold, REFINE_TRIGGER) if second_scale else self.threshold
+        boxes = self._detect_scaled(rgb, first_scale, low)
+        small = [b for b in boxes if _side(b) * first_scale < self.refine_below]
+        return boxes, small, first_scale, second_scale
+
+    def passes(self, rgb: np.ndarray) -> int:
+        """How many passes :meth:`detect` runs on ``rgb``: 1, or 2 where the first finds
+        small faces (``maskwatch bench`` picks the photos that cost one pass with it)."""
+        _, small, _, second_scale = self._first_pass(_check_rgb(rgb))
+        return 2 if second_scale and small else 1
 
     def _detect_scaled(self, rgb: np.ndarray, scale: float, threshold: float) -> list[Raw]:
         """One pass on ``rgb`` resized by ``scale``: calibrated float boxes in ``rgb``'s
