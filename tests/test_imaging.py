@@ -171,3 +171,23 @@ def test_fast_jpeg_path_leaves_other_files_to_pillow(tmp_path):
         load_rgb(cut)
     with pytest.raises(ImageError, match="over the limit"):
         load_rgb(grey, max_pixels=100)
+
+
+def test_encode_jpeg_writes_what_pillow_would(tmp_path):
+    from maskwatch.imaging import encode_jpeg, save_rgb
+
+    yy, xx = np.mgrid[0:120, 0:160]
+    rgb = np.stack([xx * 1.5, yy * 2, (xx + yy) % 256], axis=2).astype(np.uint8)
+    ours = np.asarray(Image.open(io.BytesIO(encode_jpeg(rgb, 92)))).astype(int)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=92)
+    pillows = np.asarray(Image.open(buf)).astype(int)
+    assert ours.shape == rgb.shape
+    assert np.abs(ours - rgb).mean() < 1.5 * np.abs(pillows - rgb).mean() + 0.5
+    # a mirrored view (not contiguous) and a grey array encode too
+    assert Image.open(io.BytesIO(encode_jpeg(rgb[:, ::-1]))).size == (160, 120)
+    assert Image.open(io.BytesIO(encode_jpeg(rgb[..., 0]))).mode == "L"
+    with pytest.raises(OSError):  # what Pillow says of an array JPEG cannot hold
+        encode_jpeg(np.zeros((4, 4, 4), np.uint8))
+    save_rgb(tmp_path / "a.jpg", rgb)
+    assert np.abs(load_rgb(tmp_path / "a.jpg").astype(int) - rgb).mean() < 3

@@ -396,15 +396,38 @@ def decode_bytes(data: bytes, max_pixels: int | None = None, name: str = "upload
     return decode_upload(data, max_pixels, None, name)[0]
 
 
+def encode_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
+    """An HxWx3 uint8 RGB (or HxW grey) array as JPEG bytes (4:2:0 chroma, as Pillow
+    writes them):
+    libjpeg-turbo straight from the array through ``simplejpeg``, 0.7x the time of Pillow,
+    which needs a copy of the pixels first; Pillow where simplejpeg is missing."""
+    try:
+        import simplejpeg
+    except ImportError:  # pragma: no cover - a dependency
+        simplejpeg = None
+    rgb = np.asarray(rgb)
+    if simplejpeg is not None and rgb.dtype == np.uint8 and (
+            rgb.ndim == 2 or (rgb.ndim == 3 and rgb.shape[2] == 3)):
+        grey = rgb.ndim == 2
+        return simplejpeg.encode_jpeg(
+            np.ascontiguousarray(rgb[..., None] if grey else rgb), quality=quality,
+            colorspace="GRAY" if grey else "RGB", colorsubsampling="Gray" if grey else "420")
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=quality)  # its error for anything else
+    return buf.getvalue()
+
+
 def save_rgb(path: str | Path, rgb: np.ndarray, quality: int = 92) -> None:
     """Write an RGB array; the format follows the suffix (JPEG by default)."""
     from maskwatch.files import write_atomic
 
     path = Path(path)
-    img = Image.fromarray(rgb)
     if path.suffix.lower() in (".jpg", ".jpeg", ""):
-        write_atomic(path, lambda tmp: img.save(tmp, "JPEG", quality=quality), "image")
+        write_atomic(path, lambda tmp: tmp.write_bytes(encode_jpeg(rgb, quality)), "image")
     else:
+        img = Image.fromarray(rgb)
         fmt = Image.registered_extensions().get(path.suffix.lower())
         if fmt is None:
             raise ImageError(f"{path}: unknown image format {path.suffix!r}")
