@@ -324,21 +324,21 @@ def _load_jpeg_fast(path: Path, max_pixels: int | None, min_size: int | None
     name = str(path)
     _check_regular(path, name)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        with img:
+        with open(path, "rb") as f:  # one open: Pillow reads the header, then the bytes
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(f)
             if img.format != "JPEG" or img.mode not in ("RGB", "L"):
                 return None
             w, h = img.size
             _check_pixels(name, w, h, MAX_PIXELS if max_pixels is None else max_pixels)
             orientation = img.getexif().get(274, 1)
+            f.seek(0)
+            data = f.read()
         # the DCT scale Pillow's draft() takes (1/2, 1/4 or 1/8 at most, never 3/8...), as
         # the smallest output libjpeg-turbo may give: the same array as open_image_scaled
         k = min(w // min_size, h // min_size) if min_size else 1
         scale = next((s for s in (8, 4, 2, 1) if k >= s), 1)
-        with open(path, "rb") as f:
-            data = f.read()
         rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-h // scale),
                                      min_width=-(-w // scale))
     except (OSError, ValueError, SyntaxError, UnidentifiedImageError,
@@ -397,10 +397,9 @@ def decode_bytes(data: bytes, max_pixels: int | None = None, name: str = "upload
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
-    """An HxWx3 uint8 RGB (or HxW grey) array as JPEG bytes (4:2:0 chroma, as Pillow
-    writes them):
-    libjpeg-turbo straight from the array through ``simplejpeg``, 0.7x the time of Pillow,
-    which needs a copy of the pixels first; Pillow where simplejpeg is missing."""
+    """An HxWx3 uint8 RGB (or HxW grey) array as JPEG bytes, 4:2:0 chroma as Pillow writes
+    them: libjpeg-turbo straight from the array through ``simplejpeg`` (0.7x the time of
+    Pillow, which copies the pixels first); Pillow for anything else, with its error."""
     try:
         import simplejpeg
     except ImportError:  # pragma: no cover - a dependency
