@@ -173,6 +173,61 @@ def test_fast_jpeg_path_leaves_other_files_to_pillow(tmp_path):
         load_rgb(grey, max_pixels=100)
 
 
+XMP_ROTATED = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf='
+               b'"http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff='
+               b'"http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+
+
+def test_jpeg_header_walk_finds_app1_blocks():
+    from maskwatch.imaging import jpeg_needs_pillow_header
+
+    def jpeg(**kw) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(_gradient()).save(buf, "JPEG", **kw)
+        return buf.getvalue()
+
+    exif = Image.Exif()
+    exif[274] = 3
+    plain = jpeg()
+    assert jpeg_needs_pillow_header(plain) is False
+    assert jpeg_needs_pillow_header(jpeg(exif=exif.tobytes())) is True
+    assert jpeg_needs_pillow_header(jpeg(xmp=XMP_ROTATED)) is True
+    assert jpeg_needs_pillow_header(plain[:2] + b"\xff\xff" + plain[2:]) is False  # fill
+    # an APP1 after the frame header still counts (Pillow reads every segment to the scan)
+    sof = plain.index(b"\xff\xc0")
+    app1 = b"\xff\xe1\x00\x08Exif\x00\x00"
+    assert jpeg_needs_pillow_header(plain[:sof] + app1 + plain[sof:]) is True
+    png = io.BytesIO()
+    Image.fromarray(_gradient()).save(png, "PNG")
+    assert jpeg_needs_pillow_header(png.getvalue()) is None
+    assert jpeg_needs_pillow_header(plain[:2] + b"garbage") is None
+
+
+def test_fast_jpeg_path_reads_plain_headers_without_pillow(tmp_path, monkeypatch):
+    """Face crops without EXIF/XMP skip Pillow entirely; the limit and the pixels hold."""
+    import maskwatch.imaging as imaging
+
+    rgb = np.random.default_rng(2).integers(0, 255, (70, 110, 3), np.uint8)
+    plain, xmp = tmp_path / "plain.jpg", tmp_path / "xmp.jpg"
+    Image.fromarray(rgb).save(plain, "JPEG")
+    Image.fromarray(rgb).save(xmp, "JPEG", xmp=XMP_ROTATED)
+    expected = np.asarray(imaging.open_image_scaled(plain)[0])
+    upright = np.asarray(imaging.open_image_scaled(xmp)[0])
+    assert upright.shape == (110, 70, 3)  # Pillow turns it by its XMP orientation
+
+    def no_pillow(*args, **kwargs):
+        raise AssertionError("Pillow opened a plain JPEG")
+
+    with monkeypatch.context() as m:
+        m.setattr(imaging.Image, "open", no_pillow)
+        assert np.array_equal(imaging._load_jpeg_fast(plain, None, None), expected)
+        with pytest.raises(ImageError, match="over the limit"):
+            imaging.load_rgb(plain, max_pixels=1000)
+        with pytest.raises(AssertionError, match="Pillow opened"):
+            imaging._load_jpeg_fast(xmp, None, None)  # an APP1 block: Pillow's header
+    assert np.array_equal(imaging._load_jpeg_fast(xmp, None, None), upright)
+
+
 def test_encode_jpeg_writes_what_pillow_would(tmp_path):
     from maskwatch.imaging import encode_jpeg, save_rgb
 

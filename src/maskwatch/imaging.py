@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import io
 import math
 import os
 import stat
@@ -310,13 +311,43 @@ _ORIENT_ARRAY = {
 }
 
 
+def jpeg_needs_pillow_header(data: bytes) -> bool | None:
+    """Whether a JPEG's segments before its scan hold an APP1 block (EXIF or XMP, where an
+    orientation can hide), so that Pillow must read the header: None when ``data`` is not
+    a JPEG whose segments can be walked. Face crops rarely have one; camera photos do."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xDA:  # start of scan: the header is over
+            return False
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if marker == 0xE1:
+            return True
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return False
+
+
+#: The colour spaces (libjpeg-turbo's names) Pillow opens as RGB or L: the fast path's.
+_FAST_COLOURSPACES = {"RGB", "YCbCr", "Gray"}
+
+
 def _load_jpeg_fast(path: Path, max_pixels: int | None, min_size: int | None
                     ) -> np.ndarray | None:
     """An RGB or grey JPEG file decoded by libjpeg-turbo through ``simplejpeg``: the same
-    pixels as Pillow's decoder (same library, same settings) in about half the time, as
-    Pillow does nothing but read its header (size limit, EXIF orientation). None for
-    anything else, or when simplejpeg refuses the data (a truncated file): Pillow then
-    reads it and gives its usual error."""
+    pixels as Pillow's decoder (same library, same settings) in about half the time.
+    libjpeg-turbo reads the size (checked against the limit) unless an APP1 block may
+    hold an EXIF or XMP orientation: then Pillow reads the header as everywhere else.
+    None for anything else, or when simplejpeg refuses the data (a truncated file):
+    Pillow then reads it and gives its usual error."""
     try:
         import simplejpeg
     except ImportError:  # pragma: no cover - a dependency; Pillow decodes without it
@@ -324,17 +355,25 @@ def _load_jpeg_fast(path: Path, max_pixels: int | None, min_size: int | None
     name = str(path)
     _check_regular(path, name)
     try:
-        with open(path, "rb") as f:  # one open: Pillow reads the header, then the bytes
+        with open(path, "rb") as f:
+            data = f.read()
+        pillow_header = jpeg_needs_pillow_header(data)
+        if pillow_header is None:
+            return None
+        orientation = 1
+        if pillow_header:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img = Image.open(f)
+                img = Image.open(io.BytesIO(data))
             if img.format != "JPEG" or img.mode not in ("RGB", "L"):
                 return None
             w, h = img.size
-            _check_pixels(name, w, h, MAX_PIXELS if max_pixels is None else max_pixels)
             orientation = img.getexif().get(274, 1)
-            f.seek(0)
-            data = f.read()
+        else:
+            h, w, colourspace, _ = simplejpeg.decode_jpeg_header(data)
+            if colourspace not in _FAST_COLOURSPACES:
+                return None
+        _check_pixels(name, w, h, MAX_PIXELS if max_pixels is None else max_pixels)
         # the DCT scale Pillow's draft() takes (1/2, 1/4 or 1/8 at most, never 3/8...), as
         # the smallest output libjpeg-turbo may give: the same array as open_image_scaled
         k = min(w // min_size, h // min_size) if min_size else 1

@@ -234,18 +234,16 @@ def run_classify(args) -> int:
     batching.check_batch_options(args.workers, args.resume, args.results, args.shard,
                                  args.ray)
     workers = args.workers or 1
-    files = batching.select_shard(list_images(args.paths), args.shard)
+    here = workers == 1 and not args.ray  # one process: this one
+    threads = args.threads if here else (args.threads or 1)
     # the model is loaded here too: a bad --model fails once, with one line, before any
-    # worker starts, and the CSV columns need its classes
-    threads = args.threads if workers == 1 and not args.ray else (args.threads or 1)
-    batch.init_classifier(args.model, threads, args.batch_size, args.threshold)
-    classes = batch.loaded_classifier().classes
-    writer, skipped = None, 0
-    if args.results:
-        done = batching.read_done(args.results) if args.resume else {}
-        writer = batching.AppendWriter(args.results, ["path", "label", "score",
-                                                  *[f"p_{c}" for c in classes]], args.resume,
-                                        args.overwrite)
+    # worker starts or the results file is touched, and the CSV columns need its classes;
+    # in one process it loads on a thread while the files are listed and decoding starts
+    loading = batch.start_classifier(args.model, threads, args.batch_size, args.threshold)
+    files = batching.select_shard(list_images(args.paths), args.shard)
+    done = batching.read_done(args.results) if args.results and args.resume else {}
+    skipped = 0
+    if done:
         before = len(files)
         files = [f for f in files if batching.same_file_key(f) not in done]
         skipped = before - len(files)
@@ -253,6 +251,19 @@ def run_classify(args) -> int:
     if workers > 1:  # small tasks so results stream and the workers stay busy
         size = max(1, min(size, math.ceil(len(files) / (4 * workers))))
     tasks = batching.chunks([str(f) for f in files], size)
+    local = batch.classify_chunks(tasks) if here else None  # the first reads start now
+    try:
+        loading.result()
+    except BaseException:
+        if local is not None:
+            local.close()
+        raise
+    classes = batch.loaded_classifier().classes
+    writer = None
+    if args.results:
+        writer = batching.AppendWriter(args.results, ["path", "label", "score",
+                                                  *[f"p_{c}" for c in classes]], args.resume,
+                                        args.overwrite)
     table = not args.json and writer is None
     if table:
         print(f"{'path':60s} {'label':15s} score")
@@ -273,8 +284,8 @@ def run_classify(args) -> int:
             results = batching.ordered_map(batch.classify_chunk, tasks, workers,
                                            batch.init_classifier,
                                            (args.model, threads, size, args.threshold))
-        else:  # loaded above; the next chunk decodes while this one is labelled
-            results = batch.classify_chunks(tasks)
+        else:  # loaded above; the next chunks decode while this one is labelled
+            results = local
         for chunk in results:
             for path, pred, err in chunk:
                 if bar is not None:

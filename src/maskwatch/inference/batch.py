@@ -6,10 +6,13 @@ the pool, shards and output file are in :mod:`maskwatch.batching`.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from typing import Any
+
+import numpy as np
 
 from maskwatch.errors import ImageError
 from maskwatch.imaging import load_rgb
@@ -39,18 +42,49 @@ def init_classifier(model: str | None, threads: int, batch_size: int,
                                           threshold=threshold)
         _STATE["classifier_key"] = key
         _STATE["threads"] = threads
+    _STATE["info"] = _STATE["classifier"].info
+
+
+def start_classifier(model: str | None, threads: int, batch_size: int,
+                     threshold: float | None = None) -> Future:
+    """:func:`init_classifier` on a thread: ONNX Runtime loads while the caller lists and
+    starts decoding the files (:func:`read_chunk` knows the input size from the model's
+    metadata file, or waits). ``.result()`` gives None or raises the loading error."""
+    from maskwatch.inference.classifier import peek_model_info
+
+    _STATE["threads"] = threads
+    _STATE["info"] = peek_model_info(model)
+    loader = ThreadPoolExecutor(1, thread_name_prefix="maskwatch-load")
+    future = loader.submit(init_classifier, model, threads, batch_size, threshold)
+    loader.shutdown(wait=False)
+    _STATE["loading"] = future
+    return future
 
 
 def loaded_classifier():
     return _STATE["classifier"]
 
 
-def read_chunk(paths: list[str]) -> list[tuple[object, str | None]]:
-    """Decode ``paths`` side by side and shrink each to the model's input: (face, None)
-    or (None, error) for each, in order."""
-    from maskwatch.inference.preprocess import resize_face
+def _model_info():
+    info = _STATE.get("info")
+    if info is None:  # not known before the model loads: wait for it
+        _STATE["loading"].result()
+        info = _STATE["info"]
+    return info
 
-    size = int(_STATE["classifier"].info.input_size)
+
+#: What :func:`read_chunk` gives: the model's input batch of the files that decoded, and
+#: for each file None or why it could not be read.
+Decoded = tuple[np.ndarray, list[str | None]]
+
+
+def read_chunk(paths: list[str]) -> Decoded:
+    """Decode ``paths`` side by side, shrink each to the model's input, and make the
+    normalised batch of those that decoded (all off the thread that runs the model)."""
+    from maskwatch.inference.preprocess import prepare, resize_face
+
+    info = _model_info()
+    size = int(info.input_size)
 
     def read(path: str):
         try:  # JPEGs decode at the smallest DCT scale that still covers the model's input
@@ -58,17 +92,20 @@ def read_chunk(paths: list[str]) -> list[tuple[object, str | None]]:
         except ImageError as exc:
             return None, str(exc)
 
-    return list(_decoder_pool(_STATE.get("threads", 0)).map(read, paths))
+    decoded = list(_decoder_pool(_STATE.get("threads", 0)).map(read, paths))
+    faces = [face for face, _ in decoded if face is not None]
+    return prepare(faces, size, info.mean, info.std), [err for _, err in decoded]
 
 
-def label_chunk(paths: list[str], decoded: list[tuple[object, str | None]]
-                ) -> list[tuple[str, dict | None, str | None]]:
-    """(path, prediction dict, None) or (path, None, error) for each decoded image."""
-    faces = [rgb for rgb, _ in decoded if rgb is not None]
-    preds = iter([pr.to_dict() for pr in _STATE["classifier"].classify(faces)] if faces
+def label_chunk(paths: list[str], decoded: Decoded) -> list[tuple[str, dict | None,
+                                                                   str | None]]:
+    """(path, prediction dict, None) or (path, None, error) for each file of a chunk."""
+    x, errors = decoded
+    clf = _STATE["classifier"]
+    preds = iter([pr.to_dict() for pr in clf.predictions(clf.batch_proba(x))] if len(x)
                  else [])
-    return [(p, None, err) if rgb is None else (p, next(preds), None)
-            for p, (rgb, err) in zip(paths, decoded)]
+    return [(p, None, err) if err is not None else (p, next(preds), None)
+            for p, err in zip(paths, errors)]
 
 
 def classify_chunk(paths: list[str]) -> list[tuple[str, dict | None, str | None]]:
@@ -76,15 +113,28 @@ def classify_chunk(paths: list[str]) -> list[tuple[str, dict | None, str | None]
     return label_chunk(paths, read_chunk(paths))
 
 
-def classify_chunks(tasks: Iterable[list[str]]) -> Iterator[list[tuple[str, dict | None,
-                                                                       str | None]]]:
-    """:func:`classify_chunk` over ``tasks`` in this process, the next chunk decoding
-    while the model labels this one (so decoding and inference share the cores)."""
+def classify_chunks(tasks: Iterable[list[str]], ahead: int = 4
+                    ) -> Iterator[list[tuple[str, dict | None, str | None]]]:
+    """:func:`classify_chunk` over ``tasks`` in this process, decoding up to ``ahead``
+    chunks before the model labels them (so decoding and inference share the cores, and
+    decoding starts while the model loads: see :func:`start_classifier`). The first reads
+    start at once, before the returned iterator is consumed."""
     it = iter(tasks)
-    with ThreadPoolExecutor(1, thread_name_prefix="maskwatch-prefetch") as ahead:
-        pending = [(paths, ahead.submit(read_chunk, paths)) for paths in islice(it, 1)]
+    reader = ThreadPoolExecutor(1, thread_name_prefix="maskwatch-prefetch")
+    pending = deque((paths, reader.submit(read_chunk, paths))
+                    for paths in islice(it, max(1, ahead)))
+    return _labelled(it, reader, pending)
+
+
+def _labelled(it: Iterator[list[str]], reader: ThreadPoolExecutor, pending: deque
+              ) -> Iterator[list[tuple[str, dict | None, str | None]]]:
+    try:
         while pending:
-            paths, future = pending.pop()
+            paths, future = pending.popleft()
             decoded = future.result()
-            pending += [(nxt, ahead.submit(read_chunk, nxt)) for nxt in islice(it, 1)]
+            pending.extend((nxt, reader.submit(read_chunk, nxt)) for nxt in islice(it, 1))
             yield label_chunk(paths, decoded)
+    finally:
+        for _, future in pending:
+            future.cancel()
+        reader.shutdown(wait=True)

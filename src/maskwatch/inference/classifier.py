@@ -25,6 +25,19 @@ def bundled_model_path() -> Path:
     return Path(str(resources.files("maskwatch") / "assets" / BUNDLED_MODEL_NAME))
 
 
+def peek_model_info(model: str | Path | None) -> ModelInfo | None:
+    """An ONNX model's metadata (input size, normalisation...) read from its ``.json``
+    without loading the model; None when it cannot be had so cheaply (a checkpoint, a
+    missing or bad file: loading the model reports those)."""
+    path = Path(model) if model else bundled_model_path()
+    if path.suffix.lower() != ".onnx":
+        return None
+    try:
+        return ModelInfo.load_json(path.with_suffix(".json"))
+    except (ModelError, OSError, ValueError):
+        return None
+
+
 @dataclass
 class Prediction:
     label: str
@@ -125,8 +138,18 @@ class Classifier:
         info = self.info
         for start in range(0, len(faces), self.batch_size):
             chunk = faces[start : start + self.batch_size]
-            x = prepare(chunk, info.input_size, info.mean, info.std)
-            out[start : start + len(chunk)] = probabilities(self._backend.logits(x), info.head)
+            out[start : start + len(chunk)] = self.batch_proba(
+                prepare(chunk, info.input_size, info.mean, info.std))
+        return out
+
+    def batch_proba(self, x: np.ndarray) -> np.ndarray:
+        """N x C probabilities of a batch that :func:`prepare` made with this model's
+        input size and normalisation (run ``batch_size`` faces at a time)."""
+        out = np.zeros((len(x), len(self.classes)), dtype=np.float64)
+        for start in range(0, len(x), self.batch_size):
+            part = x[start : start + self.batch_size]
+            out[start : start + len(part)] = probabilities(self._backend.logits(part),
+                                                           self.info.head)
         return out
 
     def predictions(self, probs: np.ndarray) -> list[Prediction]:
