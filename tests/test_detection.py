@@ -101,6 +101,29 @@ def test_centerface_ships_with_its_licence(monkeypatch):
         make_face_detector("centerface-fp32")
 
 
+def test_centerface_is_fed_the_rgb_planes_of_any_view_padded_to_32():
+    fd = make_face_detector("centerface", threads=1)
+    feeds = []
+
+    class Spy:
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, names, feed):
+            feeds.append(next(iter(feed.values())).copy())
+            return self.session.run(names, feed)
+
+    fd.session = Spy(fd.session)
+    rgb = np.random.default_rng(0).integers(0, 255, (50, 70, 3), np.uint8)
+    view = rgb[5:45, 10:60]  # rows not contiguous, as the finer pass's region is
+    assert fd._detect_scaled(view, 1.0, 0.3) == fd._detect_scaled(view.copy(), 1.0, 0.3)
+    blob = feeds[0]
+    assert blob.shape == (1, 3, 64, 64) and blob.dtype == np.float32
+    assert np.array_equal(blob[0, :, :40, :50], view.transpose(2, 0, 1))  # R, G, B planes
+    assert not blob[0, :, 40:].any() and not blob[0, :, :, 50:].any()
+    assert np.array_equal(feeds[0], feeds[1])
+
+
 def test_centerface_decoding():
     heat = np.zeros((8, 8), np.float32)
     heat[2, 3] = 0.9  # centre at ((3 + 0.5) * 4, (2 + 0.5) * 4) = (14, 10)

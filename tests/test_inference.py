@@ -27,6 +27,19 @@ def test_resize_and_normalise():
     assert prepare([], 32, [0, 0, 0], [1, 1, 1]).shape == (0, 3, 32, 32)
 
 
+def test_resize_face_averages_big_shrinks_and_interpolates_mild_ones():
+    import cv2
+
+    stripes = np.zeros((288, 288, 3), np.uint8)
+    stripes[:, ::3] = 255  # a white line every third column: 3x shrinking averages them
+    assert np.allclose(resize_face(stripes, 96).astype(int), 85, atol=1)
+    mild = np.random.default_rng(0).integers(0, 255, (112, 112, 3), np.uint8)
+    assert np.array_equal(resize_face(mild, 96),
+                          cv2.resize(mild, (96, 96), interpolation=cv2.INTER_LINEAR))
+    assert not np.array_equal(resize_face(mild, 96),
+                              cv2.resize(mild, (96, 96), interpolation=cv2.INTER_AREA))
+
+
 def test_probabilities_softmax_and_sigmoid():
     p = probabilities(np.array([[0.0, 0.0], [10.0, -10.0]]))
     assert np.allclose(p.sum(axis=1), 1.0) and np.allclose(p[0], 0.5) and p[1, 0] > 0.99

@@ -164,6 +164,8 @@ class FaceDetector:
     """
 
     name = "base"
+    #: The channel order :meth:`_detect` takes ("bgr" or "rgb").
+    channel_order = "bgr"
     #: (width scale, height scale, centre x shift in widths, centre y shift in heights) that
     #: moves this detector's boxes onto the eyebrows-to-chin boxes people annotate (and that
     #: the classifier's training crops were cut from); None leaves boxes as they come.
@@ -247,17 +249,19 @@ class FaceDetector:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
             small = cv2.resize(rgb, size, interpolation=interp)
-        bgr = np.ascontiguousarray(small[:, :, ::-1])
+        if self.channel_order == "bgr":
+            small = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
         sy = h / small.shape[0]
         sx = w / small.shape[1]
         out = []
-        for x1, y1, x2, y2, score in self._detect(bgr, threshold):
+        for x1, y1, x2, y2, score in self._detect(small, threshold):
             if self.calibration is not None:
                 x1, y1, x2, y2 = calibrate_box((x1, y1, x2, y2), self.calibration)
             out.append((x1 * sx, y1 * sy, x2 * sx, y2 * sy, float(score)))
         return out
 
-    def _detect(self, bgr: np.ndarray, threshold: float) -> list[Raw]:
+    def _detect(self, image: np.ndarray, threshold: float) -> list[Raw]:
+        """Boxes in ``image`` (uint8, in :attr:`channel_order`) down to ``threshold``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -379,6 +383,7 @@ class CenterFaceDetector(FaceDetector):
     """CenterFace (anchor-free, 4x down-sampled heat map) run with onnxruntime."""
 
     name = "centerface"
+    channel_order = "rgb"
     # Measured on 843 matched faces of the 853-scene set's training scenes (median of
     # annotation / detection): same width, 0.90 of the height, centre 0.11 heights lower.
     box_calibration = (1.0, 0.90, 0.0, 0.11)
@@ -417,14 +422,18 @@ class CenterFaceDetector(FaceDetector):
         self.input_name = self.session.get_inputs()[0].name
         self.nms_iou = nms_iou
 
-    def _detect(self, bgr, threshold):
-        h, w = bgr.shape[:2]
+    def _detect(self, rgb, threshold):
+        import cv2
+
+        h, w = rgb.shape[:2]
         # the network down-samples 32x: pad (not stretch) to multiples of 32
         ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
         blob = np.zeros((1, 3, ph, pw), np.float32)
         # raw 0..255 values in RGB order: measured on the 853-scene set, RGB input finds
-        # more faces than BGR at the same number of false boxes
-        blob[0, :, :h, :w] = bgr[:, :, ::-1].transpose(2, 0, 1)
+        # more faces than BGR at the same number of false boxes. One plane at a time (7x
+        # faster than numpy's strided transpose, the same values).
+        for c, plane in enumerate(cv2.split(rgb)):
+            blob[0, c, :h, :w] = plane
         heat, scale, offset, _landmarks = self.session.run(None, {self.input_name: blob})
         return decode_centerface(heat[0, 0], scale[0], offset[0], threshold,
                                  (h, w), self.nms_iou)

@@ -9,13 +9,19 @@ import numpy as np
 
 from maskwatch.labels import WITHOUT_MASK
 
+#: Crops shrunk by this factor or more are averaged (INTER_AREA); milder shrinking and
+#: enlarging interpolate (INTER_LINEAR), which at under 1.5x loses no input pixel and runs
+#: about 5x faster than OpenCV's area average at a fractional factor (112 -> 96 px).
+AREA_FROM = 1.5
+
 
 def resize_face(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Squash-resize a face crop to ``size`` x ``size`` (INTER_AREA when shrinking)."""
+    """Squash-resize a face crop to ``size`` x ``size`` (see :data:`AREA_FROM`)."""
     h, w = rgb.shape[:2]
     if (h, w) == (size, size):
         return np.ascontiguousarray(rgb)
-    interp = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
+    shrink = max(h, w) / size
+    interp = cv2.INTER_AREA if shrink >= AREA_FROM else cv2.INTER_LINEAR
     return cv2.resize(rgb, (size, size), interpolation=interp)
 
 
