@@ -1,0 +1,74 @@
+"""Can one default box serve sites that annotate tight faces and sites that annotate heads?
+
+Runs the default pipeline once on annotated scenes (e.g. the 853 set's validation scenes
+that scripts/train_bundled.py writes), then scores its boxes, grown by each box map of a
+sweep (width scale, height scale, centre x shift, centre y shift), against the scenes'
+boxes as annotated ("faces") and against the same boxes made whole-head boxes by
+scripts/site_calibration.py's rule ("heads"). Labels are kept: only the output boxes move,
+as a site's box map moves them. Prints mAP@0.5 and @0.3 per box map as JSON lines.
+
+Usage: python scripts/box_convention_sweep.py runs/bundled/s853-val-scenes.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from PIL import Image  # noqa: E402
+from site_calibration import head_box  # noqa: E402
+
+from maskwatch.detection.evaluate import (  # noqa: E402
+    detect_scenes,
+    load_scenes,
+    score_detections,
+)
+from maskwatch.detection.faces import calibrate_box  # noqa: E402
+from maskwatch.detection.pipeline import Detector  # noqa: E402
+
+SWEEP = [(1.0, 1.0, 0.0, 0.0), (1.05, 1.08, 0.0, -0.02), (1.1, 1.15, 0.0, -0.04),
+         (1.12, 1.2, 0.0, -0.05), (1.15, 1.25, 0.0, -0.06), (1.2, 1.3, 0.0, -0.075),
+         (1.25, 1.35, 0.0, -0.08)]
+
+
+def moved(faces, box_map, width: int, height: int):
+    out = []
+    for box, face_score, label, scores in faces:
+        x1, y1, x2, y2 = calibrate_box(box, box_map)
+        out.append(((max(0, round(x1)), max(0, round(y1)), min(width, round(x2)),
+                     min(height, round(y2))), face_score, label, scores))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenes", help="annotated scenes (any layout maskwatch data reads)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads")
+    args = ap.parse_args()
+    scenes = load_scenes(args.scenes)
+    sizes = [Image.open(s.path).size for s in scenes]
+    heads = [replace(s, boxes=[head_box(b, w, h) for b in s.boxes])
+             for s, (w, h) in zip(scenes, sizes)]
+    predictions, _ = detect_scenes(scenes, Detector(threads=args.threads).detect)
+    for box_map in SWEEP:
+        faces_now = [None if p is None else moved(p, box_map, w, h)
+                     for p, (w, h) in zip(predictions, sizes)]
+        on_faces = score_detections(scenes, faces_now)
+        on_heads = score_detections(heads, faces_now)
+        print(json.dumps({"box_map": box_map,
+                          "faces": {"map50": on_faces["map50"], "map30": on_faces["map30"]},
+                          "heads": {"map50": on_heads["map50"], "map30": on_heads["map30"]}}),
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
