@@ -228,6 +228,24 @@ def test_fast_jpeg_path_reads_plain_headers_without_pillow(tmp_path, monkeypatch
     assert np.array_equal(imaging._load_jpeg_fast(xmp, None, None), upright)
 
 
+def test_fast_jpeg_path_reads_two_bytes_of_other_files(tmp_path, monkeypatch):
+    import maskwatch.imaging as imaging
+
+    png = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (300, 300, 3), np.uint8)).save(png)
+    read = []
+
+    class Counting(io.FileIO):
+        def read(self, size=-1):
+            data = super().read(size)
+            read.append(len(data))
+            return data
+
+    monkeypatch.setattr(imaging, "open", lambda path, mode: Counting(path, "r"), raising=False)
+    assert imaging._load_jpeg_fast(png, None, None) is None
+    assert read == [2]  # the PNG is left to Pillow unread
+
+
 def test_encode_jpeg_writes_what_pillow_would(tmp_path):
     from maskwatch.imaging import encode_jpeg, save_rgb
 

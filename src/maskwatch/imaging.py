@@ -356,7 +356,10 @@ def _load_jpeg_fast(path: Path, max_pixels: int | None, min_size: int | None
     _check_regular(path, name)
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(2)
+            if data != b"\xff\xd8":  # not a JPEG: Pillow reads it, and only it
+                return None
+            data += f.read()
         pillow_header = jpeg_needs_pillow_header(data)
         if pillow_header is None:
             return None
