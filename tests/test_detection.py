@@ -124,6 +124,33 @@ def test_centerface_is_fed_the_rgb_planes_of_any_view_padded_to_32():
     assert np.array_equal(feeds[0], feeds[1])
 
 
+def test_detector_builds_its_two_models_at_once(monkeypatch):
+    import threading
+
+    started = {"faces": threading.Event(), "classifier": threading.Event()}
+    real_faces, real_classifier = pipeline.make_face_detector, pipeline._load_classifier
+    overlapped = []
+
+    def meet(me: str, other: str) -> None:  # each waits for the other: in vain one by one
+        started[me].set()
+        overlapped.append(started[other].wait(timeout=5))
+
+    def faces(*args, **kwargs):
+        meet("faces", "classifier")
+        return real_faces(*args, **kwargs)
+
+    def classifier(*args):
+        meet("classifier", "faces")
+        return real_classifier(*args)
+
+    monkeypatch.setattr(pipeline, "make_face_detector", faces)
+    monkeypatch.setattr(pipeline, "_load_classifier", classifier)
+    d = Detector(threads=1)
+    assert overlapped == [True, True] and d.classifier is not None
+    with pytest.raises(ModelError, match="not found"):
+        Detector(classifier="missing.onnx", threads=1)
+
+
 def test_centerface_decoding():
     heat = np.zeros((8, 8), np.float32)
     heat[2, 3] = 0.9  # centre at ((3 + 0.5) * 4, (2 + 0.5) * 4) = (14, 10)

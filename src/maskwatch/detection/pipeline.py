@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,12 @@ from typing import Any
 import numpy as np
 
 from maskwatch.boxes import crop
-from maskwatch.detection.faces import DEFAULT_DETECTOR, calibrate_box, make_face_detector
+from maskwatch.detection.faces import (
+    DEFAULT_DETECTOR,
+    FaceDetector,
+    calibrate_box,
+    make_face_detector,
+)
 from maskwatch.errors import MaskwatchError
 from maskwatch.imaging import as_rgb
 from maskwatch.inference.modelfile import SiteParams
@@ -123,11 +129,21 @@ class Detector:
     ):
         if not 0.0 <= margin <= 1.0:
             raise MaskwatchError(f"margin must be in [0, 1], got {margin}")
-        self.face_detector = make_face_detector(
-            face_detector, threshold=face_threshold, detect_size=detect_size, threads=threads,
-            upscale=upscale, refine_size=refine_size,
-        )
-        self.classifier = _load_classifier(classifier, threads, threshold)
+        def faces() -> FaceDetector:
+            return make_face_detector(
+                face_detector, threshold=face_threshold, detect_size=detect_size,
+                threads=threads, upscale=upscale, refine_size=refine_size,
+            )
+
+        if classifier is None or isinstance(classifier, (str, Path)):
+            # both ONNX Runtime sessions build at once (building releases the GIL)
+            with ThreadPoolExecutor(1, thread_name_prefix="maskwatch-load") as pool:
+                loading = pool.submit(_load_classifier, classifier, threads, threshold)
+                self.face_detector = faces()
+                self.classifier = loading.result()
+        else:
+            self.face_detector = faces()
+            self.classifier = _load_classifier(classifier, threads, threshold)
         if site is None:
             site = getattr(getattr(self.classifier, "info", None), "site", None)
         if not isinstance(site, SiteParams) or site.detector != self.face_detector.name:
