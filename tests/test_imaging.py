@@ -201,6 +201,9 @@ def test_jpeg_header_walk_finds_app1_blocks():
     Image.fromarray(_gradient()).save(png, "PNG")
     assert jpeg_needs_pillow_header(png.getvalue()) is None
     assert jpeg_needs_pillow_header(plain[:2] + b"garbage") is None
+    # a header padded past the walk's limit with fill bytes is left to Pillow
+    padded = plain[:2] + b"\xff" * (2 << 20) + plain[2:]
+    assert jpeg_needs_pillow_header(padded) is True
 
 
 def test_fast_jpeg_path_reads_plain_headers_without_pillow(tmp_path, monkeypatch):

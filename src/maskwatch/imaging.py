@@ -311,13 +311,19 @@ _ORIENT_ARRAY = {
 }
 
 
+#: How far :func:`jpeg_needs_pillow_header` walks (a header of fill bytes is no reason to
+#: loop over a whole file in Python).
+JPEG_HEADER_WALK = 1 << 20
+
+
 def jpeg_needs_pillow_header(data: bytes) -> bool | None:
     """Whether a JPEG's segments before its scan hold an APP1 block (EXIF or XMP, where an
     orientation can hide), so that Pillow must read the header: None when ``data`` is not
-    a JPEG whose segments can be walked. Face crops rarely have one; camera photos do."""
+    a JPEG whose segments can be walked. Face crops rarely have one; camera photos do.
+    Headers longer than :data:`JPEG_HEADER_WALK` bytes are left to Pillow (True)."""
     if data[:2] != b"\xff\xd8":
         return None
-    i, n = 2, len(data)
+    i, n = 2, min(len(data), JPEG_HEADER_WALK)
     while i + 4 <= n:
         if data[i] != 0xFF:
             return None
@@ -333,7 +339,7 @@ def jpeg_needs_pillow_header(data: bytes) -> bool | None:
         if marker == 0xE1:
             return True
         i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return False
+    return n < len(data)  # cut short: Pillow reads the rest of the header
 
 
 #: The colour spaces (libjpeg-turbo's names) Pillow opens as RGB or L: the fast path's.
