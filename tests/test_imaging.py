@@ -267,3 +267,27 @@ def test_encode_jpeg_writes_what_pillow_would(tmp_path):
         encode_jpeg(np.zeros((4, 4, 4), np.uint8))
     save_rgb(tmp_path / "a.jpg", rgb)
     assert np.abs(load_rgb(tmp_path / "a.jpg").astype(int) - rgb).mean() < 3
+
+
+def test_files_under_lists_what_rglob_lists(tmp_path):
+    """Folders are walked with os.scandir; the listing and its order are rglob's."""
+    from pathlib import Path
+
+    from maskwatch.imaging import files_under, list_images
+
+    root = tmp_path / "photos"
+    for rel in ["b.jpg", "a/z.jpg", "a-b/y.jpg", "a/deep/x.png", ".hidden.jpg", "notes.txt"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "o.jpg").write_bytes(b"x")
+    (root / "linked").symlink_to(outside, target_is_directory=True)  # not entered
+    (root / "link.jpg").symlink_to(outside / "o.jpg")  # a link to a file counts
+    (root / "broken.jpg").symlink_to(tmp_path / "gone.jpg")  # not a file
+    expected = sorted(p for p in Path(root).rglob("*") if p.is_file())
+    assert files_under(root) == expected
+    assert [p.name for p in expected] == [".hidden.jpg", "x.png", "z.jpg", "y.jpg", "b.jpg",
+                                          "link.jpg", "notes.txt"]
+    assert [p.name for p in list_images([str(root)])] == [".hidden.jpg", "x.png", "z.jpg",
+                                                          "y.jpg", "b.jpg", "link.jpg"]

@@ -84,6 +84,28 @@ def list_uri(uri: str, suffixes: set[str]) -> list[str]:
                   if f.type == fs.FileType.File and Path(f.path).suffix.lower() in suffixes)
 
 
+def files_under(folder: Path) -> list[Path]:
+    """The files in ``folder`` and its subfolders, sorted as paths sort; like
+    ``sorted(p for p in folder.rglob("*") if p.is_file())`` (links to files count, linked
+    folders are not entered, unreadable folders are skipped) without a stat of every file."""
+    found: list[str] = []
+    pending = [os.fspath(folder)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(entry.path)
+                        elif entry.is_file():
+                            found.append(entry.path)
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return sorted(map(Path, found))
+
+
 def expand_inputs(
     inputs: Iterable[str], suffixes: set[str] | None = None, keep_unmatched: bool = False
 ) -> Iterator[Path]:
@@ -95,7 +117,7 @@ def expand_inputs(
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            for f in files_under(path):
                 if suffixes is None or f.suffix.lower() in suffixes:
                     yield f
         elif path.is_file():
