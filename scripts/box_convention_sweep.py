@@ -5,7 +5,8 @@ that scripts/train_bundled.py writes), then scores its boxes, grown by each box 
 sweep (width scale, height scale, centre x shift, centre y shift), against the scenes'
 boxes as annotated ("faces") and against the same boxes made whole-head boxes by
 scripts/site_calibration.py's rule ("heads"). Labels are kept: only the output boxes move,
-as a site's box map moves them. Prints mAP@0.5 and @0.3 per box map as JSON lines.
+as a site model's box map moves them
+(`maskwatch.detection.pipeline.site_boxes`). Prints mAP@0.5 and @0.3 per box map as JSON lines.
 
 Usage: python scripts/box_convention_sweep.py runs/bundled/s853-val-scenes.csv
 """
@@ -30,8 +31,7 @@ from maskwatch.detection.evaluate import (  # noqa: E402
     load_scenes,
     score_detections,
 )
-from maskwatch.detection.faces import calibrate_box  # noqa: E402
-from maskwatch.detection.pipeline import Detector  # noqa: E402
+from maskwatch.detection.pipeline import Detector, site_boxes  # noqa: E402
 
 SWEEP = [(1.0, 1.0, 0.0, 0.0), (1.05, 1.08, 0.0, -0.02), (1.1, 1.15, 0.0, -0.04),
          (1.12, 1.2, 0.0, -0.05), (1.15, 1.25, 0.0, -0.06), (1.2, 1.3, 0.0, -0.075),
@@ -39,12 +39,11 @@ SWEEP = [(1.0, 1.0, 0.0, 0.0), (1.05, 1.08, 0.0, -0.02), (1.1, 1.15, 0.0, -0.04)
 
 
 def moved(faces, box_map, width: int, height: int):
-    out = []
-    for box, face_score, label, scores in faces:
-        x1, y1, x2, y2 = calibrate_box(box, box_map)
-        out.append(((max(0, round(x1)), max(0, round(y1)), min(width, round(x2)),
-                     min(height, round(y2))), face_score, label, scores))
-    return out
+    """The scored faces with their boxes mapped as a site model maps them."""
+    if not faces:
+        return []
+    boxes = site_boxes([f[0] for f in faces], box_map, width, height)
+    return [(tuple(int(v) for v in box), *rest) for box, (_, *rest) in zip(boxes, faces)]
 
 
 def main() -> int:
