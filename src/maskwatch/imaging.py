@@ -451,8 +451,6 @@ def decode_upload(
 ) -> tuple[np.ndarray, tuple[float, float]]:
     """Decode image bytes (an upload) to an RGB array of at most about ``work_pixels``,
     and the (sx, sy) factors back to the original's coordinates (see open_image_scaled)."""
-    import io
-
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
     buf = io.BytesIO(data)
@@ -481,8 +479,6 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
         return simplejpeg.encode_jpeg(
             np.ascontiguousarray(rgb[..., None] if grey else rgb), quality=quality,
             colorspace="GRAY" if grey else "RGB", colorsubsampling="Gray" if grey else "420")
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, "JPEG", quality=quality)  # its error for anything else
     return buf.getvalue()
