@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -54,3 +55,27 @@ def test_the_next_chunk_is_read_while_this_one_is_labelled(files, monkeypatch):
     monkeypatch.setattr(batch, "label_chunk", labelling)
     assert len(list(batch.classify_chunks(iter(chunks)))) == 3
     assert seen_ahead == [True, True]
+
+
+def test_closing_before_labelling_cancels_the_reads_not_started(files, monkeypatch):
+    """As `classify` does when the model fails to load: no more files are decoded."""
+    batch.init_classifier(None, 1, 4)
+    chunks = [files[:2], files[2:4], files[4:6], files[6:]]
+    first_started, release = threading.Event(), threading.Event()
+    read_calls = []
+
+    def reading(paths):
+        read_calls.append(paths)
+        first_started.set()
+        release.wait(timeout=5)
+        return batch.label_chunk  # never labelled
+
+    monkeypatch.setattr(batch, "read_chunk", reading)
+    stream = batch.classify_chunks(iter(chunks), ahead=3)
+    assert first_started.wait(timeout=5)
+    threading.Timer(0.2, release.set).start()
+    stream.close()  # waits for the read under way, cancels the two queued
+    release.wait(timeout=5)
+    time.sleep(0.3)  # time enough for a queued read to start, were it not cancelled
+    assert read_calls == [chunks[0]]
+    assert list(stream) == []

@@ -256,7 +256,7 @@ def run_classify(args) -> int:
         loading.result()
     except BaseException:
         if local is not None:
-            local.close()
+            local.close()  # no more reads for a model that did not load
         raise
     classes = batch.loaded_classifier().classes
     writer = None

@@ -113,28 +113,37 @@ def classify_chunk(paths: list[str]) -> list[tuple[str, dict | None, str | None]
     return label_chunk(paths, read_chunk(paths))
 
 
-def classify_chunks(tasks: Iterable[list[str]], ahead: int = 4
-                    ) -> Iterator[list[tuple[str, dict | None, str | None]]]:
+class ChunkStream:
     """:func:`classify_chunk` over ``tasks`` in this process, decoding up to ``ahead``
     chunks before the model labels them (so decoding and inference share the cores, and
     decoding starts while the model loads: see :func:`start_classifier`). The first reads
-    start at once, before the returned iterator is consumed."""
-    it = iter(tasks)
-    reader = ThreadPoolExecutor(1, thread_name_prefix="maskwatch-prefetch")
-    pending = deque((paths, reader.submit(read_chunk, paths))
-                    for paths in islice(it, max(1, ahead)))
-    return _labelled(it, reader, pending)
+    start at once; iterate for the results, in order; :meth:`close` (called when the
+    iteration ends or is left) cancels the reads not started."""
 
+    def __init__(self, tasks: Iterable[list[str]], ahead: int = 4):
+        self._tasks = iter(tasks)
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="maskwatch-prefetch")
+        self._pending = deque((paths, self._reader.submit(read_chunk, paths))
+                              for paths in islice(self._tasks, max(1, ahead)))
 
-def _labelled(it: Iterator[list[str]], reader: ThreadPoolExecutor, pending: deque
-              ) -> Iterator[list[tuple[str, dict | None, str | None]]]:
-    try:
-        while pending:
-            paths, future = pending.popleft()
-            decoded = future.result()
-            pending.extend((nxt, reader.submit(read_chunk, nxt)) for nxt in islice(it, 1))
-            yield label_chunk(paths, decoded)
-    finally:
-        for _, future in pending:
+    def __iter__(self) -> Iterator[list[tuple[str, dict | None, str | None]]]:
+        try:
+            while self._pending:
+                paths, future = self._pending.popleft()
+                decoded = future.result()
+                self._pending.extend((nxt, self._reader.submit(read_chunk, nxt))
+                                     for nxt in islice(self._tasks, 1))
+                yield label_chunk(paths, decoded)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for _, future in self._pending:
             future.cancel()
-        reader.shutdown(wait=True)
+        self._pending.clear()
+        self._reader.shutdown(wait=True)
+
+
+def classify_chunks(tasks: Iterable[list[str]], ahead: int = 4) -> ChunkStream:
+    """A :class:`ChunkStream` over ``tasks``: its first reads start now."""
+    return ChunkStream(tasks, ahead)
