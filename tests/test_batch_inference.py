@@ -11,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("onnx")
 
+from detection_helpers import write_image  # noqa: E402
 from slowdown import slow_env  # noqa: E402
 
 from maskwatch.cli import main as cli_main  # noqa: E402
@@ -132,6 +134,26 @@ def test_classify_shards_cover_every_file_once(tmp_path, model, folder, capsys):
     with open(tmp_path / "part0.csv", newline="") as f:
         paths = [r["path"] for r in csv.DictReader(f)]
     assert sorted(paths) == sorted(joined)
+
+
+def test_classify_a_folder_without_images_is_one_line(tmp_path, model, capsys):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("not an image")
+    out = tmp_path / "out.csv"
+    for extra in ([], ["--json"], ["--output", str(out)]):
+        assert cli_main(["classify", str(empty), "--model", str(model), *extra]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and f"{empty}: no image file here" in captured.err
+    assert not out.exists()
+    # a resumed run with nothing left to do is not an error
+    face = tmp_path / "one"
+    face.mkdir()
+    write_image(face / "a.png", np.full((40, 40, 3), 120, np.uint8))
+    for _ in range(2):
+        assert cli_main(["classify", str(face), "--model", str(model), "--output", str(out),
+                         "--resume"]) == 0
+    assert len(out.read_text().splitlines()) == 2  # header + one row
 
 
 def test_bad_shard_and_output_arguments(tmp_path, model, folder, capsys):

@@ -228,6 +228,7 @@ def run_classify(args) -> int:
     from maskwatch import batching
     from maskwatch.cli.common import print_json
     from maskwatch.console import note
+    from maskwatch.errors import MaskwatchError
     from maskwatch.imaging import list_images
     from maskwatch.inference import batch
 
@@ -240,7 +241,10 @@ def run_classify(args) -> int:
     # worker starts or the results file is touched, and the CSV columns need its classes;
     # in one process it loads on a thread while the files are listed and decoding starts
     loading = batch.start_classifier(args.model, threads, args.batch_size, args.threshold)
-    files = batching.select_shard(list_images(args.paths), args.shard)
+    files = list_images(args.paths)
+    if not files:
+        raise MaskwatchError(f"{', '.join(args.paths)}: no image file here")
+    files = batching.select_shard(files, args.shard)
     done = batching.read_done(args.results) if args.results and args.resume else {}
     skipped = 0
     if done:
