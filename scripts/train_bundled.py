@@ -78,18 +78,24 @@ def add_synthetic(sets: dict, out: Path, seed: int, per_set: int,
     from maskwatch.data.synth import synthesise
 
     # the same faces whatever is trained on: nose, chin and moved always made, worn (which
-    # draws from the same random stream) in a folder of its own
+    # draws from the same random stream) in a folder of its own; swap-nose and swap-chin
+    # (masks taken from masked faces) in another
     made = ("nose", "chin", "moved", "worn") if "worn" in kinds else ("nose", "chin", "moved")
+    swapped = ("swap-nose", "swap-chin")
     for name in list(sets):
-        folder = out / (f"synth-worn-{name}" if "worn" in made else f"synth-{name}")
-        if not (folder / "manifest.csv").is_file():
-            train = [s for s in sets[name]["split"] if s.split == "train"]
-            summary = synthesise(train, folder, kinds=made, seed=seed, limit=per_set,
-                                 margin=MARGIN_SCENES if name == "s853" else 0.0,
-                                 force=True, progress=False)
-            log(f"syn_{name}: {summary}")
-        samples = [s for s in read_manifest(folder / "manifest.csv")
-                   if s.source.split(":")[1] in kinds]  # source: synthetic:KIND:original
+        folders = [(out / (f"synth-worn-{name}" if "worn" in made else f"synth-{name}"), made)]
+        if any(k in swapped for k in kinds):
+            folders.append((out / f"synth-swap-{name}", swapped))
+        samples = []
+        for folder, these in folders:
+            if not (folder / "manifest.csv").is_file():
+                train = [s for s in sets[name]["split"] if s.split == "train"]
+                summary = synthesise(train, folder, kinds=these, seed=seed, limit=per_set,
+                                     margin=MARGIN_SCENES if name == "s853" else 0.0,
+                                     force=True, progress=False)
+                log(f"syn_{name}: {summary}")
+            samples += [s for s in read_manifest(folder / "manifest.csv")
+                        if s.source.split(":")[1] in kinds]  # source: synthetic:KIND:original
         log(f"syn_{name}: {len(samples)} faces of kinds {', '.join(kinds)}")
         sets[f"syn_{name}"] = {"published": [], "split": samples}
 
@@ -373,7 +379,7 @@ def main() -> int:
                     help="with --classes 3: source faces per training set for synthetic "
                     "incorrect_mask faces")
     ap.add_argument("--synthetic-kinds", nargs="+", default=["nose", "chin"],
-                    choices=["moved", "nose", "chin", "worn"],
+                    choices=["moved", "nose", "chin", "worn", "swap-nose", "swap-chin"],
                     help="with --classes 3: which synthetic faces to train on (worn: drawn "
                     "masks worn right, as with_mask; tried, worse: see MODEL_CARD)")
     ap.add_argument("--real-incorrect-repeat", type=int, default=10,

@@ -13,8 +13,15 @@ from detection_helpers import FACE_IN_HEAD, head, masked_head, write_image
 from maskwatch.cli import main
 from maskwatch.data import Dataset, Sample, is_synthetic, load_dataset, read_manifest
 from maskwatch.data.split import assign_splits
-from maskwatch.data.synth import draw_worn_mask, find_landmarks, move_mask_down
+from maskwatch.data.synth import (
+    draw_worn_mask,
+    find_landmarks,
+    lower_face_inside,
+    move_mask_down,
+    paste_donor_mask,
+)
 from maskwatch.errors import LayoutError
+from maskwatch.imaging import load_rgb
 
 
 def _face(rgb: np.ndarray) -> np.ndarray:
@@ -24,6 +31,28 @@ def _face(rgb: np.ndarray) -> np.ndarray:
 
 def _changed_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.flatnonzero((np.abs(a.astype(int) - b.astype(int)).sum(axis=2) > 40).any(axis=1))
+
+
+#: draw_mask's colour in the helpers' masked head
+HELPER_MASK_BLUE = np.array([170, 205, 235])
+
+
+def _mask_rows(rgb: np.ndarray) -> np.ndarray:
+    """Rows where a fifth of the pixels have the helpers' mask colour."""
+    rows = (np.abs(rgb.astype(int) - HELPER_MASK_BLUE).sum(axis=2) < 40).sum(axis=1)
+    return np.flatnonzero(rows > 0.2 * rgb.shape[1])
+
+
+def _assert_worn_wrongly(rows: np.ndarray, lm, where: str) -> None:
+    """The rows a mask covers start below the nose (``nose``: above the mouth; ``chin``:
+    below it) and reach down over the chin."""
+    nose_y, mouth_y = lm.nose[1], lm.mouth[:, 1].mean()
+    assert len(rows) and rows.min() > nose_y  # the nose stays out
+    if where == "nose":
+        assert rows.min() < mouth_y - 3  # the mouth is covered
+    else:
+        assert rows.min() > mouth_y  # the mouth shows too
+    assert rows.max() > mouth_y + 0.3 * (mouth_y - nose_y)  # down over the chin
 
 
 def test_landmarks_are_eyes_over_nose_over_mouth():
@@ -62,13 +91,7 @@ def test_mask_drawn_under_the_nose_or_on_the_chin(kind):
     cx = int(lm.nose[0])
     body = _changed_rows(face[:, cx - 5:cx + 5], out[:, cx - 5:cx + 5])
     assert len(rows) and len(body)
-    nose_y, mouth_y = lm.nose[1], lm.mouth[:, 1].mean()
-    assert body.min() > nose_y  # the nose stays out
-    if kind == "nose":
-        assert body.min() < mouth_y - 3  # the mouth is covered
-    else:
-        assert body.min() > mouth_y  # the mouth shows too
-    assert body.max() > mouth_y + 0.3 * (mouth_y - nose_y)  # down over the chin
+    _assert_worn_wrongly(body, lm, kind)
     # the eyes are untouched (the straps run up beside them)
     eye_y = int(lm.eyes[:, 1].mean())
     x1, x2 = int(lm.eyes[0, 0]) - 5, int(lm.eyes[1, 0]) + 5
@@ -79,17 +102,36 @@ def test_mask_moved_down_shows_the_nose_area():
     face = _face(masked_head())
     lm = find_landmarks(face)
     out = move_mask_down(face, lm, np.random.default_rng(1))
-    blue = np.array([170, 205, 235])  # draw_mask's colour in the helpers' masked head
-
-    def mask_top(rgb):
-        rows = (np.abs(rgb.astype(int) - blue).sum(axis=2) < 40).sum(axis=1)
-        return int(np.flatnonzero(rows > 0.2 * rgb.shape[1])[0])
-
     unit = np.linalg.norm(lm.mouth.mean(0) - lm.eyes.mean(0))
-    assert mask_top(out) - mask_top(face) > 0.3 * unit
+    assert _mask_rows(out)[0] - _mask_rows(face)[0] > 0.3 * unit
     above = int(lm.eyes[:, 1].mean())
     assert np.array_equal(face[:above], out[:above])  # nothing above the nose bridge moves
     assert out.shape == face.shape
+
+
+@pytest.mark.parametrize("where", ["nose", "chin"])
+def test_donor_mask_pasted_under_the_nose_or_on_the_chin(where):
+    """swap-nose / swap-chin: another face's real mask, moved below the bare face's nose."""
+    face, donor = _face(head()), _face(masked_head())
+    lm, donor_lm = find_landmarks(face), find_landmarks(donor)
+    assert lm is not None and donor_lm is not None and not len(_mask_rows(face))
+    for seed in range(4):
+        out = paste_donor_mask(face, lm, donor, donor_lm, where, np.random.default_rng(seed))
+        _assert_worn_wrongly(_mask_rows(out), lm, where)
+        eye_y = int(lm.eyes[:, 1].mean())
+        assert np.array_equal(face[:eye_y + 3], out[:eye_y + 3])  # eyes and above untouched
+    with pytest.raises(ValueError, match="nose or chin"):
+        paste_donor_mask(face, lm, donor, donor_lm, "worn", np.random.default_rng(0))
+
+
+def test_donor_faces_cut_off_below_the_eyes_are_refused():
+    """A donor whose lower face leaves the picture would lend smeared edge pixels."""
+    donor = _face(masked_head())
+    lm = find_landmarks(donor)
+    assert lower_face_inside(donor.shape, lm)
+    mouth_y = int(lm.mouth[:, 1].mean())
+    assert not lower_face_inside(donor[:mouth_y + 5].shape, lm)  # chin cut off
+    assert not lower_face_inside(donor[:, :int(lm.nose[0])].shape, lm)  # one cheek cut off
 
 
 def test_cli_synthesises_from_train_faces_only(tmp_path, capsys):
@@ -119,6 +161,19 @@ def test_cli_synthesises_from_train_faces_only(tmp_path, capsys):
     labels = {s.source.split(":")[1]: s.label for s in read_manifest(out / "manifest.csv")}
     assert labels == {"chin": "incorrect_mask", "worn": "with_mask"}
     assert len(list((out / "with_mask").glob("*.jpg"))) == 2
+    # swap-nose / swap-chin: bare faces wearing the masks of the masked faces
+    assert main(["data", "synth-incorrect", str(data), "--out", str(out), "--json",
+                 "--quiet", "--kinds", "swap-nose,swap-chin", "--overwrite"]) == 0
+    assert json.loads(capsys.readouterr().out)["kinds"] == {"swap-nose": 2, "swap-chin": 2}
+    swapped = read_manifest(out / "manifest.csv")
+    assert all(s.label == "incorrect_mask" and is_synthetic(s) for s in swapped)
+    assert all(len(_mask_rows(load_rgb(s.path))) for s in swapped)
+    # ... which need masked faces to take masks from
+    bare = tmp_path / "bare"
+    write_image(bare / "Train" / "without_mask" / "0.png", _face(head()))
+    assert main(["data", "synth-incorrect", str(bare), "--out", str(tmp_path / "s2"),
+                 "--quiet", "--kinds", "swap-nose"]) == 2
+    assert "need masked" in capsys.readouterr().err
 
 
 def test_synthetic_faces_never_reach_val_or_test(tmp_path, capsys):

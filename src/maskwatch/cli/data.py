@@ -71,17 +71,20 @@ def register(subparsers) -> None:
 
     y = add_command(
         sub, "synth-incorrect",
-        help="make training-only incorrect_mask faces: masks drawn under the nose or on the "
-        "chin of bare faces, and masks of masked faces moved down (and, with worn, drawn "
-        "masks worn right as with_mask faces)",
+        help="make training-only incorrect_mask faces: masks drawn (or taken from masked "
+        "faces) under the nose or on the chin of bare faces, and masks of masked faces "
+        "moved down (and, with worn, drawn masks worn right as with_mask faces)",
         description="Make incorrect_mask faces for training from real faces: on bare faces\n"
         "(without_mask) a mask is drawn just under the nose (nose) or on the chin (chin),\n"
         "placed from YuNet's five landmarks; on masked faces (with_mask) the mask is moved\n"
-        "down (moved). worn draws the same mask worn right, over nose and mouth, as a\n"
-        "with_mask face: the counterpart that keeps a model from learning that a drawn\n"
-        "mask means worn wrongly. Writes DIR/LABEL/*.jpg and DIR/manifest.csv, where every\n"
-        "row has split train and source synthetic:KIND:ORIGINAL_PATH: splits, validation and\n"
-        "evaluate keep such faces out of every val/test set.",
+        "down (moved). swap-nose and swap-chin paste a real mask instead of a drawn one:\n"
+        "the lower face of another masked face of the input, aligned by the landmarks of\n"
+        "both and moved down under the nose or onto the chin. worn draws the same mask\n"
+        "worn right, over nose and mouth, as a with_mask face: the counterpart that keeps\n"
+        "a model from learning that a drawn mask means worn wrongly. Writes DIR/LABEL/*.jpg\n"
+        "and DIR/manifest.csv, where every row has split train and source\n"
+        "synthetic:KIND:ORIGINAL_PATH: splits, validation and evaluate keep such faces out\n"
+        "of every val/test set.",
         examples=["maskwatch data synth-incorrect split/manifest.csv -o synth/ --split train",
                   "maskwatch data synth-incorrect faces/ -o synth/ --kinds nose,chin -j"],
     )
@@ -91,8 +94,8 @@ def register(subparsers) -> None:
                    help="take faces of this split only: train, val, test or all; data without "
                    "splits counts as train (default: train, so no test face is copied)")
     y.add_argument("--kinds", default="nose,chin,moved",
-                   help="kinds to make, comma separated, among nose, chin, moved (worn "
-                   "wrongly) and worn (worn right) (default: nose,chin,moved)")
+                   help="kinds to make, comma separated, among nose, chin, moved, swap-nose, "
+                   "swap-chin (worn wrongly) and worn (worn right) (default: nose,chin,moved)")
     y.add_argument("--per-face", type=int, default=1,
                    help="variants per face and kind (default: 1)")
     y.add_argument("--limit", type=int, default=None,

@@ -5,7 +5,11 @@ Two ways, as MaskedFace-Net did for its wrongly worn masks:
 * ``nose`` / ``chin``: a surgical-style mask drawn on a bare face, placed from YuNet's five
   landmarks (eyes, nose tip, mouth corners) just under the nose or down on the chin;
 * ``moved``: the mask of a masked face moved down, so the nose (filled in from the skin
-  around it) shows above it.
+  around it) shows above it;
+* ``swap-nose`` / ``swap-chin``: a real mask cut from another, masked face of the same
+  faces (aligned by both faces' landmarks) and pasted on a bare face just under the nose
+  or on the chin: the real mask's fabric, folds and light, without a drawn mask's look
+  and without ``moved``'s filled-in strip.
 
 And, as MaskedFace-Net also did, their correctly worn counterpart: ``worn``, the same drawn
 mask over nose and mouth, labelled ``with_mask``. Without it a model learns that a drawn
@@ -30,12 +34,14 @@ from maskwatch.errors import ImageError, MaskwatchError
 from maskwatch.labels import INCORRECT_MASK, WITH_MASK, WITHOUT_MASK
 
 #: The faces ``synthesise`` makes: masks worn wrongly, and ``worn`` ones worn right.
-KINDS = ("nose", "chin", "moved", "worn")
+KINDS = ("nose", "chin", "moved", "worn", "swap-nose", "swap-chin")
 #: The label of each kind's faces.
 KIND_LABELS = {"nose": INCORRECT_MASK, "chin": INCORRECT_MASK, "moved": INCORRECT_MASK,
-               "worn": WITH_MASK}
+               "worn": WITH_MASK, "swap-nose": INCORRECT_MASK, "swap-chin": INCORRECT_MASK}
 #: Kinds drawn on bare faces (the rest move the mask of a masked face).
 DRAWN = ("nose", "chin", "worn")
+#: Kinds made on bare faces with the mask of another, masked face.
+SWAPPED = ("swap-nose", "swap-chin")
 
 #: Mask colours (RGB): light blue, white, black, grey, navy, pink, pale green.
 PALETTE = ((165, 200, 230), (238, 238, 235), (35, 35, 38), (150, 152, 158), (40, 50, 90),
@@ -127,12 +133,7 @@ def draw_worn_mask(rgb: np.ndarray, lm: Landmarks, kind: str,
         raise ValueError(f"kind must be one of {', '.join(DRAWN)}, got {kind!r}")
     nose_v = _v(lm, lm.nose)
     mouth_v = _v(lm, lm.mouth.mean(0))
-    if kind == "nose":
-        top = nose_v + rng.uniform(0.05, 0.2) * (mouth_v - nose_v)
-    elif kind == "worn":
-        top = nose_v * rng.uniform(0.35, 0.6)
-    else:
-        top = mouth_v + rng.uniform(0.1, 0.3)
+    top = nose_v * rng.uniform(0.35, 0.6) if kind == "worn" else _top_edge(lm, kind, rng)
     bottom = mouth_v + rng.uniform(0.75, 0.95)
     half = 0.5 * lm.eye_distance / lm.eye_to_mouth * rng.uniform(1.9, 2.2)
     mid = (top + bottom) / 2
@@ -170,6 +171,55 @@ def draw_worn_mask(rgb: np.ndarray, lm: Landmarks, kind: str,
     return out
 
 
+def _top_edge(lm: Landmarks, where: str, rng: np.random.Generator) -> float:
+    """Face-frame v of a wrongly worn mask's top edge: just under the nose tip (``nose``) or
+    under the mouth (``chin``)."""
+    nose_v = _v(lm, lm.nose)
+    mouth_v = _v(lm, lm.mouth.mean(0))
+    if where == "nose":
+        return nose_v + rng.uniform(0.05, 0.2) * (mouth_v - nose_v)
+    return mouth_v + rng.uniform(0.1, 0.3)
+
+
+def paste_donor_mask(rgb: np.ndarray, lm: Landmarks, donor: np.ndarray, donor_lm: Landmarks,
+                     where: str, rng: np.random.Generator) -> np.ndarray:
+    """A copy of a bare face wearing the mask of ``donor`` (a masked face) wrongly.
+
+    The donor's lower face, from between its nose bridge and nose tip down to its chin (the
+    mask's fabric if the donor wears it right), is aligned to the bare face by both faces'
+    landmarks, moved down so that its top edge lies just under the nose (``where="nose"``)
+    or under the mouth (``"chin"``), and blended in with soft edges."""
+    import cv2
+
+    if where not in ("nose", "chin"):
+        raise ValueError(f"where must be nose or chin, got {where!r}")
+    d_top = _v(donor_lm, donor_lm.nose) * rng.uniform(0.55, 0.85)
+    d_bottom = _v(donor_lm, donor_lm.mouth.mean(0)) + rng.uniform(0.7, 0.85)
+    top = _top_edge(lm, where, rng)
+    shift = top - d_top
+    bottom = min(d_bottom + shift, _v(lm, lm.mouth.mean(0)) + rng.uniform(0.8, 1.0))
+    if bottom - top < 0.25:
+        raise ImageError("too little of the donor's mask would show")
+    # the donor's face frame onto the bare face's, moved down by ``shift``
+    frame = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
+    src = _to_image(donor_lm, frame).astype(np.float32)
+    dst = _to_image(lm, [(u, v + shift) for u, v in frame]).astype(np.float32)
+    h, w = rgb.shape[:2]
+    warped = cv2.warpAffine(donor, cv2.getAffineTransform(src, dst), (w, h),
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    half = 0.5 * lm.eye_distance / lm.eye_to_mouth * rng.uniform(1.8, 2.1)
+    mid = (top + bottom) / 2
+    outline = [(-half * 0.92, top), (half * 0.92, top), (half, mid),
+               (half * 0.65, bottom), (-half * 0.65, bottom), (-half, mid)]
+    poly = np.round(_to_image(lm, outline)).astype(np.int32)
+    alpha = np.zeros((h, w), np.float32)
+    cv2.fillPoly(alpha, [poly], 1.0, cv2.LINE_AA)
+    soft = max(1, round(lm.eye_to_mouth / 25)) * 2 + 1
+    alpha = cv2.GaussianBlur(alpha, (soft, soft), 0)[:, :, None]
+    out = rgb.astype(np.float32) * (1 - alpha) + warped.astype(np.float32) * alpha
+    return out.astype(np.uint8)
+
+
 def move_mask_down(rgb: np.ndarray, lm: Landmarks | None,
                    rng: np.random.Generator) -> np.ndarray:
     """A copy of a masked face with everything below the nose bridge (the mask) moved down
@@ -193,6 +243,61 @@ def move_mask_down(rgb: np.ndarray, lm: Landmarks | None,
     return cv2.inpaint(np.ascontiguousarray(out), hole, max(3, shift // 2), cv2.INPAINT_TELEA)
 
 
+#: YuNet's confidence a donor face needs: a mask is cut out by the landmarks, so they must
+#: be sure (0.5 let through masked faces whose misplaced landmarks gave background patches).
+DONOR_CONFIDENCE = 0.8
+
+
+def lower_face_inside(shape: tuple[int, ...], lm: Landmarks, tolerance: float = 0.08) -> bool:
+    """Whether a face's lower half (eye line to below the chin, cheek to cheek) lies within
+    an image of ``shape``: a donor cut off there would lend smeared edge pixels."""
+    h, w = shape[:2]
+    half = 0.5 * lm.eye_distance / lm.eye_to_mouth * 2.1
+    bottom = _v(lm, lm.mouth.mean(0)) + 0.7
+    pts = _to_image(lm, [(-half, 0.0), (half, 0.0), (-0.65 * half, bottom),
+                         (0.65 * half, bottom)])  # the outline paste_donor_mask cuts
+    tx, ty = tolerance * w, tolerance * h
+    return bool((pts[:, 0] >= -tx).all() and (pts[:, 0] <= w + tx).all()
+                and (pts[:, 1] >= -ty).all() and (pts[:, 1] <= h + ty).all())
+
+
+class _Donors:
+    """Masked faces to take masks from, drawn at random (with their own random stream, so
+    the other kinds' faces stay the same); only faces whose landmarks YuNet is sure of and
+    whose lower half is in the picture; each face is judged once."""
+
+    TRIES = 8
+
+    def __init__(self, samples: list[Sample], margin: float, seed: int):
+        self.samples = samples
+        self.margin = margin
+        self.rng = np.random.default_rng([seed, 1])
+        self._landmarks: dict[int, Landmarks | None] = {}
+
+    def draw(self) -> tuple[np.ndarray, Landmarks]:
+        """A masked face and its landmarks; LookupError when several draws find none."""
+        from maskwatch.data.model import read_face
+
+        for _ in range(self.TRIES):
+            i = int(self.rng.integers(len(self.samples)))
+            if self._landmarks.get(i, True) is None:
+                continue
+            try:
+                face = read_face(self.samples[i], self.margin)
+            except ImageError:
+                self._landmarks[i] = None
+                continue
+            if i not in self._landmarks:
+                lm = (find_landmarks(face, DONOR_CONFIDENCE) if min(face.shape[:2]) >= 24
+                      else None)
+                ok = lm is not None and lower_face_inside(face.shape, lm)
+                self._landmarks[i] = lm if ok else None
+            lm = self._landmarks[i]
+            if lm is not None:
+                return face, lm
+        raise LookupError("no masked face with sure landmarks")
+
+
 def synthesise(
     samples: list[Sample],
     out_dir: str | Path,
@@ -209,8 +314,9 @@ def synthesise(
     ``synthetic:KIND:ORIGINAL_PATH``, the original's group, so a group-aware split keeps
     both on one side).
 
-    Bare faces (without_mask) give ``nose``/``chin``/``worn`` faces, masked faces give
-    ``moved`` ones; ``per_face`` variants of each chosen kind; faces YuNet finds no
+    Bare faces (without_mask) give ``nose``/``chin``/``worn`` faces and, with masks taken
+    from the masked faces among ``samples``, ``swap-nose``/``swap-chin`` ones; masked faces
+    give ``moved`` ones; ``per_face`` variants of each chosen kind; faces YuNet finds no
     landmarks on are skipped for the drawn kinds. Returns a summary."""
     from tqdm import tqdm
 
@@ -227,13 +333,17 @@ def synthesise(
     manifest = out / "manifest.csv"
     if manifest.exists() and not force:
         raise MaskwatchError(f"{manifest}: already exists (use --overwrite to replace it)")
-    wanted = {WITHOUT_MASK: [k for k in kinds if k in DRAWN],
+    wanted = {WITHOUT_MASK: [k for k in kinds if k in DRAWN or k in SWAPPED],
               WITH_MASK: [k for k in kinds if k == "moved"]}
     chosen = [s for s in samples if wanted.get(s.label)]
     rng = np.random.default_rng(seed)
     rng.shuffle(chosen)
     if limit is not None:
         chosen = chosen[:limit]
+    donors = _Donors([s for s in samples if s.label == WITH_MASK], margin, seed)
+    if any(k in SWAPPED for k in kinds) and not donors.samples:
+        raise MaskwatchError("swap-nose and swap-chin need masked (with_mask) faces to take "
+                             "masks from")
     written: list[Sample] = []
     made, skipped = Counter(), Counter()
     for n, s in enumerate(tqdm(chosen, desc="synthesise", unit="face", disable=not progress)):
@@ -249,10 +359,19 @@ def synthesise(
                 continue
             for v in range(per_face):
                 try:
-                    img = (move_mask_down(face, lm, rng) if kind == "moved"
-                           else draw_worn_mask(face, lm, kind, rng))
+                    if kind == "moved":
+                        img = move_mask_down(face, lm, rng)
+                    elif kind in SWAPPED:
+                        donor, donor_lm = donors.draw()
+                        img = paste_donor_mask(face, lm, donor, donor_lm,
+                                               kind.split("-")[1], donors.rng)
+                    else:
+                        img = draw_worn_mask(face, lm, kind, rng)
                 except ImageError:
                     skipped["too small"] += 1
+                    continue
+                except LookupError:
+                    skipped["no donor with landmarks"] += 1
                     continue
                 dest = out / KIND_LABELS[kind] / f"{n:06d}_{kind}_{v}.jpg"
                 save_rgb(dest, img)
