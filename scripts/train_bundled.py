@@ -16,10 +16,11 @@ With --classes 3 (the default) the model also learns incorrect_mask: the 853 set
 incorrect_mask training faces (taken --real-incorrect-repeat times), plus synthetic ones
 (`maskwatch.data.synth`: masks drawn under the nose or on the chin; "moved" masks are off by
 default, they look like worn masks with a smudge; "worn", the drawn masks worn right as
-with_mask faces, scored worse on real faces) made from the training part of each training
-set only; synthetic faces never reach validation or a test. Two-class figures of a
-three-class model use the decision restricted to with/without (as `maskwatch evaluate`
-does on two-class data).
+with_mask faces, scored worse on real faces; "swap-nose"/"swap-chin", real masks of other
+faces pasted low, found more real wrongly worn masks but cost the other classes more: see
+MODEL_CARD) made from the training part of each training set only; synthetic faces never
+reach validation or a test. Two-class figures of a three-class model use the decision
+restricted to with/without (as `maskwatch evaluate` does on two-class data).
 
 Usage: python scripts/train_bundled.py --datasets ../shared/datasets --out runs/bundled
 Writes manifests (for `maskwatch evaluate`), results.json, the fp32 and int8 ONNX models,
@@ -381,7 +382,8 @@ def main() -> int:
     ap.add_argument("--synthetic-kinds", nargs="+", default=["nose", "chin"],
                     choices=["moved", "nose", "chin", "worn", "swap-nose", "swap-chin"],
                     help="with --classes 3: which synthetic faces to train on (worn: drawn "
-                    "masks worn right, as with_mask; tried, worse: see MODEL_CARD)")
+                    "masks worn right, as with_mask; swap-nose/swap-chin: real masks of "
+                    "other faces pasted low; both tried, worse: see MODEL_CARD)")
     ap.add_argument("--real-incorrect-repeat", type=int, default=10,
                     help="with --classes 3: take the 853 set's real incorrect_mask training "
                     "faces this many times")

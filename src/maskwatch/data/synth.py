@@ -6,8 +6,8 @@ Two ways, as MaskedFace-Net did for its wrongly worn masks:
   landmarks (eyes, nose tip, mouth corners) just under the nose or down on the chin;
 * ``moved``: the mask of a masked face moved down, so the nose (filled in from the skin
   around it) shows above it;
-* ``swap-nose`` / ``swap-chin``: a real mask cut from another, masked face of the same
-  faces (aligned by both faces' landmarks) and pasted on a bare face just under the nose
+* ``swap-nose`` / ``swap-chin``: a real mask cut from another, masked face of the input
+  (aligned by both faces' landmarks) and pasted on a bare face just under the nose
   or on the chin: the real mask's fabric, folds and light, without a drawn mask's look
   and without ``moved``'s filled-in strip.
 
