@@ -80,13 +80,15 @@ def add_synthetic(sets: dict, out: Path, seed: int, per_set: int,
 
     # the same faces whatever is trained on: nose, chin and moved always made, worn (which
     # draws from the same random stream) in a folder of its own; swap-nose and swap-chin
-    # (masks taken from masked faces) in another
+    # (masks taken from masked faces) in another, with swap-worn in a third
     made = ("nose", "chin", "moved", "worn") if "worn" in kinds else ("nose", "chin", "moved")
-    swapped = ("swap-nose", "swap-chin")
+    swapped = ("swap-nose", "swap-chin", "swap-worn") if "swap-worn" in kinds else (
+        "swap-nose", "swap-chin")
     for name in list(sets):
         folders = [(out / (f"synth-worn-{name}" if "worn" in made else f"synth-{name}"), made)]
         if any(k in swapped for k in kinds):
-            folders.append((out / f"synth-swap-{name}", swapped))
+            prefix = "synth-swap-worn" if "swap-worn" in swapped else "synth-swap"
+            folders.append((out / f"{prefix}-{name}", swapped))
         samples = []
         for folder, these in folders:
             if not (folder / "manifest.csv").is_file():
@@ -380,7 +382,8 @@ def main() -> int:
                     help="with --classes 3: source faces per training set for synthetic "
                     "incorrect_mask faces")
     ap.add_argument("--synthetic-kinds", nargs="+", default=["nose", "chin"],
-                    choices=["moved", "nose", "chin", "worn", "swap-nose", "swap-chin"],
+                    choices=["moved", "nose", "chin", "worn", "swap-nose", "swap-chin",
+                             "swap-worn"],
                     help="with --classes 3: which synthetic faces to train on (worn: drawn "
                     "masks worn right, as with_mask; swap-nose/swap-chin: real masks of "
                     "other faces pasted low; both tried, worse: see MODEL_CARD)")

@@ -109,19 +109,25 @@ def test_mask_moved_down_shows_the_nose_area():
     assert out.shape == face.shape
 
 
-@pytest.mark.parametrize("where", ["nose", "chin"])
+@pytest.mark.parametrize("where", ["nose", "chin", "worn"])
 def test_donor_mask_pasted_under_the_nose_or_on_the_chin(where):
-    """swap-nose / swap-chin: another face's real mask, moved below the bare face's nose."""
+    """swap-nose / swap-chin: another face's real mask, moved below the bare face's nose;
+    swap-worn: the same mask worn right, over the nose."""
     face, donor = _face(head()), _face(masked_head())
     lm, donor_lm = find_landmarks(face), find_landmarks(donor)
     assert lm is not None and donor_lm is not None and not len(_mask_rows(face))
     for seed in range(4):
         out = paste_donor_mask(face, lm, donor, donor_lm, where, np.random.default_rng(seed))
-        _assert_worn_wrongly(_mask_rows(out), lm, where)
+        rows = _mask_rows(out)
+        if where == "worn":
+            assert lm.eyes[:, 1].mean() < rows.min() < lm.nose[1]  # the nose is covered
+            assert rows.max() > lm.mouth[:, 1].mean()  # and the mouth
+        else:
+            _assert_worn_wrongly(rows, lm, where)
         eye_y = int(lm.eyes[:, 1].mean())
         assert np.array_equal(face[:eye_y + 3], out[:eye_y + 3])  # eyes and above untouched
-    with pytest.raises(ValueError, match="nose or chin"):
-        paste_donor_mask(face, lm, donor, donor_lm, "worn", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="nose, chin or worn"):
+        paste_donor_mask(face, lm, donor, donor_lm, "moved", np.random.default_rng(0))
 
 
 def test_donor_faces_cut_off_below_the_eyes_are_refused():
@@ -163,11 +169,13 @@ def test_cli_synthesises_from_train_faces_only(tmp_path, capsys):
     assert len(list((out / "with_mask").glob("*.jpg"))) == 2
     # swap-nose / swap-chin: bare faces wearing the masks of the masked faces
     assert main(["data", "synth-incorrect", str(data), "--out", str(out), "--json",
-                 "--quiet", "--kinds", "swap-nose,swap-chin", "--overwrite"]) == 0
-    assert json.loads(capsys.readouterr().out)["kinds"] == {"swap-nose": 2, "swap-chin": 2}
+                 "--quiet", "--kinds", "swap-nose,swap-chin,swap-worn", "--overwrite"]) == 0
+    assert json.loads(capsys.readouterr().out)["kinds"] == {"swap-nose": 2, "swap-chin": 2,
+                                                            "swap-worn": 2}
     swapped = read_manifest(out / "manifest.csv")
-    assert all(s.label == "incorrect_mask" and is_synthetic(s) for s in swapped)
-    assert all(len(_mask_rows(load_rgb(s.path))) for s in swapped)
+    assert {s.source.split(":")[1]: s.label for s in swapped} == {
+        "swap-nose": "incorrect_mask", "swap-chin": "incorrect_mask", "swap-worn": "with_mask"}
+    assert all(is_synthetic(s) and len(_mask_rows(load_rgb(s.path))) for s in swapped)
     # ... which need masked faces to take masks from
     bare = tmp_path / "bare"
     write_image(bare / "Train" / "without_mask" / "0.png", _face(head()))

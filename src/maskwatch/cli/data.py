@@ -81,7 +81,8 @@ def register(subparsers) -> None:
         "the lower face of another masked face of the input, aligned by the landmarks of\n"
         "both and moved down under the nose or onto the chin. worn draws the same mask\n"
         "worn right, over nose and mouth, as a with_mask face: the counterpart that keeps\n"
-        "a model from learning that a drawn mask means worn wrongly. Writes DIR/LABEL/*.jpg\n"
+        "a model from learning that a drawn mask means worn wrongly (swap-worn: the same\n"
+        "for pasted masks). Writes DIR/LABEL/*.jpg\n"
         "and DIR/manifest.csv, where every row has split train and source\n"
         "synthetic:KIND:ORIGINAL_PATH: splits, validation and evaluate keep such faces out\n"
         "of every val/test set.",
@@ -95,7 +96,8 @@ def register(subparsers) -> None:
                    "splits counts as train (default: train, so no test face is copied)")
     y.add_argument("--kinds", default="nose,chin,moved",
                    help="kinds to make, comma separated, among nose, chin, moved, swap-nose, "
-                   "swap-chin (worn wrongly) and worn (worn right) (default: nose,chin,moved)")
+                   "swap-chin (worn wrongly), worn and swap-worn (worn right) (default: "
+                   "nose,chin,moved)")
     y.add_argument("--per-face", type=int, default=1,
                    help="variants per face and kind (default: 1)")
     y.add_argument("--limit", type=int, default=None,

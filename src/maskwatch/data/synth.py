@@ -9,7 +9,8 @@ Two ways, as MaskedFace-Net did for its wrongly worn masks:
 * ``swap-nose`` / ``swap-chin``: a real mask cut from another, masked face of the input
   (aligned by both faces' landmarks) and pasted on a bare face just under the nose
   or on the chin: the real mask's fabric, folds and light, without a drawn mask's look
-  and without ``moved``'s filled-in strip.
+  and without ``moved``'s filled-in strip; ``swap-worn``, its counterpart, pastes it worn
+  right (from the nose bridge) as a ``with_mask`` face.
 
 And, as MaskedFace-Net also did, their correctly worn counterpart: ``worn``, the same drawn
 mask over nose and mouth, labelled ``with_mask``. Without it a model learns that a drawn
@@ -34,14 +35,15 @@ from maskwatch.errors import ImageError, MaskwatchError
 from maskwatch.labels import INCORRECT_MASK, WITH_MASK, WITHOUT_MASK
 
 #: The faces ``synthesise`` makes: masks worn wrongly, and ``worn`` ones worn right.
-KINDS = ("nose", "chin", "moved", "worn", "swap-nose", "swap-chin")
+KINDS = ("nose", "chin", "moved", "worn", "swap-nose", "swap-chin", "swap-worn")
 #: The label of each kind's faces.
 KIND_LABELS = {"nose": INCORRECT_MASK, "chin": INCORRECT_MASK, "moved": INCORRECT_MASK,
-               "worn": WITH_MASK, "swap-nose": INCORRECT_MASK, "swap-chin": INCORRECT_MASK}
+               "worn": WITH_MASK, "swap-nose": INCORRECT_MASK, "swap-chin": INCORRECT_MASK,
+               "swap-worn": WITH_MASK}
 #: Kinds drawn on bare faces (the rest move the mask of a masked face).
 DRAWN = ("nose", "chin", "worn")
 #: Kinds made on bare faces with the mask of another, masked face.
-SWAPPED = ("swap-nose", "swap-chin")
+SWAPPED = ("swap-nose", "swap-chin", "swap-worn")
 
 #: Mask colours (RGB): light blue, white, black, grey, navy, pink, pale green.
 PALETTE = ((165, 200, 230), (238, 238, 235), (35, 35, 38), (150, 152, 158), (40, 50, 90),
@@ -131,9 +133,8 @@ def draw_worn_mask(rgb: np.ndarray, lm: Landmarks, kind: str,
 
     if kind not in DRAWN:
         raise ValueError(f"kind must be one of {', '.join(DRAWN)}, got {kind!r}")
-    nose_v = _v(lm, lm.nose)
     mouth_v = _v(lm, lm.mouth.mean(0))
-    top = nose_v * rng.uniform(0.35, 0.6) if kind == "worn" else _top_edge(lm, kind, rng)
+    top = _top_edge(lm, kind, rng)
     bottom = mouth_v + rng.uniform(0.75, 0.95)
     half = 0.5 * lm.eye_distance / lm.eye_to_mouth * rng.uniform(1.9, 2.2)
     mid = (top + bottom) / 2
@@ -172,10 +173,12 @@ def draw_worn_mask(rgb: np.ndarray, lm: Landmarks, kind: str,
 
 
 def _top_edge(lm: Landmarks, where: str, rng: np.random.Generator) -> float:
-    """Face-frame v of a wrongly worn mask's top edge: just under the nose tip (``nose``) or
-    under the mouth (``chin``)."""
+    """Face-frame v of a mask's top edge: worn right, on the nose bridge (``worn``), or
+    wrongly, just under the nose tip (``nose``) or under the mouth (``chin``)."""
     nose_v = _v(lm, lm.nose)
     mouth_v = _v(lm, lm.mouth.mean(0))
+    if where == "worn":
+        return nose_v * rng.uniform(0.35, 0.6)
     if where == "nose":
         return nose_v + rng.uniform(0.05, 0.2) * (mouth_v - nose_v)
     return mouth_v + rng.uniform(0.1, 0.3)
@@ -183,16 +186,17 @@ def _top_edge(lm: Landmarks, where: str, rng: np.random.Generator) -> float:
 
 def paste_donor_mask(rgb: np.ndarray, lm: Landmarks, donor: np.ndarray, donor_lm: Landmarks,
                      where: str, rng: np.random.Generator) -> np.ndarray:
-    """A copy of a bare face wearing the mask of ``donor`` (a masked face) wrongly.
+    """A copy of a bare face wearing the mask of ``donor`` (a masked face).
 
     The donor's lower face, from between its nose bridge and nose tip down to its chin (the
     mask's fabric if the donor wears it right), is aligned to the bare face by both faces'
-    landmarks, moved down so that its top edge lies just under the nose (``where="nose"``)
-    or under the mouth (``"chin"``), and blended in with soft edges."""
+    landmarks, moved so that its top edge lies just under the nose (``where="nose"``),
+    under the mouth (``"chin"``) or on the nose bridge (``"worn"``, worn right), and
+    blended in with soft edges."""
     import cv2
 
-    if where not in ("nose", "chin"):
-        raise ValueError(f"where must be nose or chin, got {where!r}")
+    if where not in ("nose", "chin", "worn"):
+        raise ValueError(f"where must be nose, chin or worn, got {where!r}")
     d_top = _v(donor_lm, donor_lm.nose) * rng.uniform(0.55, 0.85)
     d_bottom = _v(donor_lm, donor_lm.mouth.mean(0)) + rng.uniform(0.7, 0.85)
     top = _top_edge(lm, where, rng)
@@ -342,8 +346,8 @@ def synthesise(
         chosen = chosen[:limit]
     donors = _Donors([s for s in samples if s.label == WITH_MASK], margin, seed)
     if any(k in SWAPPED for k in kinds) and not donors.samples:
-        raise MaskwatchError("swap-nose and swap-chin need masked (with_mask) faces to take "
-                             "masks from")
+        raise MaskwatchError("swap-nose, swap-chin and swap-worn need masked (with_mask) faces "
+                             "to take masks from")
     written: list[Sample] = []
     made, skipped = Counter(), Counter()
     for n, s in enumerate(tqdm(chosen, desc="synthesise", unit="face", disable=not progress)):
