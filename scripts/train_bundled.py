@@ -17,9 +17,10 @@ incorrect_mask training faces (taken --real-incorrect-repeat times), plus synthe
 (`maskwatch.data.synth`: masks drawn under the nose or on the chin; "moved" masks are off by
 default, they look like worn masks with a smudge; "worn", the drawn masks worn right as
 with_mask faces, scored worse on real faces; "swap-nose"/"swap-chin", real masks of other
-faces pasted low, found more real wrongly worn masks but cost the other classes more: see
-MODEL_CARD) made from the training part of each training set only; synthetic faces never
-reach validation or a test. Two-class figures of a three-class model use the decision
+faces pasted low, found more real wrongly worn masks but cost the other classes, less so
+with "swap-worn", the same masks worn right as with_mask faces: see MODEL_CARD) made from
+the training part of each training set only; synthetic faces never reach validation or a
+test. Two-class figures of a three-class model use the decision
 restricted to with/without (as `maskwatch evaluate` does on two-class data).
 
 Usage: python scripts/train_bundled.py --datasets ../shared/datasets --out runs/bundled
