@@ -82,10 +82,9 @@ def register(subparsers) -> None:
         "both and moved down under the nose or onto the chin. worn draws the same mask\n"
         "worn right, over nose and mouth, as a with_mask face: the counterpart that keeps\n"
         "a model from learning that a drawn mask means worn wrongly (swap-worn: the same\n"
-        "for pasted masks). Writes DIR/LABEL/*.jpg\n"
-        "and DIR/manifest.csv, where every row has split train and source\n"
-        "synthetic:KIND:ORIGINAL_PATH: splits, validation and evaluate keep such faces out\n"
-        "of every val/test set.",
+        "for pasted masks). Writes DIR/LABEL/*.jpg and DIR/manifest.csv, where every row\n"
+        "has split train and source synthetic:KIND:ORIGINAL_PATH: splits, validation and\n"
+        "evaluate keep such faces out of every val/test set.",
         examples=["maskwatch data synth-incorrect split/manifest.csv -o synth/ --split train",
                   "maskwatch data synth-incorrect faces/ -o synth/ --kinds nose,chin -j"],
     )
