@@ -5,8 +5,8 @@ that scripts/train_bundled.py writes), then scores its boxes, grown by each box 
 sweep (width scale, height scale, centre x shift, centre y shift), against the scenes'
 boxes as annotated ("faces") and against the same boxes made whole-head boxes by
 scripts/site_calibration.py's rule ("heads"). Labels are kept: only the output boxes move,
-as a site model's box map moves them
-(`maskwatch.detection.pipeline.site_boxes`). Prints mAP@0.5 and @0.3 per box map as JSON lines.
+as a site model's box map moves them (`maskwatch.detection.pipeline.site_boxes`). Prints
+mAP@0.5 and @0.3 per box map as JSON lines.
 
 Usage: python scripts/box_convention_sweep.py runs/bundled/s853-val-scenes.csv
 """

@@ -20,8 +20,8 @@ with_mask faces, scored worse on real faces; "swap-nose"/"swap-chin", real masks
 faces pasted low, found more real wrongly worn masks but cost the other classes, less so
 with "swap-worn", the same masks worn right as with_mask faces: see MODEL_CARD) made from
 the training part of each training set only; synthetic faces never reach validation or a
-test. Two-class figures of a three-class model use the decision
-restricted to with/without (as `maskwatch evaluate` does on two-class data).
+test. Two-class figures of a three-class model use the decision restricted to with/without
+(as `maskwatch evaluate` does on two-class data).
 
 Usage: python scripts/train_bundled.py --datasets ../shared/datasets --out runs/bundled
 Writes manifests (for `maskwatch evaluate`), results.json, the fp32 and int8 ONNX models,
@@ -48,6 +48,7 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from maskwatch.data import load_dataset, split_dataset, write_manifest  # noqa: E402
+from maskwatch.data.synth import KINDS as SYNTH_KINDS  # noqa: E402
 from maskwatch.inference.modelfile import ModelInfo  # noqa: E402
 from maskwatch.labels import INCORRECT_MASK, WITH_MASK, WITHOUT_MASK  # noqa: E402
 from maskwatch.models import create_model  # noqa: E402
@@ -383,11 +384,11 @@ def main() -> int:
                     help="with --classes 3: source faces per training set for synthetic "
                     "incorrect_mask faces")
     ap.add_argument("--synthetic-kinds", nargs="+", default=["nose", "chin"],
-                    choices=["moved", "nose", "chin", "worn", "swap-nose", "swap-chin",
-                             "swap-worn"],
+                    choices=list(SYNTH_KINDS),
                     help="with --classes 3: which synthetic faces to train on (worn: drawn "
                     "masks worn right, as with_mask; swap-nose/swap-chin: real masks of "
-                    "other faces pasted low; both tried, worse: see MODEL_CARD)")
+                    "other faces pasted low, swap-worn: worn right; all tried, none shipped: "
+                    "see MODEL_CARD)")
     ap.add_argument("--real-incorrect-repeat", type=int, default=10,
                     help="with --classes 3: take the 853 set's real incorrect_mask training "
                     "faces this many times")

@@ -124,6 +124,28 @@ def _v(lm: Landmarks, point) -> float:
     return float((-math.sin(a) * d[0] + math.cos(a) * d[1]) / lm.eye_to_mouth)
 
 
+def _mask_outline(lm: Landmarks, top: float, bottom: float, half: float,
+                  chin: float) -> np.ndarray:
+    """Image pixels (N x 2, int32) of a mask's six-sided outline: ``top`` and ``bottom``
+    in face-frame v, ``half`` its half width at mid-height, ``chin`` the bottom edge's
+    share of that width."""
+    mid = (top + bottom) / 2
+    outline = [(-half * 0.92, top), (half * 0.92, top), (half, mid),
+               (half * chin, bottom), (-half * chin, bottom), (-half, mid)]
+    return np.round(_to_image(lm, outline)).astype(np.int32)
+
+
+def _feathered(shape: tuple[int, ...], poly: np.ndarray, unit: float) -> np.ndarray:
+    """An H x W x 1 blending weight: 1 inside ``poly``, with edges softened in proportion
+    to the face's size (``unit``: its eye-to-mouth distance in pixels)."""
+    import cv2
+
+    alpha = np.zeros(shape[:2], np.float32)
+    cv2.fillPoly(alpha, [poly], 1.0, cv2.LINE_AA)
+    soft = max(1, round(unit / 25)) * 2 + 1
+    return cv2.GaussianBlur(alpha, (soft, soft), 0)[:, :, None]
+
+
 def draw_worn_mask(rgb: np.ndarray, lm: Landmarks, kind: str,
                    rng: np.random.Generator) -> np.ndarray:
     """A copy of a bare face with a drawn mask: worn wrongly, ``nose`` (top edge just under
@@ -137,15 +159,10 @@ def draw_worn_mask(rgb: np.ndarray, lm: Landmarks, kind: str,
     top = _top_edge(lm, kind, rng)
     bottom = mouth_v + rng.uniform(0.75, 0.95)
     half = 0.5 * lm.eye_distance / lm.eye_to_mouth * rng.uniform(1.9, 2.2)
-    mid = (top + bottom) / 2
-    outline = [(-half * 0.92, top), (half * 0.92, top), (half, mid),
-               (half * 0.62, bottom), (-half * 0.62, bottom), (-half, mid)]
-    poly = np.round(_to_image(lm, outline)).astype(np.int32)
+    poly = _mask_outline(lm, top, bottom, half, chin=0.62)
     colour = np.array(PALETTE[rng.integers(len(PALETTE))], np.float64)
     colour = np.clip(colour * rng.uniform(0.85, 1.1), 0, 255)
     h, w = rgb.shape[:2]
-    alpha = np.zeros((h, w), np.float32)
-    cv2.fillPoly(alpha, [poly], 1.0, cv2.LINE_AA)
     # shading: lighter at the top, darker towards the chin, a little noise for fabric
     ys = np.linspace(0, 1, h, dtype=np.float32)[:, None]
     top_y, bottom_y = poly[:, 1].min() / max(h, 1), poly[:, 1].max() / max(h, 1)
@@ -160,8 +177,7 @@ def draw_worn_mask(rgb: np.ndarray, lm: Landmarks, kind: str,
         a, b = _to_image(lm, [(-half * 0.8, v), (half * 0.8, v)]).round().astype(int)
         cv2.line(fabric, tuple(int(x) for x in a), tuple(int(x) for x in b), pleat.tolist(),
                  thick, cv2.LINE_AA)
-    soft = max(1, round(unit / 25)) * 2 + 1
-    alpha = cv2.GaussianBlur(alpha, (soft, soft), 0)[:, :, None]
+    alpha = _feathered(rgb.shape, poly, unit)
     out = rgb.astype(np.float32) * (1 - alpha) + np.clip(fabric, 0, 255) * alpha
     out = out.astype(np.uint8)
     strap = (235, 235, 235) if colour.mean() < 200 else (200, 200, 200)
@@ -212,14 +228,8 @@ def paste_donor_mask(rgb: np.ndarray, lm: Landmarks, donor: np.ndarray, donor_lm
     warped = cv2.warpAffine(donor, cv2.getAffineTransform(src, dst), (w, h),
                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     half = 0.5 * lm.eye_distance / lm.eye_to_mouth * rng.uniform(1.8, 2.1)
-    mid = (top + bottom) / 2
-    outline = [(-half * 0.92, top), (half * 0.92, top), (half, mid),
-               (half * 0.65, bottom), (-half * 0.65, bottom), (-half, mid)]
-    poly = np.round(_to_image(lm, outline)).astype(np.int32)
-    alpha = np.zeros((h, w), np.float32)
-    cv2.fillPoly(alpha, [poly], 1.0, cv2.LINE_AA)
-    soft = max(1, round(lm.eye_to_mouth / 25)) * 2 + 1
-    alpha = cv2.GaussianBlur(alpha, (soft, soft), 0)[:, :, None]
+    alpha = _feathered(rgb.shape, _mask_outline(lm, top, bottom, half, chin=0.65),
+                       lm.eye_to_mouth)
     out = rgb.astype(np.float32) * (1 - alpha) + warped.astype(np.float32) * alpha
     return out.astype(np.uint8)
 
