@@ -49,6 +49,7 @@ from torch.nn import functional as F  # noqa: E402
 
 from maskwatch.data import load_dataset, split_dataset, write_manifest  # noqa: E402
 from maskwatch.data.synth import KINDS as SYNTH_KINDS  # noqa: E402
+from maskwatch.evaluation.metrics import threshold_for_recall  # noqa: E402
 from maskwatch.inference.modelfile import ModelInfo  # noqa: E402
 from maskwatch.labels import INCORRECT_MASK, WITH_MASK, WITHOUT_MASK  # noqa: E402
 from maskwatch.models import create_model  # noqa: E402
@@ -171,7 +172,10 @@ def build_cache(sets: dict, out: Path, seed: int, augment: str, views: int) -> d
     for name, d in sets.items():
         samples = d["split"]
         margin = MARGIN_SCENES if name == "s853" else 0.0  # syn_* are crops already
-        faces = decode_faces(samples, SIZE, margin, cache_dir=out / "cache", desc=name)
+        # forkserver: by now this process has run YuNet and torch threads, and a forked
+        # decoding worker once hung on a lock one of them held
+        faces = decode_faces(samples, SIZE, margin, cache_dir=out / "cache", desc=name,
+                             start_method="forkserver")
         keep = np.flatnonzero(faces.ok)
         digest = hashlib.sha256("\n".join(f"{s.path}|{s.label}|{s.box}" for s in samples)
                                 .encode()).hexdigest()[:12]  # same faces, same features
@@ -289,13 +293,15 @@ def metrics(probs: torch.Tensor, y: torch.Tensor, threshold: float) -> dict:
     return out
 
 
-def threshold_for_recall(probs: torch.Tensor, y: torch.Tensor, target: float) -> float:
-    """The largest threshold (at most 0.5) whose without_mask recall reaches ``target``."""
-    scores = np.sort(probs[y == 1, 1].numpy())
-    if len(scores) == 0:
+def choose_threshold(probs: torch.Tensor, y: torch.Tensor, target: float,
+                     max_false_alarms: float | None) -> float:
+    """The largest threshold (at most 0.5) whose without_mask recall reaches ``target``,
+    but none that flags more than ``max_false_alarms`` of the with_mask faces."""
+    both = y <= 1  # incorrect_mask faces flagged are no false alarms
+    if not bool((y == 1).any()):
         return 0.5
-    k = int(np.floor((1 - target) * len(scores)))
-    return float(min(0.5, scores[k] - 1e-6))
+    return threshold_for_recall((y[both] == 1).numpy(), probs[both, 1].numpy(), target, 0.5,
+                                max_false_alarms)[0]
 
 
 def train_tail(train, val, epochs: int, seed: int, lr: float = 1e-3, batch: int = 128,
@@ -334,19 +340,21 @@ def train_tail(train, val, epochs: int, seed: int, lr: float = 1e-3, batch: int 
 
 
 def experiment(name, cache, train_parts, val_parts, tests, epochs, seed, target,
-               repeat: dict | None = None) -> dict:
+               repeat: dict | None = None, max_false_alarms: float | None = None) -> dict:
     """Train on ``train_parts`` (``repeat`` as in :func:`select`), stop early on
     ``val_parts``, choose the without_mask threshold for ``target`` recall on the same
-    validation faces, score every test set."""
+    validation faces (capped by ``max_false_alarms``), score every test set."""
     log(f"experiment {name}")
     train = (select(cache, train_parts, repeat) if isinstance(train_parts, list)
              else train_parts)
     val = select(cache, val_parts) if isinstance(val_parts, list) else val_parts
     model, tail, history = train_tail(train, val, epochs, seed)
     val_probs = predict(tail, val[0])
-    thr = threshold_for_recall(val_probs, val[1], target)
+    thr = choose_threshold(val_probs, val[1], target, max_false_alarms)
     result = {"history": history, "threshold": thr, "val": metrics(val_probs, val[1], thr),
-              "threshold_chosen_on": "validation", "test": {}}
+              "threshold_chosen_on": "validation", "test": {},
+              "threshold_rule": {"target_recall": target,
+                                 "max_false_alarms": max_false_alarms}}
     for test_name, test in tests.items():
         probs = predict(tail, test[0])
         result["test"][test_name] = {"at_0.5": metrics(probs, test[1], 0.5),
@@ -371,6 +379,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed for splits and training")
     ap.add_argument("--target-recall", type=float, default=0.98,
                     help="without_mask recall the threshold is chosen for (on validation)")
+    ap.add_argument("--max-false-alarms", type=float, default=None,
+                    help="never choose a threshold that flags more than this share of the "
+                    "with_mask validation faces (default: no cap)")
     ap.add_argument("--augment", default="scene", choices=sorted(PRESETS),
                     help="augmentation preset of the cached views 1..N-1")
     ap.add_argument("--views", type=int, default=4, help="cached views per face (view 0 plain)")
@@ -441,7 +452,7 @@ def main() -> int:
         if args.only and name not in args.only:
             continue
         exp = experiment(name, cache, train_parts, val_parts, tests, args.epochs, args.seed,
-                         args.target_recall, repeat)
+                         args.target_recall, repeat, args.max_false_alarms)
         results[name] = exp["result"]
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         if name == "bundled":

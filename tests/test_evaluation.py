@@ -11,6 +11,7 @@ import pytest
 from maskwatch.evaluation.metrics import (
     confusion_matrix,
     evaluate_predictions,
+    false_alarm_floor,
     roc_auc,
     roc_curve,
     threshold_for_recall,
@@ -79,6 +80,27 @@ def test_threshold_for_recall():
     assert threshold_for_recall(y, s, 1.0, current=0.5) == (0.3, 1.0)
     with pytest.raises(ValueError):
         threshold_for_recall([0, 0], [0.1, 0.2], 0.9)
+
+
+def test_false_alarm_cap_holds_the_threshold_up():
+    # one bare face scored near zero: full recall would flag every masked face
+    y = [1, 1, 1, 1, 0, 0, 0, 0, 0]
+    s = [0.9, 0.8, 0.6, 0.01, 0.3, 0.2, 0.1, 0.05, 0.02]
+    assert threshold_for_recall(y, s, 1.0) == (0.01, 1.0)
+    t, recall = threshold_for_recall(y, s, 1.0, max_false_alarms=0.2)
+    # at most 1 of 5 masked faces may alarm: the threshold rises just above the second one
+    assert 0.2 < t < 0.3 + 1e-12 and t == pytest.approx(0.2)
+    assert recall == 0.75
+    assert sum(v >= t for v, lab in zip(s, y) if lab == 0) == 1
+    # a cap the recall rule already meets changes nothing
+    assert threshold_for_recall(y, s, 0.75, max_false_alarms=0.2) == (0.5, 0.75)
+    assert threshold_for_recall(y, s, 1.0, max_false_alarms=1.0) == (0.01, 1.0)
+    # cap 0: no masked face may alarm
+    t0, _ = threshold_for_recall(y, s, 1.0, max_false_alarms=0.0)
+    assert t0 > 0.3
+    assert false_alarm_floor([], 0.0) == 0.0
+    with pytest.raises(ValueError):
+        threshold_for_recall(y, s, 1.0, max_false_alarms=1.5)
 
 
 # ---------------------------------------------------------------- the CLI
@@ -174,6 +196,33 @@ def test_target_recall_written_beside_the_model(tmp_path, checkpoint, capsys):
     # a second write would replace the copy: refused without --overwrite
     assert cli_main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_max_false_alarms_caps_the_chosen_threshold(tmp_path, checkpoint, capsys):
+    data = _faces(tmp_path / "ds")
+    p, y = _independent_scores(checkpoint, data)
+    base = ["evaluate", "--data", str(data), "--model", str(checkpoint), "--json",
+            "--threads", "1", "--target-recall", "1.0"]
+    assert cli_main(base) == 0
+    free = json.loads(capsys.readouterr().out)["threshold_choice"]
+    flagged = (p[y == 0] >= free["threshold"]).mean()
+    assert free["false_alarms"] == pytest.approx(flagged)
+    assert free["reached"] and free["max_false_alarms"] is None
+    assert cli_main([*base, "--max-false-alarms", "0"]) == 0
+    capped = json.loads(capsys.readouterr().out)["threshold_choice"]
+    assert capped["false_alarms"] == 0.0 and capped["max_false_alarms"] == 0.0
+    assert capped["threshold"] > p[y == 0].max()
+    assert capped["recall"] == pytest.approx((p[y == 1] >= capped["threshold"]).mean())
+    assert capped["reached"] == (capped["recall"] == 1.0)
+    # the human report says what the cap did
+    assert cli_main([*base[:5], "--no-save", "--threads", "1", "--target-recall", "1.0",
+                     "--max-false-alarms", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "with_mask faces flagged at it: 0.0000 (cap 0)" in text
+    assert ("target recall is not reached" in text) == (not capped["reached"])
+    # the cap alone is refused with one line
+    assert cli_main(base[:6] + ["--max-false-alarms", "0.1"]) == 2
+    assert "--max-false-alarms needs --target-recall" in capsys.readouterr().err
 
 
 def test_evaluate_out_folder_has_plots_and_gallery(tmp_path, checkpoint, capsys):

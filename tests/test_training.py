@@ -165,6 +165,19 @@ def test_decode_cache_is_reused_and_bad_images_reported(tmp_path):
     assert other.images.shape[1] == 20 and len(list(cache.glob("*.npy"))) == 2
 
 
+
+def test_decode_workers_started_by_forkserver_give_the_same_faces(tmp_path):
+    """Scripts that ran threads before decoding ask for forkserver workers: same faces."""
+    from maskwatch.data.model import Sample
+
+    make_dataset(tmp_path / "ds", per_class=3)
+    files = sorted((tmp_path / "ds").rglob("*.png"))
+    samples = [Sample(files[i % len(files)], "with_mask") for i in range(260)]  # > 256: a pool
+    plain = decode_faces(samples, 16, workers=1, progress=False)
+    pooled = decode_faces(samples, 16, workers=2, progress=False, start_method="forkserver")
+    assert pooled.ok.all() and np.array_equal(plain.images, pooled.images)
+
+
 # ---------------------------------------------------------------- checkpoints
 
 

@@ -36,6 +36,8 @@ def register(subparsers) -> None:
             "maskwatch evaluate -d faces/ -m runs/r1/best.safetensors",
             "maskwatch evaluate -d split/manifest.csv --split test -t 0.5 -j",
             "maskwatch evaluate -d val.csv -m model.onnx --target-recall 0.98 --write-threshold",
+            "maskwatch evaluate -d val.csv -m model.onnx --target-recall 0.98 "
+            "--max-false-alarms 0.02",
         ],
     )
     p.add_argument("-d", "--data", required=True, help="dataset folder, CSV or manifest")
@@ -53,6 +55,10 @@ def register(subparsers) -> None:
     add_save_arguments(p, "the report: metrics, confusion/ROC plots, a gallery of mistakes")
     p.add_argument("--target-recall", type=float, default=None,
                    help="choose the without_mask threshold reaching this recall (e.g. 0.98)")
+    p.add_argument("--max-false-alarms", type=float, default=None, metavar="SHARE",
+                   help="with --target-recall: never choose a threshold that flags more than "
+                   "this share of the with_mask faces (e.g. 0.02); recall may then fall "
+                   "short of the target, and the output says so (default: no cap)")
     p.add_argument("--write-threshold", action="store_true",
                    help="store the chosen threshold in a copy of the model beside it "
                    "(<name>.recallR.*), or in the model itself with --overwrite")
@@ -124,6 +130,13 @@ def _human(m: dict, threshold_info: dict | None, failed: int, dropped: int) -> s
         lines += ["", f"threshold for recall >= {t['target_recall']}: {t['threshold']:.4f} "
                   f"(was {t['previous']:.4f}): recall {t['recall']:.4f}, "
                   f"specificity {_fmt(t['specificity'])}"]
+        if t.get("false_alarms") is not None:
+            lines.append(f"with_mask faces flagged at it: {t['false_alarms']:.4f}"
+                         + (f" (cap {t['max_false_alarms']:g})"
+                            if t["max_false_alarms"] is not None else ""))
+        if not t["reached"] and t["max_false_alarms"] is not None:
+            lines.append(f"the target recall is not reached: the cap of "
+                         f"{t['max_false_alarms']:g} false alarms holds the threshold up")
         if t.get("written_to"):
             lines.append(f"written to {t['written_to']}")
     return "\n".join(lines)
@@ -154,6 +167,11 @@ def run_evaluate(args) -> int:
         raise MaskwatchError("--write-threshold needs --model (the bundled model is read-only)")
     if args.target_recall is not None and not 0 < args.target_recall <= 1:
         raise MaskwatchError("--target-recall must be between 0 and 1")
+    if args.max_false_alarms is not None:
+        if args.target_recall is None:
+            raise MaskwatchError("--max-false-alarms needs --target-recall")
+        if not 0 <= args.max_false_alarms <= 1:
+            raise MaskwatchError("--max-false-alarms must be between 0 and 1")
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and any(out.iterdir()) and not args.overwrite:
         raise MaskwatchError(f"{out}: folder is not empty; choose another -o or pass "
@@ -185,7 +203,7 @@ def run_evaluate(args) -> int:
     metrics = result.metrics()
     tinfo = None
     if args.target_recall is not None:
-        tinfo = choose_threshold(result, args.target_recall)
+        tinfo = choose_threshold(result, args.target_recall, args.max_false_alarms)
         if args.write_threshold:
             tag = f"recall{args.target_recall:g}"
             tinfo["written_to"] = str(write_threshold(args.model, tinfo["threshold"], tag,

@@ -180,20 +180,31 @@ def score_samples(
                       model_classes=model_classes, answers_left_out=moved)
 
 
-def choose_threshold(result: EvalResult, target: float) -> dict:
-    """The without_mask threshold closest to the current one that reaches ``target`` recall."""
+def choose_threshold(result: EvalResult, target: float,
+                     max_false_alarms: float | None = None) -> dict:
+    """The without_mask threshold closest to the current one that reaches ``target`` recall;
+    with ``max_false_alarms``, never one that flags more than that share of the with_mask
+    faces (recall then falls short of the target, and says so)."""
     if WITHOUT_MASK not in result.classes:
         raise MaskwatchError("--target-recall needs a model with a without_mask class")
     pos = result.classes.index(WITHOUT_MASK)
+    # the floor counts alarms on masked faces; an incorrect_mask face flagged is no false alarm
+    neg = (result.y_true == result.classes.index(WITH_MASK) if WITH_MASK in result.classes
+           else np.zeros(len(result.y_true), bool))
+    both = (result.y_true == pos) | neg
     try:
-        t, recall = threshold_for_recall(result.y_true == pos, result.probs[:, pos], target,
-                                         result.threshold)
+        t, recall = threshold_for_recall(result.y_true[both] == pos, result.probs[both, pos],
+                                         target, result.threshold, max_false_alarms)
     except ValueError as exc:
         raise MaskwatchError(f"--target-recall: {exc}") from None
     at = result.metrics(t)
+    alarms = float((result.probs[neg, pos] >= t).mean()) if neg.any() else None
     return {
-        "target_recall": target, "previous": result.threshold, "threshold": round(t, 6),
-        "recall": recall, "specificity": at["specificity"], "accuracy": at["accuracy"],
+        # unrounded: rounding could flag a face the cap keeps out, or drop one the target needs
+        "target_recall": target, "previous": result.threshold, "threshold": t,
+        "recall": recall, "reached": recall >= target - 1e-9,
+        "max_false_alarms": max_false_alarms, "false_alarms": alarms,
+        "specificity": at["specificity"], "accuracy": at["accuracy"],
         "balanced_accuracy": at["balanced_accuracy"],
     }
 

@@ -81,16 +81,22 @@ def roc_curve(y_positive, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def threshold_for_recall(
-    y_positive, scores, target: float, current: float = 0.5
+    y_positive, scores, target: float, current: float = 0.5,
+    max_false_alarms: float | None = None,
 ) -> tuple[float, float]:
     """The threshold closest to ``current`` at which recall (score >= t) reaches ``target``.
 
     Recall only falls as the threshold rises, so the answer is ``min(current, t_max)``
-    where ``t_max`` is the highest threshold that still reaches the target. Returns
-    (threshold, recall at it).
+    where ``t_max`` is the highest threshold that still reaches the target. With
+    ``max_false_alarms`` the threshold never drops below the lowest one that flags at most
+    that share of the negatives: a few positives scored near zero then cost recall instead
+    of dragging the threshold down to where most negatives alarm. Returns (threshold,
+    recall at it).
     """
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target recall must be in (0, 1], got {target}")
+    if max_false_alarms is not None and not 0.0 <= max_false_alarms <= 1.0:
+        raise ValueError(f"the false-alarm cap must be in [0, 1], got {max_false_alarms}")
     y = np.asarray(y_positive, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
     pos = np.sort(s[y])[::-1]
@@ -99,7 +105,19 @@ def threshold_for_recall(
     k = max(1, math.ceil(target * len(pos) - 1e-9))
     t_max = float(pos[k - 1])
     t = min(float(current), t_max)
+    if max_false_alarms is not None:
+        t = max(t, false_alarm_floor(s[~y], max_false_alarms))
     return t, float((pos >= t).mean())
+
+
+def false_alarm_floor(negative_scores, max_false_alarms: float) -> float:
+    """The lowest threshold at which at most ``max_false_alarms`` of the negatives score
+    at or above it (0.0 when every threshold does)."""
+    neg = np.sort(np.asarray(negative_scores, dtype=np.float64))[::-1]
+    allowed = math.floor(max_false_alarms * len(neg) + 1e-9)
+    if allowed >= len(neg):
+        return 0.0
+    return float(np.nextafter(neg[allowed], np.inf))
 
 
 def evaluate_predictions(

@@ -150,10 +150,15 @@ def decode_faces(
     workers: int = 0,
     progress: bool = True,
     desc: str = "decoding",
+    start_method: str | None = None,
 ) -> FaceArray:
     """Decode and resize every sample once; reuse the .npy cache when its key matches.
 
     ``cache_dir=None`` disables the cache. ``workers``: decoding processes (0: CPU count).
+    ``start_method``: how they start (default ``fork`` where there is one: no importable
+    ``__main__`` needed). A script guarded by ``if __name__ == "__main__"`` that has run
+    threads (OpenCV, ONNX Runtime, torch) before should pass ``"forkserver"``: a child
+    forked from a threaded process can wait forever on a lock another thread held.
     """
     from tqdm import tqdm
 
@@ -185,7 +190,7 @@ def decode_faces(
         pool = None
     else:
         # fork: workers inherit the loaded modules and need no importable __main__
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        method = start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         pool = mp.get_context(method).Pool(min(workers, 16), initializer=_init_worker)
         results = pool.imap_unordered(_decode, jobs, chunksize=32)
     try:
