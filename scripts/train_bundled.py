@@ -371,6 +371,7 @@ def experiment(name, cache, train_parts, val_parts, tests, epochs, seed, target,
 
 
 def main() -> int:
+    global SIZE
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="../shared/datasets", help="datasets folder")
@@ -385,6 +386,8 @@ def main() -> int:
     ap.add_argument("--augment", default="scene", choices=sorted(PRESETS),
                     help="augmentation preset of the cached views 1..N-1")
     ap.add_argument("--views", type=int, default=4, help="cached views per face (view 0 plain)")
+    ap.add_argument("--size", type=int, default=SIZE,
+                    help="input size in pixels (the cache and the model follow it)")
     ap.add_argument("--results", default="results.json", help="results file name in --out")
     ap.add_argument("--only", nargs="*", default=None, help="experiments to run")
     ap.add_argument("--install", action="store_true",
@@ -406,6 +409,7 @@ def main() -> int:
     ap.add_argument("--no-int8", dest="int8", action="store_false",
                     help="install the fp32 model instead of the int8 one")
     args = ap.parse_args()
+    SIZE = args.size
     if args.classes == 3:
         CLASSES.append(INCORRECT_MASK)
     torch.set_num_threads(int(os.environ.get("MASKWATCH_THREADS", "2")))

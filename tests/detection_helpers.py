@@ -127,9 +127,11 @@ class BlobDetector(FaceDetector):
     def __init__(self, threshold: float | None = None, **_ignored):
         self.threshold = 0.4 if threshold is None else float(threshold)
         self.calls = 0
+        self.min_sides: list[float] = []  # what the pipeline asked for, call by call
 
-    def detect(self, rgb):
+    def detect(self, rgb, min_side: float = 0.0):
         self.calls += 1
+        self.min_sides.append(min_side)
         mask = (rgb[:, :, 0] == FACE_R).astype(np.uint8)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
         out = []

@@ -56,6 +56,19 @@ def test_calibrate_recovers_a_head_box_convention(tmp_path, tiny_model):
     assert (tmp_path / "site.onnx").read_bytes() == tiny_model.read_bytes()
 
 
+def test_held_out_scenes_are_rerun_as_the_site_model_runs_them(tmp_path, tiny_model):
+    """A site model with a smallest face runs a coarser finer pass (or none): the held-out
+    'after' figures come from the detector run that way, not from the fitting run."""
+    finder = BlobDetector()
+    csv = site_scenes(tmp_path / "site", 30, HEAD_BOXES)
+    r = cal.calibrate(csv, tmp_path / "site.onnx", model=tiny_model, progress=False,
+                      face_detector=finder, classifier=SkinClassifier())
+    assert r["min_face"] > 0
+    wanted = pipeline.refine_min_side(r["min_face"], r["box_map"])
+    assert 0 < wanted < r["min_face"]
+    assert finder.min_sides == [0.0] * 30 + [pytest.approx(wanted)] * r["held_out_scenes"]
+
+
 def test_a_site_annotating_like_the_detector_keeps_the_box_convention(tmp_path, tiny_model):
     r = _calibrate(tmp_path, tiny_model, (1.0, 1.0, 0.0, 0.0))
     assert r["box_map"] == [1.0, 1.0, 0.0, 0.0]

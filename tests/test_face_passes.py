@@ -149,3 +149,46 @@ def test_passes_says_whether_the_finer_pass_runs():
     assert SquareFinder(detect_size=320, refine_size=0).passes(
         photo([(100, 100, 40)])[0]) == 1
     assert finder.inputs and all(shape[0] <= 240 for shape in finder.inputs)  # first pass only
+
+
+def test_min_side_skips_or_coarsens_the_finer_pass():
+    # 1600 x 1200: first pass at 0.2, finer pass at 0.5; 100 px squares are 20 first-pass
+    # pixels (small), 40 px ones 8
+    big = (900, 300, 400)
+    finder = SquareFinder(detect_size=320, refine_size=800)
+    img, truth = photo([big, (100, 100, 40), (200, 120, 40)])
+    assert len(finder.detect(img)) == 3 and len(finder.inputs) == 2
+    finder.inputs.clear()
+    # faces under 60 px are not wanted: no finer pass, and the small ones come as the first
+    # pass drew them (the caller drops them)
+    assert len(finder.detect(img, min_side=60)) == 3 and len(finder.inputs) == 1
+    assert finder.passes(img, min_side=60) == 1 and finder.passes(img) == 2
+    # 100 px faces wanted from 80 px: a finer pass, but at 24 / 80 = 0.3 instead of 0.5
+    img, truth = photo([big, (100, 100, 100), (260, 120, 100)])
+    finder.inputs.clear()
+    fine = finder.detect(img)
+    full_input = finder.inputs[1]
+    finder.inputs.clear()
+    coarse = finder.detect(img, min_side=80)
+    assert len(finder.inputs) == 2
+    assert finder.inputs[1][0] == pytest.approx(full_input[0] * 0.3 / 0.5, abs=2)
+    for found in (fine, coarse):
+        for box in truth:
+            assert max(iou(f[:4], box) for f in found) > 0.8
+
+
+def test_detector_min_face_asks_for_no_finer_pass_below_it():
+    from maskwatch.detection.pipeline import REFINE_MIN_FACE_SLACK, Detector, refine_min_side
+
+    assert refine_min_side(0) == 0.0
+    assert refine_min_side(50) == pytest.approx(REFINE_MIN_FACE_SLACK * 50)
+    # a site drawing heads 1.6x as tall as the detector's boxes: smaller detector faces count
+    assert refine_min_side(50, (1.4, 1.6, 0.0, -0.15)) == pytest.approx(
+        REFINE_MIN_FACE_SLACK * 50 / 1.6)
+    assert refine_min_side(50, (0.8, 0.9, 0.0, 0.0)) == refine_min_side(50)
+    img, _ = photo([(900, 300, 400), (100, 100, 40), (200, 120, 40)])
+    for min_face, passes in ((0, 2), (60, 1)):
+        finder = SquareFinder(detect_size=320, refine_size=800)
+        faces = Detector(face_detector=finder, classifier=False, min_face=min_face).detect(img)
+        assert len(finder.inputs) == passes
+        assert len(faces) == (3 if min_face == 0 else 1)

@@ -135,8 +135,9 @@ def _human(m: dict, threshold_info: dict | None, failed: int, dropped: int) -> s
                          + (f" (cap {t['max_false_alarms']:g})"
                             if t["max_false_alarms"] is not None else ""))
         if not t["reached"] and t["max_false_alarms"] is not None:
-            lines.append(f"the target recall is not reached: the cap of "
-                         f"{t['max_false_alarms']:g} false alarms holds the threshold up")
+            lines.append(f"the target recall is not reached: the cap (at most "
+                         f"{t['max_false_alarms']:g} of with_mask faces flagged) holds the "
+                         f"threshold up")
         if t.get("written_to"):
             lines.append(f"written to {t['written_to']}")
     return "\n".join(lines)

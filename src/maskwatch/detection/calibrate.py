@@ -32,7 +32,12 @@ from maskwatch.detection.evaluate import (
     score_detections,
     subset_map,
 )
-from maskwatch.detection.pipeline import Detector, detect_decoded, site_boxes
+from maskwatch.detection.pipeline import (
+    Detector,
+    detect_decoded,
+    refine_min_side,
+    site_boxes,
+)
 from maskwatch.errors import MaskwatchError
 from maskwatch.inference.modelfile import SiteParams
 from maskwatch.inference.preprocess import decide
@@ -321,12 +326,15 @@ def fit_site(scenes, cache, classes, defaults: Settings, margin: float = 0.01) -
     return Fit(settings=s, defaults=defaults, report=report)
 
 
-def held_out_report(scenes, cache, classes, before: Settings, after: Settings) -> dict:
-    """mAP at 0.5 / 0.3, loose-match share and mask balanced accuracy, before and after."""
+def held_out_report(scenes, cache, classes, before: Settings, after: Settings,
+                    after_cache=None) -> dict:
+    """mAP at 0.5 / 0.3, loose-match share and mask balanced accuracy, before and after
+    (``after_cache``: the detector's output as the fitted settings run it, when it differs
+    from ``cache``)."""
     out: dict = {"scenes": len(scenes)}
-    for name, s in (("before", before), ("after", after)):
-        r = score_detections(scenes, predictions(cache, s, classes))
-        probs, truth = mask_outcomes(scenes, cache, s, classes)
+    for name, s, c in (("before", before, cache), ("after", after, after_cache or cache)):
+        r = score_detections(scenes, predictions(c, s, classes))
+        probs, truth = mask_outcomes(scenes, c, s, classes)
         ba, rec = mask_rates(probs, truth, classes, s.mask_threshold)
         out[name] = {
             "map50": r.get("map50"), "map30": r.get("map30"),
@@ -431,7 +439,12 @@ def calibrate(
         "fit": fit.report,
     }
     if held_idx:
-        report["held_out"] = held_out_report(*pick(held_idx), classes, defaults, s)
+        after_cache = None
+        if s.min_face > 0:  # the site's finer pass skips faces under min_face: run it so
+            det.refine_min_side = refine_min_side(s.min_face, s.box_map)
+            after_cache = run_detector([scenes[i] for i in held_idx], det, False, None)
+        report["held_out"] = held_out_report(*pick(held_idx), classes, defaults, s,
+                                             after_cache)
     fitted = {k: report[k] for k in ("scenes", "fit_scenes", "held_out_scenes", "seed")}
     fitted.update(given, source_model=src.name)
     if held_idx:

@@ -191,17 +191,18 @@ class FaceDetector:
         self.refine_size = int(refine_size or 0)
         self.refine_below = int(refine_below)
 
-    def detect(self, rgb: np.ndarray) -> list[Box]:
+    def detect(self, rgb: np.ndarray, min_side: float = 0.0) -> list[Box]:
         """Return face boxes ``(x1, y1, x2, y2, score)`` in the pixels of ``rgb``, best first.
 
         The first pass sees the photo shrunk to ``detect_size`` (or enlarged to it when
         ``upscale``); the second pass (see the class) sees the part with small faces
         enlarged to ``refine_size`` (sizes as in :func:`pass_scales`). Boxes are scaled
-        back.
+        back. ``min_side``: first-pass faces whose shorter side is under this many photo
+        pixels start no finer pass (for callers that drop faces that small anyway).
         """
         rgb = _check_rgb(rgb)
         h, w = rgb.shape[:2]
-        boxes, small, first_scale, second_scale = self._first_pass(rgb)
+        boxes, small, first_scale, second_scale = self._first_pass(rgb, min_side)
         if second_scale and small:
             region = refine_region(small, first_scale, w, h, self.refine_below)
             x1, y1, x2, y2 = region
@@ -220,22 +221,30 @@ class FaceDetector:
         out.sort(key=lambda b: -b[4])
         return drop_nested(out)
 
-    def _first_pass(self, rgb: np.ndarray) -> tuple[list[Raw], list[Raw], float, float | None]:
+    def _first_pass(self, rgb: np.ndarray, min_side: float = 0.0
+                    ) -> tuple[list[Raw], list[Raw], float, float | None]:
         """The first pass on ``rgb``: its boxes (down to the finer pass's trigger score),
-        those small enough for a finer pass, and both passes' scales (see
-        :func:`pass_scales`; the second is None when no finer pass can run)."""
+        those small enough for a finer pass (and at least ``min_side`` photo pixels), and
+        both passes' scales (see :func:`pass_scales`; the second is None when no finer pass
+        can run)."""
         h, w = rgb.shape[:2]
         first_scale, second_scale = pass_scales(w, h, self.detect_size, self.refine_size,
                                                 self.upscale)
+        if second_scale and min_side > 0:
+            # the finer pass need only show a face of min_side as big as the first pass
+            # shows the faces it keeps (refine_below pixels)
+            second_scale = min(second_scale, max(self.refine_below / min_side,
+                                                 1.25 * first_scale))
         low = min(self.threshold, REFINE_TRIGGER) if second_scale else self.threshold
         boxes = self._detect_scaled(rgb, first_scale, low)
-        small = [b for b in boxes if _side(b) * first_scale < self.refine_below]
+        small = [b for b in boxes
+                 if min_side <= _side(b) and _side(b) * first_scale < self.refine_below]
         return boxes, small, first_scale, second_scale
 
-    def passes(self, rgb: np.ndarray) -> int:
+    def passes(self, rgb: np.ndarray, min_side: float = 0.0) -> int:
         """How many passes :meth:`detect` runs on ``rgb``: 1, or 2 where the first finds
         small faces (``maskwatch bench`` picks the photos that cost one pass with it)."""
-        _, small, _, second_scale = self._first_pass(_check_rgb(rgb))
+        _, small, _, second_scale = self._first_pass(_check_rgb(rgb), min_side)
         return 2 if second_scale and small else 1
 
     def _detect_scaled(self, rgb: np.ndarray, scale: float, threshold: float) -> list[Raw]:
