@@ -9,8 +9,9 @@ The 853 set's held-out test scenes (the split scripts/train_bundled.py makes: ra
          (width x1.4, height x1.6, centre 0.15 face heights up, clipped to the image).
 
 For each site it runs `maskwatch calibrate` on the 10% (all of it fitted: --holdout 0) and
-`maskwatch evaluate-detection` on the 90% with the bundled model and with the site model,
-printing each command and, at the end, one JSON summary.
+`maskwatch evaluate-detection` on the 90% with the bundled model and with the site model
+(mAP, and the pipeline's milliseconds per photo), printing each command and, at the end,
+one JSON summary.
 
 Usage: python scripts/site_calibration.py --datasets ../shared/datasets --out runs/site
 """
@@ -96,7 +97,7 @@ def main() -> int:
         after = run([*mw, "evaluate-detection", "--data", str(parts[site, "rest"]), "--json",
                      "--model", str(model), *common])
         keys = ("map50", "map30", "precision50", "recall50", "false_boxes_per_image",
-                "loose_match_share")
+                "loose_match_share", "ms_per_image")
         summary["sites"][site] = {
             "fitted": {k: fitted[k] for k in ("box_map", "min_face", "face_threshold",
                                                "mask_threshold")},
