@@ -1,10 +1,10 @@
 """Train the bundled classifier and measure it across datasets.
 
-Recipe: torchvision's ImageNet MobileNetV2 at 96 px; blocks 0-13 frozen, their outputs
-computed once per image for a few augmented views ("scene" preset: strong augmentation
-plus low-resolution round trips, as distant faces look) and cached; blocks 14-18 and the head
-fine-tuned on the cache (AdamW, cosine schedule, class weights, early stopping on
-validation loss). The same cache serves every cross-dataset experiment:
+Recipe: torchvision's ImageNet MobileNetV2 at 96 px (--backbone); blocks 0-13 frozen
+(--frozen-blocks), their outputs computed once per image for a few augmented views ("scene"
+preset: strong augmentation plus low-resolution round trips, as distant faces look) and
+cached; blocks 14-18 and the head fine-tuned on the cache (AdamW, cosine schedule, class
+weights, early stopping on validation loss). The same cache serves every cross-dataset experiment:
 
   x1  train 12K + 7,553   -> test 853-scene faces (all of them)
   x2  train 853 + 12K     -> test 7,553
@@ -57,10 +57,13 @@ from maskwatch.training.augment import PRESETS, augment_batch  # noqa: E402
 from maskwatch.training.data import decode_faces  # noqa: E402
 
 CLASSES = [WITH_MASK, WITHOUT_MASK]  # main() adds INCORRECT_MASK with --classes 3
-FROZEN_BLOCKS = 14  # features[0:14] frozen: stride 16, 96 channels
+BACKBONE = "mobilenet_v2"
+#: features[0:N] frozen by default, per backbone: up to the last stride-16 block
+DEFAULT_FROZEN = {"mobilenet_v2": 14, "efficientnet_lite0": 12}
+FROZEN_BLOCKS = DEFAULT_FROZEN[BACKBONE]
 SIZE = 96
 MARGIN_SCENES = 0.15  # matches the detector's crop margin
-MEAN = [0.485, 0.456, 0.406]
+MEAN = [0.485, 0.456, 0.406]  # main() takes the backbone's
 STD = [0.229, 0.224, 0.225]
 
 
@@ -133,7 +136,8 @@ def load_all(root: Path, out: Path, seed: int) -> dict:
 
 
 class Tail(nn.Module):
-    """MobileNetV2 blocks 14-18 and the classifier, trained on cached block-13 outputs."""
+    """The backbone's blocks from FROZEN_BLOCKS on and the classifier, trained on cached
+    outputs of the frozen blocks before them."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -146,13 +150,13 @@ class Tail(nn.Module):
 
 
 def base_model() -> nn.Module:
-    return create_model("mobilenet_v2", len(CLASSES), pretrained="imagenet", dropout=0.2)
+    return create_model(BACKBONE, len(CLASSES), pretrained="imagenet", dropout=0.2)
 
 
 @torch.inference_mode()
 def features(frozen: nn.Module, faces: np.ndarray, view: int, seed: int,
              augment: str) -> torch.Tensor:
-    """Block-13 outputs (fp16) for one view of every face (view 0: not augmented)."""
+    """Frozen blocks' outputs (fp16) for one view of every face (view 0: not augmented)."""
     cfg = None if view == 0 else PRESETS[augment]
     g = torch.Generator().manual_seed(seed * 1000 + view)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
@@ -179,7 +183,10 @@ def build_cache(sets: dict, out: Path, seed: int, augment: str, views: int) -> d
         keep = np.flatnonzero(faces.ok)
         digest = hashlib.sha256("\n".join(f"{s.path}|{s.label}|{s.box}" for s in samples)
                                 .encode()).hexdigest()[:12]  # same faces, same features
-        path = out / "cache" / f"feat-{name}-{digest}-{SIZE}-{augment}-{views}-{seed}.pt"
+        blocks = ("" if BACKBONE == "mobilenet_v2" else f"-{BACKBONE}") + (
+            "" if FROZEN_BLOCKS == DEFAULT_FROZEN[BACKBONE] else f"-f{FROZEN_BLOCKS}")
+        path = (out / "cache"
+                / f"feat-{name}-{digest}-{SIZE}{blocks}-{augment}-{views}-{seed}.pt")
         if path.is_file():
             feats = torch.load(path, weights_only=True)
         else:
@@ -371,7 +378,7 @@ def experiment(name, cache, train_parts, val_parts, tests, epochs, seed, target,
 
 
 def main() -> int:
-    global SIZE
+    global SIZE, FROZEN_BLOCKS, BACKBONE, MEAN, STD
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="../shared/datasets", help="datasets folder")
@@ -388,6 +395,13 @@ def main() -> int:
     ap.add_argument("--views", type=int, default=4, help="cached views per face (view 0 plain)")
     ap.add_argument("--size", type=int, default=SIZE,
                     help="input size in pixels (the cache and the model follow it)")
+    ap.add_argument("--backbone", default=BACKBONE, choices=sorted(DEFAULT_FROZEN),
+                    help="ImageNet network to fine-tune")
+    ap.add_argument("--frozen-blocks", type=int, default=None,
+                    help="the backbone's blocks features[0:N] stay frozen and cached, the "
+                    "rest and the head are fine-tuned (default: " + ", ".join(
+                        f"{k} {v}" for k, v in DEFAULT_FROZEN.items()) + "; mobilenet_v2 7: "
+                    "from the first stride-16 block)")
     ap.add_argument("--results", default="results.json", help="results file name in --out")
     ap.add_argument("--only", nargs="*", default=None, help="experiments to run")
     ap.add_argument("--install", action="store_true",
@@ -410,6 +424,14 @@ def main() -> int:
                     help="install the fp32 model instead of the int8 one")
     args = ap.parse_args()
     SIZE = args.size
+    BACKBONE = args.backbone
+    from maskwatch.models import model_spec
+
+    MEAN, STD = list(model_spec(BACKBONE).mean), list(model_spec(BACKBONE).std)
+    FROZEN_BLOCKS = DEFAULT_FROZEN[BACKBONE] if args.frozen_blocks is None else args.frozen_blocks
+    n_blocks = len(create_model(BACKBONE, 2).features)
+    if not 1 <= FROZEN_BLOCKS < n_blocks:
+        ap.error(f"--frozen-blocks: {BACKBONE} has blocks 0..{n_blocks - 1}")
     if args.classes == 3:
         CLASSES.append(INCORRECT_MASK)
     torch.set_num_threads(int(os.environ.get("MASKWATCH_THREADS", "2")))
@@ -489,7 +511,7 @@ def save_bundled(model: nn.Module, threshold: float, result: dict, out: Path,
     from maskwatch.models.checkpoint import save_checkpoint
 
     info = ModelInfo(
-        name="mobilenet_v2", classes=list(CLASSES), input_size=SIZE, mean=MEAN, std=STD,
+        name=BACKBONE, classes=list(CLASSES), input_size=SIZE, mean=MEAN, std=STD,
         threshold=round(threshold, 4), head="softmax",
         extra={"recipe": "scripts/train_bundled.py", "trained_on": [
             "face-mask-12k (train part)", "face-mask-7553 (train part)",
