@@ -50,15 +50,23 @@ def same_pads(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int,
     return top, left, bottom, right
 
 
+def _padded_conv(x: torch.Tensor, weight: torch.Tensor, stride, pads, groups: int
+                 ) -> torch.Tensor:
+    """Convolution with (top, left, bottom, right) zero padding; symmetric padding is left
+    to the convolution itself."""
+    top, left, bottom, right = pads
+    if top == bottom and left == right:
+        return F.conv2d(x, weight, None, stride, (top, left), 1, groups)
+    return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, None, stride, 0, 1, groups)
+
+
 class _ExportConvSame(torch.autograd.Function):
     """ONNX export only: one Conv with asymmetric ``pads`` instead of Pad + Conv (a Pad
     between quantised layers costs more than the convolution)."""
 
     @staticmethod
     def forward(ctx, x, weight, stride, pads, groups):
-        top, left, bottom, right = pads
-        return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, None, stride, 0, 1,
-                        groups)
+        return _padded_conv(x, weight, stride, pads, groups)
 
     @staticmethod
     def symbolic(g, x, weight, stride, pads, groups):
@@ -75,13 +83,10 @@ class Conv2dSame(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         top, left, bottom, right = same_pads(tuple(int(n) for n in x.shape[-2:]),
                                              self.kernel_size, self.stride)
+        pads = (top, left, bottom, right)
         if torch.onnx.is_in_onnx_export():
-            return _ExportConvSame.apply(x, self.weight, self.stride,
-                                         (top, left, bottom, right), self.groups)
-        if top == bottom and left == right:  # symmetric: the convolution pads
-            return F.conv2d(x, self.weight, None, self.stride, (top, left), 1, self.groups)
-        return F.conv2d(F.pad(x, (left, right, top, bottom)), self.weight, None, self.stride,
-                        0, 1, self.groups)
+            return _ExportConvSame.apply(x, self.weight, self.stride, pads, self.groups)
+        return _padded_conv(x, self.weight, self.stride, pads, self.groups)
 
 
 class ConvBNReLU6(nn.Sequential):
