@@ -204,9 +204,12 @@ def test_alert_fires_after_n_frames_and_is_rate_limited(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Sink.bodies.clear()
     now = [1000.0]
-    record = tmp_path / "alert.json"
+    records = tmp_path / "alerts"
+    records.mkdir()
+    # one file per alert: the two alerts' commands may run at once
     cmd = shlex.join([sys.executable, "-c",
-                      f"import sys; open({str(record)!r}, 'wb').write(sys.stdin.buffer.read())"])
+                      f"import os, sys; open(os.path.join({str(records)!r}, str(os.getpid())),"
+                      " 'wb').write(sys.stdin.buffer.read())"])
     hook = AlertHook(after=3, command=cmd, url=f"http://127.0.0.1:{server.server_port}/hook",
                      interval=30, clock=lambda: now[0])
     try:
@@ -226,7 +229,7 @@ def test_alert_fires_after_n_frames_and_is_rate_limited(tmp_path):
         _Sink.bodies.sort(key=lambda e: e["frame"])  # sent from two threads
         assert _Sink.bodies[0]["frame"] == 2 and _Sink.bodies[0]["consecutive_frames"] == 3
         assert _Sink.bodies[0]["face"]["label"] == "without_mask"
-        assert json.loads(record.read_text())["frame"] in (2, 14)
+        assert sorted(json.loads(f.read_text())["frame"] for f in records.iterdir()) == [2, 14]
     finally:
         server.shutdown()
     with pytest.raises(MaskwatchError, match="http"):

@@ -1,3 +1,3 @@
-from maskwatch.cli import main
+from maskwatch.cli import run
 
-raise SystemExit(main())
+run()

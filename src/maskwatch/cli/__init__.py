@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
 from maskwatch import __version__
-from maskwatch.cli.common import HelpFormatter
+from maskwatch.cli.common import HelpFormatter, allow_fast_exit, fast_exit_allowed
 from maskwatch.errors import MaskwatchError
 
 
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status."""
+    allow_fast_exit(False)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -61,5 +64,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run() -> None:
+    """The console entry point: :func:`main`, then exit with its status, without the
+    interpreter's teardown when the command allowed it (:func:`common.allow_fast_exit`)."""
+    code = main()
+    if fast_exit_allowed():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more can be written
+                pass
+        os._exit(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

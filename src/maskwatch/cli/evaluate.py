@@ -243,9 +243,10 @@ def run_evaluate(args) -> int:
 
 def run_classify(args) -> int:
     import math
+    import os
 
     from maskwatch import batching
-    from maskwatch.cli.common import print_json
+    from maskwatch.cli.common import allow_fast_exit, print_json
     from maskwatch.console import note
     from maskwatch.errors import MaskwatchError
     from maskwatch.imaging import list_images
@@ -259,7 +260,10 @@ def run_classify(args) -> int:
     # the model is loaded here too: a bad --model fails once, with one line, before any
     # worker starts or the results file is touched, and the CSV columns need its classes;
     # in one process it loads on a thread while the files are listed and decoding starts
-    loading = batch.start_classifier(args.model, threads, args.batch_size, args.threshold)
+    # in this process, chunks run side by side, each on one of ``threads`` threads with a
+    # one-thread model run (see batch.ChunkStream)
+    loading = batch.start_classifier(args.model, 1 if here else threads, args.batch_size,
+                                     args.threshold)
     files = list_images(args.paths)
     if not files:
         raise MaskwatchError(f"{', '.join(args.paths)}: no image file here")
@@ -274,7 +278,9 @@ def run_classify(args) -> int:
     if workers > 1:  # small tasks so results stream and the workers stay busy
         size = max(1, min(size, math.ceil(len(files) / (4 * workers))))
     tasks = batching.chunks([str(f) for f in files], size)
-    local = batch.classify_chunks(tasks) if here else None  # the first reads start now
+    local = (batch.classify_chunks(tasks, workers=threads or os.cpu_count() or 1,
+                                   loading=loading)
+             if here else None)  # the first chunks start now
     try:
         loading.result()
     except BaseException:
@@ -336,4 +342,6 @@ def run_classify(args) -> int:
         print(f"maskwatch: {done_count} image(s) written to {args.results}"
               + (f", {skipped} already there" if skipped else "")
               + (f", {failed} unreadable" if failed else ""), file=sys.stderr)
+    if here:  # everything is written and every thread has ended
+        allow_fast_exit()
     return 1 if failed else 0

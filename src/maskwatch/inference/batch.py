@@ -78,9 +78,10 @@ def _model_info():
 Decoded = tuple[np.ndarray, list[str | None]]
 
 
-def read_chunk(paths: list[str]) -> Decoded:
-    """Decode ``paths`` side by side, shrink each to the model's input, and make the
-    normalised batch of those that decoded (all off the thread that runs the model)."""
+def read_chunk(paths: list[str], parallel: bool = True) -> Decoded:
+    """Decode ``paths`` (side by side on the decoding threads when ``parallel``, else one
+    after another on this thread), shrink each to the model's input, and make the
+    normalised batch of those that decoded."""
     from maskwatch.inference.preprocess import prepare, resize_face
 
     info = _model_info()
@@ -92,7 +93,10 @@ def read_chunk(paths: list[str]) -> Decoded:
         except ImageError as exc:
             return None, str(exc)
 
-    decoded = list(_decoder_pool(_STATE.get("threads", 0)).map(read, paths))
+    if parallel:
+        decoded = list(_decoder_pool(_STATE.get("threads", 0)).map(read, paths))
+    else:
+        decoded = [read(path) for path in paths]
     faces = [face for face, _ in decoded if face is not None]
     return prepare(faces, size, info.mean, info.std), [err for _, err in decoded]
 
@@ -114,36 +118,54 @@ def classify_chunk(paths: list[str]) -> list[tuple[str, dict | None, str | None]
 
 
 class ChunkStream:
-    """:func:`classify_chunk` over ``tasks`` in this process, decoding up to ``ahead``
-    chunks before the model labels them (so decoding and inference share the cores, and
-    decoding starts while the model loads: see :func:`start_classifier`). The first reads
-    start at once; iterate for the results, in order; :meth:`close` (called when the
-    iteration ends or is left) cancels the reads not started."""
+    """:func:`classify_chunk` over ``tasks`` in this process, on ``workers`` threads: each
+    decodes a chunk, then labels it with its own run of the shared model (ONNX Runtime runs
+    are thread-safe; load the model with one thread, see :func:`start_classifier`). Whole
+    chunks side by side kept both cores busier than one model run spread over both while
+    other threads decode (README, Speed). Up to ``ahead`` chunks are under way at once from
+    the start: given the ``loading`` future of :func:`start_classifier`, they decode while
+    the model loads and label once it has. Iterate for the results, in order; :meth:`close`
+    (called when the iteration ends or is left) cancels the chunks not started and waits
+    for those under way."""
 
-    def __init__(self, tasks: Iterable[list[str]], ahead: int = 4):
+    def __init__(self, tasks: Iterable[list[str]], workers: int = 1, ahead: int = 4,
+                 loading: Future | None = None):
         self._tasks = iter(tasks)
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="maskwatch-prefetch")
-        self._pending = deque((paths, self._reader.submit(read_chunk, paths))
-                              for paths in islice(self._tasks, max(1, ahead)))
+        self._loading = loading
+        self._closed = False
+        workers = max(1, workers)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="maskwatch-chunk")
+        self._pending = deque((paths, self._pool.submit(self._run, paths))
+                              for paths in islice(self._tasks, max(ahead, workers)))
+
+    def _run(self, paths: list[str]):
+        decoded = read_chunk(paths, parallel=False)
+        if self._closed:
+            return None
+        if self._loading is not None:
+            self._loading.result()
+        return label_chunk(paths, decoded)
 
     def __iter__(self) -> Iterator[list[tuple[str, dict | None, str | None]]]:
         try:
             while self._pending:
                 paths, future = self._pending.popleft()
-                decoded = future.result()
-                self._pending.extend((nxt, self._reader.submit(read_chunk, nxt))
+                labelled = future.result()
+                self._pending.extend((nxt, self._pool.submit(self._run, nxt))
                                      for nxt in islice(self._tasks, 1))
-                yield label_chunk(paths, decoded)
+                yield labelled
         finally:
             self.close()
 
     def close(self) -> None:
+        self._closed = True
         for _, future in self._pending:
             future.cancel()
         self._pending.clear()
-        self._reader.shutdown(wait=True)
+        self._pool.shutdown(wait=True)
 
 
-def classify_chunks(tasks: Iterable[list[str]], ahead: int = 4) -> ChunkStream:
-    """A :class:`ChunkStream` over ``tasks``: its first reads start now."""
-    return ChunkStream(tasks, ahead)
+def classify_chunks(tasks: Iterable[list[str]], workers: int = 1, ahead: int = 4,
+                    loading: Future | None = None) -> ChunkStream:
+    """A :class:`ChunkStream` over ``tasks``: its first chunks start now."""
+    return ChunkStream(tasks, workers, ahead, loading)
