@@ -173,6 +173,29 @@ def test_evaluate_json_matches_direct_scoring(tmp_path, checkpoint, capsys):
     assert set(m["classes"]["with_mask"]) >= {"precision", "recall", "f1", "support"}
 
 
+@pytest.mark.parametrize("bundled", [False, True])
+def test_scoring_side_by_side_keeps_order_and_results(tmp_path, checkpoint, bundled):
+    """Chunks on several threads give what one thread gives, in the samples' order, with
+    the unreadable face listed (torch and ONNX Runtime backends)."""
+    from maskwatch.data import load_dataset
+    from maskwatch.evaluation.evaluate import score_samples
+    from maskwatch.inference.classifier import Classifier
+
+    data = _faces(tmp_path / "ds", per_class=9)
+    (data / "test" / "with_mask" / "broken.png").write_bytes(b"not a png")
+    samples = sorted(load_dataset(data).samples, key=lambda s: str(s.path))
+    labels = np.array([0 if s.label == "with_mask" else 1 for s in samples])
+    clf = Classifier(None if bundled else checkpoint, threads=1)
+    one = score_samples(clf, samples, labels, 0.0, batch=4, progress=False, workers=1)
+    many = score_samples(clf, samples, labels, 0.0, batch=4, progress=False, workers=3)
+    assert len(one.failed) == len(many.failed) == 1 and "broken.png" in many.failed[0]
+    assert [s.path for s in many.samples] == [s.path for s in one.samples]
+    assert [s.path for s in many.samples] == [s.path for s in samples
+                                              if s.path.name != "broken.png"]
+    assert many.y_true.tolist() == one.y_true.tolist()
+    np.testing.assert_allclose(many.probs, one.probs, rtol=1e-5, atol=1e-6)
+
+
 def test_target_recall_written_beside_the_model(tmp_path, checkpoint, capsys):
     from maskwatch.models.checkpoint import read_header
 

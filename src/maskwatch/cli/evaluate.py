@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 ORDER = 30
@@ -178,7 +179,9 @@ def run_evaluate(args) -> int:
         raise MaskwatchError(f"{out}: folder is not empty; choose another -o or pass "
                              "--overwrite")
     ds = load_dataset(args.data, mapping=args.mapping)
-    clf = Classifier(args.model, threads=args.threads, batch_size=args.batch_size,
+    # chunks of faces side by side, one a thread, each with a one-thread model run
+    workers = args.threads or os.cpu_count() or 1
+    clf = Classifier(args.model, threads=1, batch_size=args.batch_size,
                      threshold=args.threshold)
     seen = trained_on(clf.info.extra, args.data)
     if seen:
@@ -195,7 +198,8 @@ def run_evaluate(args) -> int:
     if margin is None:
         margin = float(clf.info.extra.get("margin", 0.1))
     result = score_samples(clf, samples, labels, margin, args.batch_size,
-                           progress=not args.json or sys.stderr.isatty(), classes=classes)
+                           progress=not args.json or sys.stderr.isatty(), classes=classes,
+                           workers=workers)
     result.dropped = dropped
     for err in result.failed[:5]:
         print(f"maskwatch: skipped {err}", file=sys.stderr)
@@ -243,7 +247,6 @@ def run_evaluate(args) -> int:
 
 def run_classify(args) -> int:
     import math
-    import os
 
     from maskwatch import batching
     from maskwatch.cli.common import allow_fast_exit, print_json

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -133,40 +134,48 @@ def map_labels(samples: list, classes: list[str], incorrect: str = "drop"):
 
 def score_samples(
     classifier, samples: list, labels: np.ndarray, margin: float, batch: int = 64,
-    progress: bool = True, classes: list[str] | None = None,
+    progress: bool = True, classes: list[str] | None = None, workers: int = 1,
 ) -> EvalResult:
     """Read each face (box grown by ``margin``), score it; unreadable ones are listed.
 
-    ``classes`` (default: the classifier's) restricts the decision to those of the model's
-    classes (see ``RESTRICTED_RULE``); ``labels`` index into them."""
+    Chunks of ``batch`` faces run on ``workers`` threads side by side, each read and then
+    scored by its own run of the shared classifier (give it one thread each, as
+    ``maskwatch evaluate`` does); the results keep the samples' order. ``classes``
+    (default: the classifier's) restricts the decision to those of the model's classes
+    (see ``RESTRICTED_RULE``); ``labels`` index into them."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     from maskwatch.data import read_face
 
+    def score_chunk(start: int):
+        faces, read, errors = [], [], []
+        for i in range(start, min(start + batch, len(samples))):
+            try:
+                faces.append(read_face(samples[i], margin))
+                read.append(i)
+            except ImageError as exc:
+                errors.append(str(exc))
+        return read, errors, classifier.predict_proba(faces) if faces else None
+
     kept, y, probs, failed = [], [], [], []
-    faces, pending = [], []
     bar = tqdm(total=len(samples), desc="scoring", unit="face", disable=not progress,
                file=sys.stderr)
-
-    def flush() -> None:
-        if faces:
-            probs.append(classifier.predict_proba(faces))
-            kept.extend(s for s, _ in pending)
-            y.extend(lbl for _, lbl in pending)
-            bar.update(len(faces))
-            faces.clear()
-            pending.clear()
-
-    for s, lbl in zip(samples, labels):
-        try:
-            faces.append(read_face(s, margin))
-            pending.append((s, int(lbl)))
-        except ImageError as exc:
-            failed.append(str(exc))
-            bar.update(1)
-        if len(faces) >= batch:
-            flush()
-    flush()
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="maskwatch-score") as pool:
+        # at most a few chunks ahead of the one being collected: decoded faces stay few
+        ahead = max(1, workers) * 2
+        starts = iter(range(0, len(samples), max(1, batch)))
+        pending = [pool.submit(score_chunk, k) for k in islice(starts, ahead)]
+        while pending:
+            read, errors, p = pending.pop(0).result()
+            pending.extend(pool.submit(score_chunk, k) for k in islice(starts, 1))
+            failed.extend(errors)
+            if p is not None:
+                probs.append(p)
+            kept.extend(samples[i] for i in read)
+            y.extend(int(labels[i]) for i in read)
+            bar.update(len(read) + len(errors))
     bar.close()
     model_classes = list(classifier.classes)
     p = np.concatenate(probs) if probs else np.zeros((0, len(model_classes)))
