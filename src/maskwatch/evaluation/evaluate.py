@@ -167,15 +167,19 @@ def score_samples(
         ahead = max(1, workers) * 2
         starts = iter(range(0, len(samples), max(1, batch)))
         pending = [pool.submit(score_chunk, k) for k in islice(starts, ahead)]
-        while pending:
-            read, errors, p = pending.pop(0).result()
-            pending.extend(pool.submit(score_chunk, k) for k in islice(starts, 1))
-            failed.extend(errors)
-            if p is not None:
-                probs.append(p)
-            kept.extend(samples[i] for i in read)
-            y.extend(int(labels[i]) for i in read)
-            bar.update(len(read) + len(errors))
+        try:
+            while pending:
+                read, errors, p = pending.pop(0).result()
+                pending.extend(pool.submit(score_chunk, k) for k in islice(starts, 1))
+                failed.extend(errors)
+                if p is not None:
+                    probs.append(p)
+                kept.extend(samples[i] for i in read)
+                y.extend(int(labels[i]) for i in read)
+                bar.update(len(read) + len(errors))
+        finally:  # an error or an interrupt: the chunks not started never start
+            for future in pending:
+                future.cancel()
     bar.close()
     model_classes = list(classifier.classes)
     p = np.concatenate(probs) if probs else np.zeros((0, len(model_classes)))
