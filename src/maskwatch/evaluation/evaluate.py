@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -143,10 +142,9 @@ def score_samples(
     ``maskwatch evaluate`` does); the results keep the samples' order. ``classes``
     (default: the classifier's) restricts the decision to those of the model's classes
     (see ``RESTRICTED_RULE``); ``labels`` index into them."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from tqdm import tqdm
 
+    from maskwatch.batching import ordered_map
     from maskwatch.data import read_face
 
     def score_chunk(start: int):
@@ -162,24 +160,15 @@ def score_samples(
     kept, y, probs, failed = [], [], [], []
     bar = tqdm(total=len(samples), desc="scoring", unit="face", disable=not progress,
                file=sys.stderr)
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="maskwatch-score") as pool:
-        # at most a few chunks ahead of the one being collected: decoded faces stay few
-        ahead = max(1, workers) * 2
-        starts = iter(range(0, len(samples), max(1, batch)))
-        pending = [pool.submit(score_chunk, k) for k in islice(starts, ahead)]
-        try:
-            while pending:
-                read, errors, p = pending.pop(0).result()
-                pending.extend(pool.submit(score_chunk, k) for k in islice(starts, 1))
-                failed.extend(errors)
-                if p is not None:
-                    probs.append(p)
-                kept.extend(samples[i] for i in read)
-                y.extend(int(labels[i]) for i in read)
-                bar.update(len(read) + len(errors))
-        finally:  # an error or an interrupt: the chunks not started never start
-            for future in pending:
-                future.cancel()
+    # a few chunks ahead of the one collected; those not started are dropped on an error
+    for read, errors, p in ordered_map(score_chunk, range(0, len(samples), max(1, batch)),
+                                       workers, threads=True):
+        failed.extend(errors)
+        if p is not None:
+            probs.append(p)
+        kept.extend(samples[i] for i in read)
+        y.extend(int(labels[i]) for i in read)
+        bar.update(len(read) + len(errors))
     bar.close()
     model_classes = list(classifier.classes)
     p = np.concatenate(probs) if probs else np.zeros((0, len(model_classes)))

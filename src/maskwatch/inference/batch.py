@@ -135,7 +135,7 @@ class ChunkStream:
         self._closed = False
         workers = max(1, workers)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="maskwatch-chunk")
-        self._pending = deque((paths, self._pool.submit(self._run, paths))
+        self._pending = deque(self._pool.submit(self._run, paths)
                               for paths in islice(self._tasks, max(ahead, workers)))
 
     def _run(self, paths: list[str]):
@@ -149,9 +149,8 @@ class ChunkStream:
     def __iter__(self) -> Iterator[list[tuple[str, dict | None, str | None]]]:
         try:
             while self._pending:
-                paths, future = self._pending.popleft()
-                labelled = future.result()
-                self._pending.extend((nxt, self._pool.submit(self._run, nxt))
+                labelled = self._pending.popleft().result()
+                self._pending.extend(self._pool.submit(self._run, nxt)
                                      for nxt in islice(self._tasks, 1))
                 yield labelled
         finally:
@@ -159,7 +158,7 @@ class ChunkStream:
 
     def close(self) -> None:
         self._closed = True
-        for _, future in self._pending:
+        for future in self._pending:
             future.cancel()
         self._pending.clear()
         self._pool.shutdown(wait=True)
