@@ -172,7 +172,7 @@ def test_pipeline_labels_and_batches(detector):
     by_x = sorted(faces, key=lambda f: f.box[0])
     assert [f.label for f in by_x] == ["without_mask", "with_mask"]
     d = by_x[0].to_dict()
-    assert set(d) == {"box", "label", "score", "face_score", "scores"}
+    assert set(d) == {"box", "label", "score", "face_score", "scores", "counted"}
     assert all(isinstance(v, int) for v in d["box"]) and len(d["box"]) == 4
     assert set(d["scores"]) == {"with_mask", "without_mask"}
     assert Face([1, 2, 3, 4], 0.5, track_id=7).to_dict()["track_id"] == 7
@@ -221,7 +221,7 @@ def test_cli_detect_images_json_csv_and_bad_inputs(tmp_path, capsys, fake_classi
     for r in records:
         assert r["frame"] is None
         for f in r["faces"]:
-            assert set(f) == {"box", "label", "score", "face_score", "scores"}
+            assert set(f) == {"box", "label", "score", "face_score", "scores", "counted"}
     assert sorted(f["label"] for f in by_name["people.jpg"]["faces"]) == [
         "with_mask", "without_mask"]
     assert by_name["empty_room.png"]["faces"] == []

@@ -201,6 +201,28 @@ def test_watcher_writes_one_event_per_person(tmp_path):
     assert snap.parent.name == "1970-01-01" and snap.name.startswith("clip-001640.000-t1")
 
 
+class _UnsureDetector(ScriptedDetector):
+    """As ScriptedDetector, but faces right of x = 35 are uncertain boxes (not counted)."""
+
+    def detect(self, rgb):
+        faces = super().detect(rgb)
+        for f in faces:
+            f.counted = f.box[0] < 35
+        return faces
+
+
+def test_watcher_leaves_uncounted_faces_out_of_events_and_counts(tmp_path):
+    out = Collect()
+    w = SourceWatcher("clip.mp4", "clip", _UnsureDetector(_script()), out,
+                      WatchConfig(max_missed=2), open_source=lambda spec: ListSource(20),
+                      clock=lambda: 1000.0)
+    w.run()
+    # person b (x = 40) is never counted: no event, and its faces are not in the counts
+    assert [(e["track_id"], e["label"]) for e in out.events] == [(1, "without_mask")]
+    counts = {c["label"]: (c["faces"], c["people"]) for c in out.counts}
+    assert counts == {"without_mask": (10, 1), "with_mask": (1, 1)}  # the 1-frame noise
+
+
 def test_watcher_reconnects_a_dropped_stream_with_backoff():
     out, logs, opened = Collect(), [], []
 

@@ -135,7 +135,39 @@ def test_detect_returns_boxes_labels_and_counts(client):
     assert all(type(v) is int for f in body["faces"] for v in f["box"])  # as the detector gave
     assert [f["label"] for f in body["faces"]] == ["without_mask", "with_mask"]
     assert body["faces"][1]["scores"]["with_mask"] > 0.8
-    assert body["counts"] == {"with_mask": 1, "without_mask": 1, "total": 2}
+    assert body["counts"] == {"with_mask": 1, "without_mask": 1, "total": 2, "uncounted": 0}
+
+
+class UnsureDetector(FakeDetector):
+    """As FakeDetector, but faces whose left edge is at or right of ``from_x`` are
+    uncertain boxes (not counted)."""
+
+    def __init__(self, from_x: int) -> None:
+        super().__init__()
+        self.from_x = from_x
+
+    def detect(self, rgb: np.ndarray) -> list[FakeFace]:
+        faces = super().detect(rgb)
+        for f in faces:
+            f.counted = f.box[0] < self.from_x
+        return faces
+
+
+def test_uncounted_faces_are_listed_but_not_counted(tmp_path):
+    with client_for(UnsureDetector(from_x=50)) as c:
+        body = c.post("/api/detect", **upload(png(scene()))).json()
+        assert [f["counted"] for f in body["faces"]] == [True, False]
+        assert body["counts"] == {"with_mask": 0, "without_mask": 1, "total": 1,
+                                  "uncounted": 1}
+    src = tmp_path / "clip.mp4"
+    write_video(src, frames=6)
+    with client_for(UnsureDetector(from_x=0)) as c:  # every face uncertain
+        r = c.post("/api/video", files={"file": ("clip.mp4", src.read_bytes(), "video/mp4")})
+        body = wait_job(c, r.json()["url"])
+        assert body["status"] == "done", body
+        assert all(not f["counted"] for fr in body["frames"] for f in fr["faces"])
+        assert body["counts"] == {"uncounted": 6, "max_faces_in_frame": 0}
+        assert body["people"] == {}
 
 
 def test_detect_threshold_per_request(client):
@@ -143,7 +175,7 @@ def test_detect_threshold_per_request(client):
     strict = client.post("/api/detect?threshold=0.95", **upload(data)).json()
     assert [f["label"] for f in strict["faces"]] == ["with_mask", "with_mask"]
     assert strict["faces"][0]["score"] == strict["faces"][0]["scores"]["with_mask"]
-    assert strict["counts"] == {"with_mask": 2, "without_mask": 0, "total": 2}
+    assert strict["counts"] == {"with_mask": 2, "without_mask": 0, "total": 2, "uncounted": 0}
     eager = client.post("/api/detect?threshold=0.1", **upload(data)).json()
     assert [f["label"] for f in eager["faces"]] == ["without_mask", "without_mask"]
     # the server's own threshold again without the parameter
@@ -187,7 +219,8 @@ def test_detect_no_face(client):
     r = client.post("/api/detect", **upload(png(np.zeros((50, 70, 3), np.uint8))))
     assert r.status_code == 200
     assert r.json() == {"faces": [], "width": 70, "height": 50,
-                        "counts": {"with_mask": 0, "without_mask": 0, "total": 0}}
+                        "counts": {"with_mask": 0, "without_mask": 0, "total": 0,
+                                   "uncounted": 0}}
 
 
 def test_not_an_image_type_is_415(client):
@@ -424,7 +457,7 @@ def test_video_job_end_to_end(tmp_path):
         lefts = [f["faces"][0]["box"][0] for f in body["frames"]]
         assert all(len(f["faces"]) == 1 for f in body["frames"])
         assert lefts == sorted(lefts) and lefts[-1] - lefts[0] >= 35  # the face moves right
-        assert body["counts"] == {"without_mask": 8, "max_faces_in_frame": 1}
+        assert body["counts"] == {"without_mask": 8, "uncounted": 0, "max_faces_in_frame": 1}
         assert body["people"] == {"without_mask": 1}  # one person, tracked over 8 frames
         v = c.get(body["video_url"])
         assert v.status_code == 200 and v.headers["content-type"] == "video/mp4"

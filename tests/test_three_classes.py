@@ -187,7 +187,7 @@ def test_api_counts_and_classify(model):
         assert c.get("/api/model").json()["classes"] == list(CLASSES)
         r = c.post("/api/detect", **png(_scene()[0])).json()
         assert r["counts"] == {"with_mask": 1, "without_mask": 1, "incorrect_mask": 1,
-                               "total": 3}
+                               "total": 3, "uncounted": 0}
         r = c.post("/api/classify", **png(face_crop("incorrect_mask"))).json()
         assert r["label"] == "incorrect_mask"
 

@@ -180,8 +180,16 @@ class AppendWriter:
                 with open(self.path, newline="", **ENCODING) as f:
                     header = next(csv.reader(f), None)
                 if header != columns:
-                    raise MaskwatchError(f"{self.path}: its CSV columns differ from this "
-                                         "run's (another model or command?)")
+                    have = set(header or [])
+                    missing = [c for c in columns if c not in have]
+                    extra = [c for c in header or [] if c not in set(columns)]
+                    which = "; ".join(part for part in (
+                        f"this run adds {', '.join(missing)}" if missing else "",
+                        f"it has {', '.join(extra)}" if extra else "") if part)
+                    raise MaskwatchError(
+                        f"{self.path}: its CSV columns differ from this run's"
+                        f"{' (' + which + ')' if which else ''}: written by another model, "
+                        "command or maskwatch version? Resume into a new file")
         self._file = open(self.path, "a", newline="", **ENCODING)  # noqa: SIM115
         if self.format == "csv" and columns and self._file.tell() == 0:
             self._write_text(csv_text([columns]))

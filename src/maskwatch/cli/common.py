@@ -189,6 +189,13 @@ def add_detector_arguments(p: argparse.ArgumentParser) -> None:
         help="face score threshold (default: the site model's, else 0.2 for centerface, 0.5 "
         "for yunet); lower finds more faces and more false boxes",
     )
+    p.add_argument(
+        "--count-threshold", type=float, default=None,
+        help="faces under this face score are drawn with thin lines and listed with "
+        "\"counted\": false, but left out of counts, shares, alerts and monitoring "
+        "(default: 0.3 for centerface, the face threshold for yunet; never below the face "
+        "threshold)",
+    )
     add_threshold_argument(p)
     p.add_argument(
         "--detect-size", type=int, default=None,
@@ -231,6 +238,7 @@ def detector_options(args: argparse.Namespace) -> dict:
         threshold=args.threshold,
         site=site,
         refine_size=args.refine_size,
+        count_threshold=args.count_threshold,
     )
 
 

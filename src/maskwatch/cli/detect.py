@@ -186,6 +186,7 @@ def run_evaluate(args) -> int:
     report = evaluate_detection(
         scenes, detector.detect, recall_iou=args.recall_iou, progress=not args.quiet,
         on_error=lambda msg: note(f"error: {msg}"),
+        count_threshold=detector.count_threshold,
     )
     report["detector"] = detector.face_detector.name
     report["face_threshold"] = detector.face_detector.threshold
@@ -228,3 +229,14 @@ def _print_report(r: dict) -> None:
             print(f"AP50 {c:<16} {pct(v)}   AP30 {pct(r['ap30'].get(c))}")
         print(f"mAP (with_mask, without_mask): at IoU 0.5 {pct(r['map50'])}, "
               f"at IoU 0.3 {pct(r['map30'])}")
+    c = r.get("counting")
+    if c:
+        print(f"counted faces (face score >= {c['count_threshold']:g}): {c['counted_boxes']} "
+              f"boxes, at IoU 0.5 precision {pct(c['precision50'])}, recall "
+              f"{pct(c['recall50'])}; face count off by {c['count_error_per_image']:.2f} "
+              "a photo")
+        if "missed" in c:
+            print(f"  photos flagged as holding a {'/'.join(c['non_compliant'])} face: "
+                  f"wrongly {c['flagged_wrongly']} of {c['images_without_non_compliant']} "
+                  f"without one; missed {c['missed']} of {c['images_with_non_compliant']} "
+                  "with one")

@@ -6,11 +6,11 @@ only when the detector is built.
 
 from __future__ import annotations
 
-__all__ = ["Detector", "Face", "FaceDetector", "make_face_detector", "draw_faces", "Annotator",
-           "blur_faces", "IoUTracker", "VideoSource", "VideoWriter", "AlertHook"]
+__all__ = ["Detector", "Face", "counted", "FaceDetector", "make_face_detector", "draw_faces",
+           "Annotator", "blur_faces", "IoUTracker", "VideoSource", "VideoWriter", "AlertHook"]
 
 _WHERE = {
-    "Detector": "pipeline", "Face": "pipeline", "FaceDetector": "faces",
+    "Detector": "pipeline", "Face": "pipeline", "counted": "pipeline", "FaceDetector": "faces",
     "make_face_detector": "faces", "draw_faces": "draw", "Annotator": "draw",
     "blur_faces": "privacy", "IoUTracker": "tracker", "VideoSource": "video",
     "VideoWriter": "video", "AlertHook": "alerts",

@@ -34,7 +34,8 @@ def parse_labels(text: str) -> tuple[str, ...]:
 class AlertHook:
     """Fires when a non-compliant face has been seen for ``after`` consecutive frames.
 
-    ``non_compliant``: the labels that count (default without_mask and incorrect_mask); the
+    Faces that are not counted (``Face.counted`` False: an uncertain face box) never
+    alert. ``non_compliant``: the labels that count (default without_mask and incorrect_mask); the
     event keeps its name ``unmasked_face`` and the face's own label says which it was.
 
     With tracked faces (``track_id`` set) the streak is counted per person; otherwise per
@@ -87,7 +88,8 @@ class AlertHook:
 
     def update(self, faces: list, source: str = "", frame: int | None = None) -> dict | None:
         """Feed one frame's faces; returns the event if an alert fired on this frame."""
-        unmasked = [f for f in faces if f.label in self.non_compliant]
+        unmasked = [f for f in faces
+                    if f.label in self.non_compliant and getattr(f, "counted", True)]
         keys = {f.track_id if f.track_id is not None else "frame" for f in unmasked}
         self._streaks = {k: self._streaks.get(k, 0) + 1 for k in keys}
         due = [k for k, n in self._streaks.items() if n >= self.after]

@@ -26,6 +26,9 @@ SHORT = {WITH_MASK: "mask", WITHOUT_MASK: "no mask", INCORRECT_MASK: "worn wrong
 #: Word put before a label the model gives less than even odds (picked only because the
 #: decision threshold is low, e.g. without_mask from P = 0.0615 with the bundled model).
 UNSURE = "maybe"
+#: Mark before the caption of a face that is not counted (face score under the count
+#: threshold: ``Face.counted``); its box is drawn with a thinner line.
+UNCOUNTED = "?"
 #: Where a label may go, relative to its face box, in order of preference.
 PLACES = ("above", "below", "inside-top", "inside-bottom")
 
@@ -36,7 +39,8 @@ def label_text(face, scores: bool = True) -> str:
     """Caption for a face, e.g. ``no mask 0.93``, ``maybe no mask 0.12``, ``#4 mask 0.98``.
 
     The number is the probability of the shown label; ``maybe`` marks a label below 0.5
-    (chosen because P(without_mask) reached the model's low threshold).
+    (chosen because P(without_mask) reached the model's low threshold); ``?`` marks a
+    face that is not counted (an uncertain face box).
     """
     if face.label is None:
         text = "face" + (f" {face.face_score:.2f}" if scores else "")
@@ -49,6 +53,8 @@ def label_text(face, scores: bool = True) -> str:
                 text += f" {face.score:.2f}"
     if face.track_id is not None:
         text = f"#{face.track_id} {text}"
+    if not getattr(face, "counted", True):
+        text = f"{UNCOUNTED} {text}"
     return text
 
 
@@ -119,7 +125,8 @@ def draw_faces(
     """Return ``rgb`` with a coloured box and a legible caption for every face.
 
     Line width and font follow the face and the image size (``width`` fixes the line
-    width); captions go where they cover no other face (see ``place_labels``).
+    width); captions go where they cover no other face (see ``place_labels``). Faces that
+    are not counted get half the line width and a ``?`` caption.
     ``labels=False`` draws boxes only; ``scores=False`` leaves the numbers out.
     """
     import cv2
@@ -131,6 +138,8 @@ def draw_faces(
     for face, (x1, y1, x2, y2) in zip(faces, boxes):
         colour = COLOURS.get(face.label, COLOURS[None])
         thick = width or line_width((x1, y1, x2, y2), out.shape)
+        if not getattr(face, "counted", True):
+            thick = max(1, thick // 2)
         cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), colour, int(thick), cv2.LINE_8)
     if not labels:
         return out
@@ -153,8 +162,8 @@ def draw_faces(
 
 
 def face_counts(faces: Iterable) -> dict[str, int]:
-    """Faces per label, in canonical order (unclassified faces as ``face``)."""
-    counts = Counter(f.label or "face" for f in faces)
+    """Counted faces per label, in canonical order (unclassified faces as ``face``)."""
+    counts = Counter(f.label or "face" for f in faces if getattr(f, "counted", True))
     order = [*CANONICAL, "face"]
     return {k: counts[k] for k in sorted(counts, key=lambda k: order.index(k)
                                          if k in order else 99)}

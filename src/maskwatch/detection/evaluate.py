@@ -342,19 +342,70 @@ def score_detections(
     return report
 
 
+def score_counting(
+    scenes: Sequence[Scene],
+    predictions: Sequence[list | None],
+    count_threshold: float,
+    non_compliant: Sequence[str] = ("without_mask", "incorrect_mask"),
+) -> dict:
+    """What a user reads off the faces that count (face score >= ``count_threshold``), photo
+    by photo: how far the face count is off, and, with class labels, how often a photo is
+    flagged as holding a non-compliant face that it does not hold, or not flagged when it
+    does. Also the counted boxes' precision and recall at IoU 0.5."""
+    images = count_error = boxes = tp50 = faces = 0
+    flagged_wrongly = clean = missed = holding = 0
+    for scene, found in zip(scenes, predictions):
+        if found is None:
+            continue
+        kept = [f for f in found if f[1] >= count_threshold]
+        images += 1
+        boxes += len(kept)
+        faces += len(scene.labels)
+        count_error += abs(len(kept) - len(scene.labels))
+        gt = np.asarray(scene.boxes, np.float64).reshape(-1, 4)
+        pred = np.asarray([f[0] for f in kept], np.float64).reshape(-1, 4)
+        tp50 += len(greedy_pairs(iou_matrix(gt, pred), 0.5))
+        truly = any(label in non_compliant for label in scene.labels)
+        said = any(f[2] in non_compliant for f in kept)
+        holding += truly
+        clean += not truly
+        missed += truly and not said
+        flagged_wrongly += said and not truly
+    out = {
+        "count_threshold": round(float(count_threshold), 4),
+        "counted_boxes": boxes,
+        "precision50": _ratio(tp50, boxes),
+        "recall50": _ratio(tp50, faces),
+        "count_error_per_image": round(count_error / images, 4) if images else None,
+    }
+    if any(f[2] is not None for found in predictions if found for f in found):
+        out.update({
+            "non_compliant": list(non_compliant),
+            "images_without_non_compliant": clean,
+            "flagged_wrongly": flagged_wrongly,
+            "images_with_non_compliant": holding,
+            "missed": missed,
+        })
+    return out
+
+
 def evaluate_detection(
     scenes: Sequence[Scene],
     detect: Callable[[np.ndarray], list],
     recall_iou: float = 0.4,
     progress: bool = True,
     on_error: Callable[[str], None] | None = None,
+    count_threshold: float | None = None,
 ) -> dict:
     """Run ``detect`` (a pipeline ``Detector.detect`` or a ``FaceDetector.detect``) on every
-    scene and score it with :func:`score_detections` (plus ``ms_per_image``)."""
+    scene and score it with :func:`score_detections` (plus ``ms_per_image``, and with
+    ``count_threshold`` a ``counting`` section from :func:`score_counting`)."""
     if not scenes:
         raise MaskwatchError("no annotated scenes to evaluate")
     predictions, seconds = detect_scenes(scenes, detect, progress, on_error)
     report = score_detections(scenes, predictions, recall_iou)
+    if count_threshold is not None:
+        report["counting"] = score_counting(scenes, predictions, count_threshold)
     report["ms_per_image"] = round(1000 * seconds / report["images"], 2)
     return report
 

@@ -87,7 +87,7 @@ class OutputNamer:
 
 
 CSV_COLUMNS = ["path", "frame", "face", "x1", "y1", "x2", "y2", "label", "score", "face_score",
-               "track_id"]
+               "track_id", "counted"]
 
 
 class Run:
@@ -119,6 +119,7 @@ class Run:
         self.stdout = stdout or sys.stdout
         self.failures: list[str] = []
         self.face_counts: Counter = Counter()
+        self.uncounted = 0
         self.images = 0
         self.frames = 0
         self.images_without_face = 0
@@ -154,13 +155,16 @@ class Run:
         return [[
             path, "" if frame is None else frame, i, *f.box, f.label or "",
             "" if f.score is None else f"{f.score:.4f}", f"{f.face_score:.4f}",
-            "" if f.track_id is None else f.track_id,
+            "" if f.track_id is None else f.track_id, int(getattr(f, "counted", True)),
             *[f"{f.scores[c]:.4f}" if c in f.scores else "" for c in self.classes],
         ] for i, f in enumerate(faces)]
 
     def emit(self, path: str, frame: int | None, faces) -> None:
         for f in faces:
-            self.face_counts[f.label or "face"] += 1
+            if getattr(f, "counted", True):
+                self.face_counts[f.label or "face"] += 1
+            else:
+                self.uncounted += 1
         record = {"path": path, "frame": frame, "faces": [f.to_dict() for f in faces]}
         if self.json_lines:
             self.stdout.write(json_line(record))
@@ -278,6 +282,11 @@ class Run:
             if INCORRECT_MASK in self.detector.classes:
                 share = self.face_counts.get(INCORRECT_MASK, 0) / total
                 parts.append(f"mask worn wrongly: {100 * share:.1f}% of faces")
+        if self.uncounted:
+            least = getattr(self.detector, "count_threshold", None)
+            below = "" if least is None else f" (face score under {least:g})"
+            parts.append(f"not counted: {self.uncounted} uncertain face box(es){below}, "
+                         "drawn with thin lines and listed with \"counted\": false")
         for spec, counts in self.people.items():
             people = ", ".join(f"{k}: {v}" for k, v in counts.items()) or "nobody tracked"
             parts.append(f"{spec}: people {people}")

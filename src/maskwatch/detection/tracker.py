@@ -25,6 +25,12 @@ class Track:
     labels_seen: Counter = field(default_factory=Counter)
     face_score: float = 0.0  # of the last detection
     velocity: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # box change per frame
+    counted_hits: int = 0  # detections whose face counted (face score at the count threshold)
+
+    @property
+    def counted(self) -> bool:
+        """Whether this person counts: at least half of its detections counted."""
+        return 2 * self.counted_hits >= self.hits
 
     def predicted(self, frame: int) -> list[float]:
         """The box expected at ``frame``, moving on at the last measured speed."""
@@ -39,7 +45,9 @@ class IoUTracker:
     ``hysteresis``: another class must beat the current label's smoothed score by this much
     before the label changes, so labels don't flicker between frames.
     ``max_missed``: frames a track survives without a detection (short occlusions).
-    ``min_hits``: frames a track needs before it counts as a person in :meth:`counts`.
+    ``min_hits``: frames a track needs before it counts as a person in :meth:`counts`;
+    it must also count (:attr:`Track.counted`: at least half of its detections were faces
+    that counted), and its faces carry that as ``counted``.
     ``threshold``: the model's without_mask decision threshold (None: the most likely
     class). A track turns without_mask when its smoothed P(without_mask) reaches it, as a
     photo's face would, and turns back only below ``threshold - min(hysteresis,
@@ -108,7 +116,7 @@ class IoUTracker:
                 continue
             out.append(Face(box=box, face_score=t.face_score, label=t.label,
                             score=t.scores.get(t.label) if t.label else None,
-                            scores=dict(t.scores), track_id=t.track_id))
+                            scores=dict(t.scores), track_id=t.track_id, counted=t.counted))
         return out
 
     def _observe(self, track: Track, face, new: bool = False) -> None:
@@ -121,7 +129,10 @@ class IoUTracker:
         track.missed = 0
         if not new:
             track.hits += 1
+        track.counted_hits += bool(getattr(face, "counted", True))
         face.track_id = track.track_id
+        if hasattr(face, "counted"):
+            face.counted = track.counted
         if not face.scores:
             return
         if not track.scores:
@@ -166,10 +177,10 @@ class IoUTracker:
         label it carried most often."""
         per = Counter()
         for t in self.all_tracks():
-            if t.hits >= self.min_hits and t.labels_seen:
+            if t.hits >= self.min_hits and t.counted and t.labels_seen:
                 per[t.labels_seen.most_common(1)[0][0]] += 1
         return {k: per[k] for k in sort_classes(per)}
 
     def people(self) -> int:
-        return sum(1 for t in self.all_tracks() if t.hits >= self.min_hits)
+        return sum(1 for t in self.all_tracks() if t.hits >= self.min_hits and t.counted)
 

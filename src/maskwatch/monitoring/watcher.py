@@ -219,8 +219,9 @@ class SourceWatcher:
             for k, v in scores.items():
                 person.scores[k] = person.scores.get(k, 0.0) + float(v)
             label = face.label or "face"
-            self._minute_faces[label] = self._minute_faces.get(label, 0) + 1
-            self._minute_people.setdefault(label, set()).add(face.track_id)
+            if getattr(face, "counted", True):  # uncertain face boxes are not counted
+                self._minute_faces[label] = self._minute_faces.get(label, 0) + 1
+                self._minute_people.setdefault(label, set()).add(face.track_id)
             if self.config.snapshots is not None:
                 x1, y1, x2, y2 = face.box[:4]
                 quality = max(0, x2 - x1) * max(0, y2 - y1) * float(face.face_score)
@@ -248,7 +249,7 @@ class SourceWatcher:
     def _emit(self, tracks: list[Track]) -> None:
         for track in tracks:
             person = self._people.pop(track.track_id, None)
-            if person is None or track.hits < self.config.min_frames:
+            if person is None or track.hits < self.config.min_frames or not track.counted:
                 continue
             label = track.labels_seen.most_common(1)[0][0] if track.labels_seen else None
             if label is not None and person.scores.get(label) is not None:

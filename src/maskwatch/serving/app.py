@@ -134,13 +134,16 @@ class FaceRecord(BaseModel):
     score: float | None = Field(description="probability of the chosen label")
     face_score: float | None = Field(None, description="face detector confidence")
     scores: dict[str, float] = Field(default_factory=dict, description="probability per class")
+    counted: bool = Field(True, description="false for an uncertain face box (face score "
+                          "under the count threshold): shown, but left out of the counts")
 
 
 class DetectResponse(BaseModel):
     faces: list[FaceRecord] = Field(description="detected faces, each with its mask label")
     width: int = Field(description="image width in pixels (after EXIF rotation)")
     height: int = Field(description="image height in pixels")
-    counts: dict[str, int] = Field(description="faces per label, and `total`")
+    counts: dict[str, int] = Field(description="counted faces per label, `total`, and "
+                                   "`uncounted` (uncertain face boxes)")
 
 
 class ClassifyResponse(BaseModel):
@@ -173,8 +176,9 @@ class JobStatus(BaseModel):
     truncated: bool = Field(description="true when the video was cut at the frame limit")
     error: str | None = Field(description="why the job failed")
     counts: dict[str, int] | None = Field(
-        description="face detections per label summed over all frames (a person on screen "
-        "for 8 frames counts 8) and `max_faces_in_frame` (when done)"
+        description="counted face detections per label summed over all frames (a person on "
+        "screen for 8 frames counts 8), `uncounted` (uncertain face boxes) and "
+        "`max_faces_in_frame` (when done)"
     )
     people: dict[str, int] | None = Field(
         description="people per label, as `maskwatch detect` counts them: each tracked face "
@@ -269,11 +273,17 @@ def _relabel(faces: list, classes: list[str], threshold: float) -> list:
 
 
 def _counts(records: list[dict], classes: list[str]) -> dict[str, int]:
+    """Counted faces per label, their ``total``, and the ``uncounted`` face boxes."""
     counts = {c: 0 for c in classes}
+    uncounted = 0
     for rec in records:
+        if rec.get("counted", True) is False:
+            uncounted += 1
+            continue
         label = str(rec.get("label"))
         counts[label] = counts.get(label, 0) + 1
-    counts["total"] = len(records)
+    counts["total"] = len(records) - uncounted
+    counts["uncounted"] = uncounted
     return counts
 
 

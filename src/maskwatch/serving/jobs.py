@@ -121,15 +121,19 @@ class Job:
         return 0.0
 
     def counts(self) -> dict[str, int]:
-        """Face detections per label summed over all frames (one person in 8 frames counts
-        8; see ``people``), and the most faces in one frame."""
+        """Counted face detections per label summed over all frames (one person in 8 frames
+        counts 8; see ``people``), the ``uncounted`` (uncertain) face boxes, and the most
+        counted faces in one frame."""
         totals: dict[str, int] = {}
-        most = 0
+        most = uncounted = 0
         for rec in self.records:
-            most = max(most, len(rec["faces"]))
-            for face in rec["faces"]:
+            faces = [f for f in rec["faces"] if f.get("counted", True) is not False]
+            uncounted += len(rec["faces"]) - len(faces)
+            most = max(most, len(faces))
+            for face in faces:
                 label = str(face.get("label"))
                 totals[label] = totals.get(label, 0) + 1
+        totals["uncounted"] = uncounted
         totals["max_faces_in_frame"] = most
         return totals
 

@@ -112,7 +112,8 @@
   function countFaces(faces) {
     const counts = {};
     for (const c of state.classes) counts[c] = 0;
-    for (const f of faces) counts[f.label] = (counts[f.label] || 0) + 1;
+    // uncertain face boxes (counted: false) are drawn but not counted
+    for (const f of faces) if (f.counted !== false) counts[f.label] = (counts[f.label] || 0) + 1;
     return counts;
   }
 
@@ -126,7 +127,7 @@
     counts = counts || countFaces(faces);
     dl.replaceChildren();
     for (const [label, n] of orderedCounts(counts)) {
-      if (label === "total" || label === "max_faces_in_frame") continue;
+      if (label === "total" || label === "max_faces_in_frame" || label === "uncounted") continue;
       const item = document.createElement("div");
       item.className = label;
       item.dataset.label = label;
@@ -140,13 +141,15 @@
   }
 
   // Caption of a face: the label, "maybe" when the model gives it less than even odds
-  // (chosen because P(no mask) reached the low threshold), and the label's probability.
+  // (chosen because P(no mask) reached the low threshold), and the label's probability;
+  // "?" first for an uncertain face box, which is not counted.
   function labelText(f) {
     let text = f.label ? SHORT[f.label] || f.label : "face";
     if (f.label && f.score != null && f.score < 0.5) text = `maybe ${text}`;
     const score = f.label ? f.score : f.face_score;
     if (score != null) text += ` ${Number(score).toFixed(2)}`;
     if (f.track_id != null) text = `#${f.track_id} ${text}`;
+    if (f.counted === false) text = `? ${text}`;
     return text;
   }
 
@@ -238,7 +241,8 @@
     faces.forEach((f, i) => {
       const [x1, y1, x2, y2] = boxes[i];
       const colour = COLOURS[f.label] || "#a0a0a0";
-      ctx.lineWidth = Math.min(4, Math.max(2, Math.round((x2 - x1) / k / 40))) * k;
+      ctx.lineWidth = Math.min(4, Math.max(2, Math.round((x2 - x1) / k / 40))) * k
+        / (f.counted === false ? 2 : 1);
       ctx.strokeStyle = colour;
       ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
       const { text, fontPx, pad } = captions[i];
