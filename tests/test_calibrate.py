@@ -9,7 +9,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest
-from detection_helpers import HEAD_BOXES, BlobDetector, SkinClassifier, site_scenes
+from detection_helpers import HEAD_BOXES, BlobDetector, SkinClassifier, draw_blob_face, site_scenes
 from onnx_helpers import write_tiny_onnx
 
 from maskwatch.cli import main
@@ -44,8 +44,9 @@ def test_calibrate_recovers_a_head_box_convention(tmp_path, tiny_model):
     assert 18 < r["min_face"] <= 56
     assert 0.25 < r["face_threshold"] <= 0.35
     before, after = r["held_out"]["before"], r["held_out"]["after"]
-    assert before["map50"] < 0.2 and before["loose_match_share"] > 0.9
-    assert after["map50"] > 0.95 and after["map50"] > before["map50"]
+    # the default boxes, a little larger than faces, match these heads only just (IoU
+    # about 0.52 for a perfect face box): the fitted boxes match them closely
+    assert before["map50"] < 0.9 and after["map50"] > 0.95
     assert after["false_boxes_per_image"] < before["false_boxes_per_image"]
     # the copy carries what was fitted
     info = ModelInfo.load_json(tmp_path / "site.json")
@@ -71,7 +72,9 @@ def test_held_out_scenes_are_rerun_as_the_site_model_runs_them(tmp_path, tiny_mo
 
 def test_a_site_annotating_like_the_detector_keeps_the_box_convention(tmp_path, tiny_model):
     r = _calibrate(tmp_path, tiny_model, (1.0, 1.0, 0.0, 0.0))
-    assert r["box_map"] == [1.0, 1.0, 0.0, 0.0]
+    # the default box map matches such faces as well at IoU 0.5 (0.87 for a perfect box),
+    # so there is nothing to gain and it stays
+    assert r["box_map"] == list(pipeline.DEFAULT_BOX_MAPS["centerface"])
     assert r["held_out"]["after"]["map50"] >= r["held_out"]["before"]["map50"]
 
 
@@ -83,7 +86,7 @@ def test_nothing_to_gain_keeps_every_default(tmp_path, tiny_model):
     r = cal.calibrate(csv, tmp_path / "site.onnx", model=tiny_model, progress=False,
                       face_detector=BlobDetector(), classifier=SkinClassifier())
     assert r["fit"]["kept_default"]
-    assert (r["box_map"], r["min_face"]) == ([1.0, 1.0, 0.0, 0.0], 0)
+    assert (r["box_map"], r["min_face"]) == (list(pipeline.DEFAULT_BOX_MAPS["centerface"]), 0)
     assert r["face_threshold"] == 0.4
     assert r["held_out"]["after"] == r["held_out"]["before"]
     assert ModelInfo.load_json(tmp_path / "site.json").site.is_default
@@ -163,7 +166,7 @@ def test_cli_calibrate_then_detect_with_the_site_model(tmp_path, tiny_model, cap
     assert report["mask_threshold"] < 0.41
     held = report["held_out"]
     assert held["after"]["mask_balanced_accuracy"] == 1.0
-    assert held["after"]["map50"] > held["before"]["map50"] + 0.5
+    assert held["after"]["map50"] > held["before"]["map50"] + 0.2
     assert Classifier(site).threshold == report["mask_threshold"]
     # an existing --out is refused
     assert main(["calibrate", str(csv), "--out", str(site), "--model", str(tiny_model),
@@ -192,9 +195,11 @@ def test_cli_calibrate_then_detect_with_the_site_model(tmp_path, tiny_model, cap
         return json.loads(capsys.readouterr().out)
 
     base_r, site_r = map50(tiny_model), map50(site)
-    assert site_r["map50"] > base_r["map50"] + 0.5
+    assert site_r["map50"] > base_r["map50"] + 0.2
     assert site_r["box_map"] == report["box_map"] and site_r["min_face"] == report["min_face"]
-    assert base_r["loose_match_share"] > 0.9 and site_r["loose_match_share"] < 0.1
+    assert site_r["site"] and not base_r["site"]
+    assert base_r["box_map"] == list(pipeline.DEFAULT_BOX_MAPS["centerface"])
+    assert site_r["loose_match_share"] < 0.1
 
 
 def test_serve_applies_and_reports_the_site_model(tmp_path, tiny_model):
@@ -253,3 +258,18 @@ def test_real_scenes_with_head_boxes(tmp_path):
     sw, sh, _, dy = r["box_map"]
     assert 1.2 < sw < 1.7 and 1.4 < sh < 2.0 and dy < -0.05
     assert r["held_out"]["after"]["map50"] > r["held_out"]["before"]["map50"] + 0.2
+
+
+def test_default_boxes_are_a_little_larger_and_calibrate_sees_the_detectors_own():
+    canvas = np.full((240, 320, 3), 120, np.uint8)
+    draw_blob_face(canvas, (100, 60, 180, 160), 0.8, masked=False)
+    raw = (100, 60, 180, 160)
+    mapped = pipeline.calibrate_box(raw, pipeline.DEFAULT_BOX_MAPS["centerface"])
+    default = pipeline.Detector(face_detector=BlobDetector(), classifier=SkinClassifier())
+    assert default.detect(canvas)[0].box == [round(v) for v in mapped]
+    own = pipeline.Detector(face_detector=BlobDetector(), classifier=SkinClassifier(),
+                            site=False)
+    assert own.detect(canvas)[0].box == list(raw)
+    # a detector without a default box map reports its own boxes
+    yunet = pipeline.Detector(face_detector="yunet", classifier=False, threads=1)
+    assert yunet.box_map is None

@@ -192,6 +192,7 @@ def run_evaluate(args) -> int:
     report["face_threshold"] = detector.face_detector.threshold
     report["min_face"] = detector.min_face
     report["box_map"] = list(detector.box_map) if detector.box_map else None
+    report["site"] = detector.site is not None
     if args.json:
         print_json(report)
     else:
@@ -207,7 +208,7 @@ def _print_report(r: dict) -> None:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     print(f"{r['images']} scenes, {r['faces']} faces; detector {r['detector']} "
           f"(threshold {r['face_threshold']}), {r['ms_per_image']:.1f} ms per image")
-    if r.get("box_map") or r.get("min_face"):
+    if r.get("site") or r.get("min_face"):
         print(f"site settings: box map {r.get('box_map')}, smallest face {r['min_face']} px")
     print(f"face recall (IoU >= {r['recall_iou']}): {pct(r['recall'])} "
           f"(faces >= 32 px: {pct(r['recall_32px'])})")

@@ -19,7 +19,7 @@ from maskwatch.detection.faces import (
 )
 from maskwatch.errors import MaskwatchError
 from maskwatch.imaging import as_rgb
-from maskwatch.inference.modelfile import SiteParams
+from maskwatch.inference.modelfile import DEFAULT_BOX_MAPS, SiteParams
 
 #: Default margin added around each face box before classification, as a fraction of the
 #: box size on each side.
@@ -142,8 +142,9 @@ class Detector:
     ``classify(faces)``), or False to only detect faces (labels are then None).
     ``site``: site parameters (box mapping, smallest face, face threshold; see
     ``maskwatch calibrate``); None takes them from the classifier's metadata, False
-    ignores them. They apply only to the detector they were fitted for; an explicit
-    ``face_threshold`` or ``min_face`` overrides them.
+    ignores them and reports the detector's own boxes (without ``DEFAULT_BOX_MAPS``, as
+    ``calibrate`` fits from them). They apply only to the detector they were fitted for; an
+    explicit ``face_threshold`` or ``min_face`` overrides them.
     ``count_threshold``: faces under this face score are returned with ``counted=False``
     (default: ``COUNT_THRESHOLDS`` for the detector; never below the face threshold). The
     low default face threshold finds more faces, as mAP rewards, but most boxes just
@@ -182,6 +183,7 @@ class Detector:
         else:
             self.face_detector = faces()
             self.classifier = _load_classifier(classifier, threads, threshold)
+        raw_boxes = site is False
         if site is None:
             site = getattr(getattr(self.classifier, "info", None), "site", None)
         if not isinstance(site, SiteParams) or site.detector != self.face_detector.name:
@@ -189,7 +191,12 @@ class Detector:
         self.site: SiteParams | None = site
         if site is not None and face_threshold is None and site.face_threshold is not None:
             self.face_detector.threshold = site.face_threshold
-        self.box_map = tuple(site.box_map) if site is not None else None
+        if site is not None:
+            self.box_map: tuple | None = tuple(site.box_map)
+        elif raw_boxes:
+            self.box_map = None
+        else:
+            self.box_map = DEFAULT_BOX_MAPS.get(self.face_detector.name)
         if min_face is None:
             min_face = site.min_face if site is not None else 0
         self.margin = float(margin)
