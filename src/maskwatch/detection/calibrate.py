@@ -34,14 +34,13 @@ from maskwatch.detection.evaluate import (
     subset_map,
 )
 from maskwatch.detection.pipeline import (
-    DEFAULT_BOX_MAPS,
     Detector,
     detect_decoded,
     refine_min_side,
     site_boxes,
 )
 from maskwatch.errors import MaskwatchError
-from maskwatch.inference.modelfile import SiteParams
+from maskwatch.inference.modelfile import DEFAULT_BOX_MAPS, SiteParams
 from maskwatch.inference.preprocess import decide
 from maskwatch.labels import WITH_MASK, WITHOUT_MASK
 
