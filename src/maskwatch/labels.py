@@ -1,4 +1,4 @@
-"""The canonical class names and the spellings datasets use for them."""
+"""The canonical class names, the spellings datasets use for them, and which faces count."""
 
 from __future__ import annotations
 
@@ -47,6 +47,15 @@ def normalise_label(name: str, mapping: dict[str, str] | None = None) -> str | N
                 return dst or None
     key = _key(name)
     return _LOOKUP.get(key) or _LOOKUP.get(key.replace("_", ""))
+
+
+def is_counted(face) -> bool:
+    """Whether a face counts in counts, shares, alerts and monitoring: False only for one
+    marked ``counted`` False (an uncertain face box, see ``Detector``). Takes a face
+    object or its JSON record; faces without the mark count."""
+    if isinstance(face, dict):
+        return face.get("counted", True) is not False
+    return bool(getattr(face, "counted", True))
 
 
 def sort_classes(labels) -> list[str]:

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from maskwatch.console import note
 from maskwatch.errors import MaskwatchError
-from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITHOUT_MASK
+from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITHOUT_MASK, is_counted
 
 #: Labels that count as non-compliant (and can fire an alert) unless told otherwise.
 NON_COMPLIANT = (WITHOUT_MASK, INCORRECT_MASK)
@@ -89,7 +89,7 @@ class AlertHook:
     def update(self, faces: list, source: str = "", frame: int | None = None) -> dict | None:
         """Feed one frame's faces; returns the event if an alert fired on this frame."""
         unmasked = [f for f in faces
-                    if f.label in self.non_compliant and getattr(f, "counted", True)]
+                    if f.label in self.non_compliant and is_counted(f)]
         keys = {f.track_id if f.track_id is not None else "frame" for f in unmasked}
         self._streaks = {k: self._streaks.get(k, 0) + 1 for k in keys}
         due = [k for k, n in self._streaks.items() if n >= self.after]

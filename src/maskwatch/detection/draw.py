@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITH_MASK, WITHOUT_MASK
+from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITH_MASK, WITHOUT_MASK, is_counted
 
 #: Box colours (RGB): green with mask, red without, amber worn wrongly, grey unclassified.
 COLOURS = {
@@ -53,7 +53,7 @@ def label_text(face, scores: bool = True) -> str:
                 text += f" {face.score:.2f}"
     if face.track_id is not None:
         text = f"#{face.track_id} {text}"
-    if not getattr(face, "counted", True):
+    if not is_counted(face):
         text = f"{UNCOUNTED} {text}"
     return text
 
@@ -138,7 +138,7 @@ def draw_faces(
     for face, (x1, y1, x2, y2) in zip(faces, boxes):
         colour = COLOURS.get(face.label, COLOURS[None])
         thick = width or line_width((x1, y1, x2, y2), out.shape)
-        if not getattr(face, "counted", True):
+        if not is_counted(face):
             thick = max(1, thick // 2)
         cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), colour, int(thick), cv2.LINE_8)
     if not labels:
@@ -163,7 +163,7 @@ def draw_faces(
 
 def face_counts(faces: Iterable) -> dict[str, int]:
     """Counted faces per label, in canonical order (unclassified faces as ``face``)."""
-    counts = Counter(f.label or "face" for f in faces if getattr(f, "counted", True))
+    counts = Counter(f.label or "face" for f in faces if is_counted(f))
     order = [*CANONICAL, "face"]
     return {k: counts[k] for k in sorted(counts, key=lambda k: order.index(k)
                                          if k in order else 99)}

@@ -20,6 +20,7 @@ from maskwatch.detection.faces import (
 from maskwatch.errors import MaskwatchError
 from maskwatch.imaging import as_rgb
 from maskwatch.inference.modelfile import DEFAULT_BOX_MAPS, SiteParams
+from maskwatch.labels import is_counted
 
 #: Default margin added around each face box before classification, as a fraction of the
 #: box size on each side.
@@ -38,8 +39,8 @@ COUNT_THRESHOLDS = {"centerface": 0.3}
 
 
 def counted(faces):
-    """The faces that count (``Face.counted``; objects without the flag count)."""
-    return [f for f in faces if getattr(f, "counted", True)]
+    """The faces that count (see :func:`maskwatch.labels.is_counted`)."""
+    return [f for f in faces if is_counted(f)]
 
 
 @dataclass

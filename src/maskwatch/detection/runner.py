@@ -34,7 +34,7 @@ from maskwatch.detection.video import (
 )
 from maskwatch.errors import MaskwatchError
 from maskwatch.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_inputs, is_video_path
-from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITHOUT_MASK
+from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITHOUT_MASK, is_counted
 
 
 def iter_sources(items: list[str], report) -> Iterator[tuple[str, str]]:
@@ -155,13 +155,13 @@ class Run:
         return [[
             path, "" if frame is None else frame, i, *f.box, f.label or "",
             "" if f.score is None else f"{f.score:.4f}", f"{f.face_score:.4f}",
-            "" if f.track_id is None else f.track_id, int(getattr(f, "counted", True)),
+            "" if f.track_id is None else f.track_id, int(is_counted(f)),
             *[f"{f.scores[c]:.4f}" if c in f.scores else "" for c in self.classes],
         ] for i, f in enumerate(faces)]
 
     def emit(self, path: str, frame: int | None, faces) -> None:
         for f in faces:
-            if getattr(f, "counted", True):
+            if is_counted(f):
                 self.face_counts[f.label or "face"] += 1
             else:
                 self.uncounted += 1

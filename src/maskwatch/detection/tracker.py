@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from maskwatch.boxes import greedy_pairs, iou_matrix
-from maskwatch.labels import WITHOUT_MASK, sort_classes
+from maskwatch.labels import WITHOUT_MASK, is_counted, sort_classes
 
 
 @dataclass
@@ -129,7 +129,7 @@ class IoUTracker:
         track.missed = 0
         if not new:
             track.hits += 1
-        track.counted_hits += bool(getattr(face, "counted", True))
+        track.counted_hits += is_counted(face)
         face.track_id = track.track_id
         if hasattr(face, "counted"):
             face.counted = track.counted

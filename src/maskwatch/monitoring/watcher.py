@@ -33,6 +33,7 @@ from maskwatch.detection.video import (
     source_name,
 )
 from maskwatch.errors import MaskwatchError
+from maskwatch.labels import is_counted
 
 #: Longest side of a snapshot, in pixels.
 SNAPSHOT_SIZE = 640
@@ -219,7 +220,7 @@ class SourceWatcher:
             for k, v in scores.items():
                 person.scores[k] = person.scores.get(k, 0.0) + float(v)
             label = face.label or "face"
-            if getattr(face, "counted", True):  # uncertain face boxes are not counted
+            if is_counted(face):  # uncertain face boxes are not counted
                 self._minute_faces[label] = self._minute_faces.get(label, 0) + 1
                 self._minute_people.setdefault(label, set()).add(face.track_id)
             if self.config.snapshots is not None:

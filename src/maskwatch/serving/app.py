@@ -47,6 +47,7 @@ from maskwatch.detection.draw import Annotator
 from maskwatch.detection.pipeline import detect_decoded
 from maskwatch.errors import ImageError, MaskwatchError
 from maskwatch.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_upload
+from maskwatch.labels import is_counted
 from maskwatch.serving.jobs import (
     DONE,
     Job,
@@ -277,7 +278,7 @@ def _counts(records: list[dict], classes: list[str]) -> dict[str, int]:
     counts = {c: 0 for c in classes}
     uncounted = 0
     for rec in records:
-        if rec.get("counted", True) is False:
+        if not is_counted(rec):
             uncounted += 1
             continue
         label = str(rec.get("label"))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from maskwatch.errors import MaskwatchError
+from maskwatch.labels import is_counted
 
 #: Job states, in order.
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "error", "cancelled"
@@ -127,7 +128,7 @@ class Job:
         totals: dict[str, int] = {}
         most = uncounted = 0
         for rec in self.records:
-            faces = [f for f in rec["faces"] if f.get("counted", True) is not False]
+            faces = [f for f in rec["faces"] if is_counted(f)]
             uncounted += len(rec["faces"]) - len(faces)
             most = max(most, len(faces))
             for face in faces:
