@@ -128,8 +128,8 @@ def test_fast_jpeg_path_gives_pillows_upright_pixels(tmp_path, orientation):
     exif[274] = orientation
     path = tmp_path / "o.jpg"
     Image.fromarray(rgb).save(path, "JPEG", quality=95, exif=exif.tobytes())
-    fast = _load_jpeg_fast(path, None, None)
-    assert fast is not None and fast.flags.c_contiguous
+    fast, size = _load_jpeg_fast(path, None, None)
+    assert fast.flags.c_contiguous and size == fast.shape[1::-1]
     assert fast.shape == ((90, 60, 3) if orientation >= 5 else (60, 90, 3))
     assert np.array_equal(fast, np.asarray(open_image_scaled(path)[0]))
 
@@ -142,7 +142,7 @@ def test_fast_jpeg_path_takes_pillows_dct_scale(tmp_path, size, min_size):
     rgb = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), np.uint8)
     path = tmp_path / "s.jpg"
     Image.fromarray(rgb).save(path, "JPEG")
-    fast = _load_jpeg_fast(path, None, min_size)
+    fast = _load_jpeg_fast(path, None, min_size)[0]
     slow = np.asarray(open_image_scaled(path, min_size=min_size)[0])
     assert fast.shape == slow.shape and min(fast.shape[:2]) >= min(min_size, *size[::-1])
     assert np.array_equal(fast, slow)
@@ -223,12 +223,12 @@ def test_fast_jpeg_path_reads_plain_headers_without_pillow(tmp_path, monkeypatch
 
     with monkeypatch.context() as m:
         m.setattr(imaging.Image, "open", no_pillow)
-        assert np.array_equal(imaging._load_jpeg_fast(plain, None, None), expected)
+        assert np.array_equal(imaging._load_jpeg_fast(plain, None, None)[0], expected)
         with pytest.raises(ImageError, match="over the limit"):
             imaging.load_rgb(plain, max_pixels=1000)
         with pytest.raises(AssertionError, match="Pillow opened"):
             imaging._load_jpeg_fast(xmp, None, None)  # an APP1 block: Pillow's header
-    assert np.array_equal(imaging._load_jpeg_fast(xmp, None, None), upright)
+    assert np.array_equal(imaging._load_jpeg_fast(xmp, None, None)[0], upright)
 
 
 def test_fast_jpeg_path_reads_two_bytes_of_other_files(tmp_path, monkeypatch):

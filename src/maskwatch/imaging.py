@@ -8,7 +8,7 @@ import math
 import os
 import stat
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -221,8 +221,9 @@ def read_file_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     return data
 
 
-def _reduce(img: Image.Image, work_pixels: int) -> Image.Image:
-    """Decode ``img`` at a reduced size so that it holds at most about ``work_pixels``.
+def _reduce(img: Image.Image, work_pixels: int, at_least: int = 1) -> Image.Image:
+    """Decode ``img`` at a reduced size so that it holds at most about ``work_pixels``
+    (a JPEG shrunk at least ``at_least`` times, a DCT scale denominator).
 
     JPEG decodes straight at 1/2, 1/4 or 1/8 scale (draft); other formats are shrunk in
     their own mode (1 byte a pixel for 1-bit, grey and palette images) before any RGB
@@ -230,6 +231,8 @@ def _reduce(img: Image.Image, work_pixels: int) -> Image.Image:
     """
     w, h = img.size
     k = math.ceil(math.sqrt(w * h / work_pixels))
+    if img.format == "JPEG":
+        k = max(k, at_least)
     if k <= 1:
         img.load()
         return img
@@ -259,13 +262,15 @@ def _check_pixels(name: str, w: int, h: int, cap: int) -> None:
 
 def open_image_scaled(
     source, max_pixels: int | None = None, work_pixels: int | None = None,
-    min_size: int | None = None,
+    min_size: int | None = None, reduce: Reduce | None = None,
 ) -> tuple[Image.Image, tuple[float, float]]:
     """Open an image as upright 8-bit RGB, shrunk to about ``work_pixels`` when larger.
 
     ``min_size``: for a reader that shrinks the image anyway (the classifier), a JPEG is
     decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least
-    ``min_size`` pixels; other formats decode at full size.
+    ``min_size`` pixels; other formats decode at full size. ``reduce``: instead, a
+    function of the stored (width, height) giving the largest reduction wanted (see
+    :func:`dct_denominator`).
 
     Returns the image and (sx, sy): multiply its coordinates by these to get the original
     image's. Raises ImageError with a one-line reason for a missing, empty, truncated,
@@ -283,10 +288,11 @@ def open_image_scaled(
             _check_pixels(name, w, h, cap)
             orientation = img.getexif().get(274, 1)
             if work_pixels:
-                img = _reduce(img, work_pixels)
+                img = _reduce(img, work_pixels, _wanted_reduction(w, h, min_size, reduce))
             else:
-                if min_size and img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
-                    img.draft(img.mode, (min_size, min_size))
+                k = _wanted_reduction(w, h, min_size, reduce)
+                if k > 1 and img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
+                    img.draft(img.mode, (w // k, h // k))  # draft takes the scale k
                 img.load()
             sx, sy = w / img.size[0], h / img.size[1]
             if orientation in _ORIENTATION:  # shrunk copies lose their EXIF: turn by hand
@@ -319,10 +325,48 @@ def load_rgb(source, max_pixels: int | None = None, min_size: int | None = None)
     if is_uri(source):
         return decode_bytes(read_uri(source), max_pixels, name=source)
     if isinstance(source, (str, Path)):
-        rgb = _load_jpeg_fast(Path(source), max_pixels, min_size)
-        if rgb is not None:
-            return rgb
+        fast = _load_jpeg_fast(Path(source), max_pixels, min_size)
+        if fast is not None:
+            return fast[0]
     return np.asarray(open_image_scaled(source, max_pixels, min_size=min_size)[0])
+
+
+#: A function of an image's stored (width, height) giving the largest reduction (1: none)
+#: its reader wants; JPEG decodes at the DCT scale (see :func:`dct_denominator`) under it.
+Reduce = Callable[[int, int], float]
+
+
+def dct_denominator(reduction: float) -> int:
+    """The largest JPEG DCT scale denominator (1, 2, 4 or 8: libjpeg decodes at 1/2, 1/4
+    or 1/8 size almost for free) not above ``reduction``."""
+    return next((k for k in (8, 4, 2) if reduction >= k), 1)
+
+
+def _wanted_reduction(w: int, h: int, min_size: int | None, reduce: Reduce | None) -> int:
+    if reduce is not None:
+        wanted = reduce(w, h)
+    elif min_size:
+        wanted = min(w // min_size, h // min_size)
+    else:
+        return 1
+    return dct_denominator(min(wanted, w, h))
+
+
+def load_rgb_reduced(source, reduce: Reduce, max_pixels: int | None = None
+                     ) -> tuple[np.ndarray, tuple[float, float]]:
+    """Read an image as :func:`load_rgb` does, a JPEG at the DCT scale ``reduce`` allows
+    (other formats and URIs at full size), with the (sx, sy) factors that take its
+    pixels back to the full-size upright image's."""
+    if is_uri(source):
+        rgb = decode_bytes(read_uri(source), max_pixels, name=source)
+        return rgb, (1.0, 1.0)
+    if isinstance(source, (str, Path)):
+        fast = _load_jpeg_fast(Path(source), max_pixels, None, reduce)
+        if fast is not None:
+            rgb, (w, h) = fast
+            return rgb, (w / rgb.shape[1], h / rgb.shape[0])
+    img, scale = open_image_scaled(source, max_pixels, reduce=reduce)
+    return np.asarray(img), scale
 
 
 #: EXIF orientation -> the numpy view that makes a decoded array upright (as _ORIENTATION).
@@ -368,14 +412,16 @@ def jpeg_needs_pillow_header(data: bytes) -> bool | None:
 _FAST_COLOURSPACES = {"RGB", "YCbCr", "Gray"}
 
 
-def _load_jpeg_fast(path: Path, max_pixels: int | None, min_size: int | None
-                    ) -> np.ndarray | None:
+def _load_jpeg_fast(path: Path, max_pixels: int | None, min_size: int | None,
+                    reduce: Reduce | None = None
+                    ) -> tuple[np.ndarray, tuple[int, int]] | None:
     """An RGB or grey JPEG file decoded by libjpeg-turbo through ``simplejpeg``: the same
-    pixels as Pillow's decoder (same library, same settings) in about half the time.
-    libjpeg-turbo reads the size (checked against the limit) unless an APP1 block may
-    hold an EXIF or XMP orientation: then Pillow reads the header as everywhere else.
-    None for anything else, or when simplejpeg refuses the data (a truncated file):
-    Pillow then reads it and gives its usual error."""
+    pixels as Pillow's decoder (same library, same settings) in about half the time, and
+    the full-size upright image's (width, height). libjpeg-turbo reads the size (checked
+    against the limit) unless an APP1 block may hold an EXIF or XMP orientation: then
+    Pillow reads the header as everywhere else. None for anything else, or when
+    simplejpeg refuses the data (a truncated file): Pillow then reads it and gives its
+    usual error."""
     try:
         import simplejpeg
     except ImportError:  # pragma: no cover - a dependency; Pillow decodes without it
@@ -407,8 +453,7 @@ def _load_jpeg_fast(path: Path, max_pixels: int | None, min_size: int | None
         _check_pixels(name, w, h, MAX_PIXELS if max_pixels is None else max_pixels)
         # the DCT scale Pillow's draft() takes (1/2, 1/4 or 1/8 at most, never 3/8...), as
         # the smallest output libjpeg-turbo may give: the same array as open_image_scaled
-        k = min(w // min_size, h // min_size) if min_size else 1
-        scale = next((s for s in (8, 4, 2, 1) if k >= s), 1)
+        scale = _wanted_reduction(w, h, min_size, reduce)
         rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-h // scale),
                                      min_width=-(-w // scale))
     except (OSError, ValueError, SyntaxError, UnidentifiedImageError,
@@ -416,7 +461,7 @@ def _load_jpeg_fast(path: Path, max_pixels: int | None, min_size: int | None
         return None  # Pillow reads it again and says what is wrong
     if orientation in _ORIENT_ARRAY:
         rgb = np.ascontiguousarray(_ORIENT_ARRAY[orientation](rgb))
-    return rgb
+    return rgb, ((h, w) if orientation in (5, 6, 7, 8) else (w, h))
 
 
 def as_rgb(image, max_pixels: int | None = None) -> np.ndarray:
@@ -447,15 +492,16 @@ def as_rgb(image, max_pixels: int | None = None) -> np.ndarray:
 
 def decode_upload(
     data: bytes, max_pixels: int | None = None, work_pixels: int | None = None,
-    name: str = "upload",
+    name: str = "upload", reduce: Reduce | None = None,
 ) -> tuple[np.ndarray, tuple[float, float]]:
-    """Decode image bytes (an upload) to an RGB array of at most about ``work_pixels``,
-    and the (sx, sy) factors back to the original's coordinates (see open_image_scaled)."""
+    """Decode image bytes (an upload) to an RGB array of at most about ``work_pixels``
+    (a JPEG shrunk further as ``reduce`` allows), and the (sx, sy) factors back to the
+    original's coordinates (see open_image_scaled)."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
     buf = io.BytesIO(data)
     buf.name = name
-    img, scale = open_image_scaled(buf, max_pixels, work_pixels)
+    img, scale = open_image_scaled(buf, max_pixels, work_pixels, reduce=reduce)
     return np.asarray(img), scale
 
 

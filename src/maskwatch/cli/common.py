@@ -250,6 +250,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _labels(text: str) -> tuple[str, ...]:
     from maskwatch.detection.alerts import parse_labels
     from maskwatch.errors import MaskwatchError

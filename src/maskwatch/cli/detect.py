@@ -16,6 +16,7 @@ from maskwatch.cli.common import (
     add_save_arguments,
     add_threads_argument,
     detector_options,
+    non_negative_int,
     positive_int,
     print_json,
     save_folder,
@@ -90,6 +91,12 @@ def register(subparsers) -> None:
     p.add_argument("--max-frames", type=positive_int, default=None,
                    help="stop each video, camera or stream after this many frames")
     _add_drawing_arguments(p)
+    from maskwatch.detection.draw import COPY_SIZE
+
+    p.add_argument("--copy-size", type=non_negative_int, default=COPY_SIZE, metavar="PX",
+                   help="annotated copies of larger JPEG photos are read and drawn at 1/2, "
+                   "1/4 or 1/8 size, keeping a long side of at least PX (0: full size; "
+                   f"default: {COPY_SIZE}). Boxes stay in the photo's own pixels")
     p.add_argument("--detect-every", type=positive_int, default=1, metavar="N",
                    help="videos, cameras, streams: detect on every Nth frame only; frames "
                    "between carry the tracked faces forward (default: 1, every frame; see "
@@ -165,7 +172,7 @@ def run_detect(args: argparse.Namespace) -> int:
         alert_after=args.alert_after, alert_command=args.alert_command,
         alert_url=args.alert_url, alert_interval=args.alert_interval, workers=args.workers,
         results=args.results, resume=args.resume, shard=args.shard, ray=args.ray,
-        quiet=args.quiet, non_compliant=args.non_compliant,
+        quiet=args.quiet, non_compliant=args.non_compliant, copy_size=args.copy_size,
     )
 
 
@@ -186,7 +193,7 @@ def run_evaluate(args) -> int:
     report = evaluate_detection(
         scenes, detector.detect, recall_iou=args.recall_iou, progress=not args.quiet,
         on_error=lambda msg: note(f"error: {msg}"),
-        count_threshold=detector.count_threshold,
+        count_threshold=detector.count_threshold, read=detector.read,  # as detect reads
     )
     report["detector"] = detector.face_detector.name
     report["face_threshold"] = detector.face_detector.threshold

@@ -196,6 +196,11 @@ def draw_summary(rgb: np.ndarray, counts: dict[str, int], copy: bool = True,
 
 
 BLUR_CHOICES = ("all", "masked", "unmasked")
+#: Annotated copies of photo files are drawn on the photo decoded at the smallest JPEG
+#: scale (1/2, 1/4, 1/8) whose long side is still at least this many pixels: a 4032 x
+#: 3024 photo's copy is 2016 x 1512 (decoding and drawing the full 12 MP cost more than
+#: detecting). 0: full size. Other formats keep their size.
+COPY_SIZE = 1600
 
 
 def faces_to_blur(faces: Iterable, which: str | None) -> list:

@@ -151,9 +151,12 @@ def detect_scenes(
     detect: Callable[[np.ndarray], list],
     progress: bool = True,
     on_error: Callable[[str], None] | None = None,
+    read: Callable[[Path], tuple[np.ndarray, tuple[float, float]]] | None = None,
 ) -> tuple[list[list | None], float]:
     """Run ``detect`` on every scene: (normalised faces per scene, None where the image
-    could not be read; seconds spent in ``detect``)."""
+    could not be read; seconds spent in ``detect``). ``read``: how to decode a scene's
+    file when not at full size (``Detector.read``: the array and its scale, which
+    ``detect`` is then given with the file, as ``Detector.detect`` takes them)."""
     from tqdm import tqdm
 
     from maskwatch.imaging import load_rgb
@@ -162,7 +165,7 @@ def detect_scenes(
     seconds = 0.0
     for scene in tqdm(scenes, desc="detect", unit="img", disable=not progress):
         try:
-            rgb = load_rgb(scene.path)
+            rgb, scale = read(scene.path) if read else (load_rgb(scene.path), (1.0, 1.0))
         except MaskwatchError as exc:
             predictions.append(None)
             if on_error:
@@ -171,7 +174,9 @@ def detect_scenes(
         t0 = time.perf_counter()
         with warnings.catch_warnings():  # decoded here, so RGB: the BGR check is moot
             warnings.simplefilter("ignore", BGRWarning)
-            predictions.append(_faces_of(detect(rgb)))
+            found = (detect(rgb) if scale == (1.0, 1.0)
+                     else detect(rgb, scale=scale, source=scene.path))
+            predictions.append(_faces_of(found))
         seconds += time.perf_counter() - t0
     return predictions, seconds
 
@@ -396,13 +401,15 @@ def evaluate_detection(
     progress: bool = True,
     on_error: Callable[[str], None] | None = None,
     count_threshold: float | None = None,
+    read: Callable[[Path], tuple[np.ndarray, tuple[float, float]]] | None = None,
 ) -> dict:
     """Run ``detect`` (a pipeline ``Detector.detect`` or a ``FaceDetector.detect``) on every
     scene and score it with :func:`score_detections` (plus ``ms_per_image``, and with
-    ``count_threshold`` a ``counting`` section from :func:`score_counting`)."""
+    ``count_threshold`` a ``counting`` section from :func:`score_counting`). ``read`` as
+    in :func:`detect_scenes`."""
     if not scenes:
         raise MaskwatchError("no annotated scenes to evaluate")
-    predictions, seconds = detect_scenes(scenes, detect, progress, on_error)
+    predictions, seconds = detect_scenes(scenes, detect, progress, on_error, read)
     report = score_detections(scenes, predictions, recall_iou)
     if count_threshold is not None:
         report["counting"] = score_counting(scenes, predictions, count_threshold)

@@ -191,6 +191,13 @@ class FaceDetector:
         self.refine_size = int(refine_size or 0)
         self.refine_below = int(refine_below)
 
+    @property
+    def pass_pixels(self) -> int:
+        """The most pixels a detection pass sees (see :func:`pass_scales`): a photo decoded
+        with at least this many loses nothing for detection."""
+        size = max(self.detect_size, self.refine_size)
+        return int(size * size * 0.75)
+
     def detect(self, rgb: np.ndarray, min_side: float = 0.0) -> list[Box]:
         """Return face boxes ``(x1, y1, x2, y2, score)`` in the pixels of ``rgb``, best first.
 

@@ -21,7 +21,7 @@ from maskwatch.batching import (
 )
 from maskwatch.console import note
 from maskwatch.detection.alerts import NON_COMPLIANT
-from maskwatch.detection.draw import Annotator
+from maskwatch.detection.draw import COPY_SIZE, Annotator
 from maskwatch.detection.images import detect_image, init_detector, process_image
 from maskwatch.detection.pipeline import detect_decoded
 from maskwatch.detection.tracker import IoUTracker
@@ -106,8 +106,10 @@ class Run:
                  resume: bool = False, max_frames: int | None = None, alert_after: int = 10,
                  alert_command: str | None = None, alert_url: str | None = None,
                  alert_interval: float = 60.0, quiet: bool = False, stdout=None,
-                 non_compliant: tuple[str, ...] = NON_COMPLIANT, detect_every: int = 1):
+                 non_compliant: tuple[str, ...] = NON_COMPLIANT, detect_every: int = 1,
+                 copy_size: int = COPY_SIZE):
         self.detector = detector
+        self.copy_size = copy_size
         self.detect_every = detect_every
         self.out = out
         self.save_live = save_live
@@ -189,7 +191,8 @@ class Run:
         out = None
         if self.namer is not None:
             out = lambda: self.out_path(spec)  # noqa: E731 - named only once it is read
-        self.image_done(spec, *process_image(self.detector, spec, out, self.annotate))
+        self.image_done(spec, *process_image(self.detector, spec, out, self.annotate,
+                                             self.copy_size))
 
     def image_done(self, spec: str, faces, error: str | None, written) -> None:
         """Count, report and record one image's result (from here or a worker)."""
@@ -329,11 +332,14 @@ def run_detect(
     ray: str | None = None,
     quiet: bool = False,
     non_compliant: tuple[str, ...] = NON_COMPLIANT,
+    copy_size: int = COPY_SIZE,
 ) -> int:
     """Detect over ``inputs``; returns the exit status (0, 1 if an input failed, 130 when
     interrupted).
 
     ``detector_options``: keyword arguments of :class:`~maskwatch.detection.pipeline.Detector`.
+    Photos are read no larger than detection needs, their annotated copies with a long
+    side of at least ``copy_size`` pixels (0: full size; see ``images.process_image``).
     Images go to ``workers`` processes (default 1: this one; results recorded in input
     order); with one worker and ``threads`` 0 (auto), one image per CPU core is in flight
     in threads of this process, each model running single-threaded. With ``ray`` (a
@@ -364,7 +370,7 @@ def run_detect(
               overwrite=overwrite, results=results, resume=resume, max_frames=max_frames,
               alert_after=alert_after, alert_command=alert_command, alert_url=alert_url,
               alert_interval=alert_interval, quiet=quiet, non_compliant=non_compliant,
-              detect_every=detect_every)
+              detect_every=detect_every, copy_size=copy_size)
     for problem in problems:
         run.fail(problem)
     if run.done:
@@ -391,17 +397,17 @@ def run_detect(
                 options["threads"] = options.get("threads") or 1
                 options["classifier"] = ship(options.get("classifier"))
                 results = ray_map(detect_image, jobs, actors, init_detector,
-                                  (options, annotate), address=ray,
+                                  (options, annotate, copy_size), address=ray,
                                   cpus_per_actor=options["threads"], batch_size=4)
             elif workers > 1:
                 options["threads"] = options.get("threads") or 1
                 results = ordered_map(detect_image, jobs, workers, init_detector,
-                                      (options, annotate))
+                                      (options, annotate, copy_size))
             else:
                 def job(task: tuple[str, str | None]):
                     spec, path = task
                     return (spec, *process_image(detector, spec, Path(path) if path else None,
-                                                 annotate))
+                                                 annotate, copy_size))
 
                 results = ordered_map(job, jobs, in_flight, threads=True)
             for spec, faces, error, written in results:

@@ -44,7 +44,7 @@ from starlette.datastructures import UploadFile
 
 from maskwatch import __version__
 from maskwatch.detection.draw import Annotator
-from maskwatch.detection.pipeline import detect_decoded
+from maskwatch.detection.pipeline import Detector, detect_decoded
 from maskwatch.errors import ImageError, MaskwatchError
 from maskwatch.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_upload
 from maskwatch.labels import is_counted
@@ -509,10 +509,12 @@ def create_app(
         finally:
             state.semaphore.release()
 
-    def decode(data: bytes, name: str) -> tuple[np.ndarray, tuple[float, float]]:
-        """The upload at no more than work_pixels, and the factors back to its full size."""
+    def decode(data: bytes, name: str, reduce=None) -> tuple[np.ndarray, tuple[float, float]]:
+        """The upload at no more than work_pixels (a JPEG shrunk as ``reduce`` allows), and
+        the factors back to its full size."""
         try:
-            rgb, scale = decode_upload(data, settings.max_pixels, settings.work_pixels, name)
+            rgb, scale = decode_upload(data, settings.max_pixels, settings.work_pixels, name,
+                                       reduce)
         except ImageError as exc:
             raise _problem(422, str(exc)) from None
         if scale != (1.0, 1.0):
@@ -556,12 +558,23 @@ def create_app(
         data, name = await read_image(request)
 
         def work() -> dict:
-            rgb, (sx, sy) = decode(data, name)
-            faces = detect_decoded(state.detector, rgb)
+            det = state.detector
+            if isinstance(det, Detector):  # read no larger than detection needs
+                rgb, (sx, sy) = decode(data, name, det.reduction())
+
+                def reread(wanted: float):  # finer, for faces too small to classify well
+                    return decode_upload(data, settings.max_pixels, settings.work_pixels,
+                                         name, lambda w, h: wanted)
+
+                faces = det.detect(rgb, check_bgr=False, scale=(sx, sy), source=reread)
+                found_scale = (1.0, 1.0)  # boxes already in the upload's pixels
+            else:
+                rgb, (sx, sy) = decode(data, name)
+                faces, found_scale = detect_decoded(det, rgb), (sx, sy)
             classes = list(state.classifier.classes)
             if threshold is not None:
                 faces = _relabel(faces, classes, threshold)
-            records = _scale_boxes(_face_records(faces), sx, sy)
+            records = _scale_boxes(_face_records(faces), *found_scale)
             width, height = round(rgb.shape[1] * sx), round(rgb.shape[0] * sy)
             return {"faces": records, "width": width, "height": height,
                     "counts": _counts(records, classes)}

@@ -1,0 +1,209 @@
+"""Big photos are read no larger than detection needs (JPEG DCT scaling): boxes stay in the
+photo's pixels, small faces are cropped from a finer decode, copies keep --copy-size."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from detection_helpers import SkinClassifier
+from PIL import Image
+
+from maskwatch.cli import main
+from maskwatch.detection import pipeline
+from maskwatch.detection.evaluate import Scene, evaluate_detection
+from maskwatch.detection.faces import FaceDetector
+from maskwatch.detection.pipeline import CROP_MIN_SIDE, Detector
+from maskwatch.detection.runner import run_detect
+from maskwatch.imaging import load_rgb_reduced, open_image_scaled
+
+BIG = (4000, 3000)
+#: Faces in the big photo's pixels: a large one and one small enough that its crop falls
+#: under CROP_MIN_SIDE in the 1/2-size read (60 px -> 30 px, 39 px with the margin).
+LARGE, SMALL = (400, 500, 1000, 1300), (2600, 1200, 2660, 1280)
+
+
+def _photo(path, size=BIG, exif: bytes | None = None):
+    """A smooth, detailed JPEG (a gradient with stripes: DCT scaling keeps it recognisable)."""
+    w, h = size
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None]
+    rgb = np.stack([np.broadcast_to(x, (h, w)), np.broadcast_to(y, (h, w)),
+                    np.broadcast_to((x + y) / 2, (h, w))], axis=2).astype(np.uint8)
+    rgb[::40] = 0
+    kwargs = {"exif": exif} if exif else {}
+    Image.fromarray(rgb).save(path, "JPEG", quality=90, **kwargs)
+    return path
+
+
+class FixedFaces(FaceDetector):
+    """Stand-in detector: the same faces, given in full-photo pixels, found in any size of
+    that photo (scaled to the array it is shown)."""
+
+    def __init__(self, boxes, full_width: int = BIG[0]):
+        super().__init__(threshold=0.1, detect_size=320, refine_size=800)  # CenterFace's
+        self.boxes, self.full_width = boxes, full_width
+        self.shapes: list[tuple[int, ...]] = []
+
+    def detect(self, rgb, min_side: float = 0.0):
+        self.shapes.append(rgb.shape)
+        f = rgb.shape[1] / self.full_width
+        return [(x1 * f, y1 * f, x2 * f, y2 * f, 0.9) for x1, y1, x2, y2 in self.boxes]
+
+
+class CropRecorder(SkinClassifier):
+    def __init__(self):
+        super().__init__()
+        self.crops: list[tuple[int, ...]] = []
+
+    def classify(self, faces):
+        faces = list(faces)
+        self.crops += [f.shape for f in faces]
+        return super().classify(faces)
+
+
+def _detector(boxes=(LARGE, SMALL)) -> tuple[Detector, CropRecorder]:
+    clf = CropRecorder()
+    return Detector(face_detector=FixedFaces(list(boxes)), classifier=clf, threads=1,
+                    count_threshold=0.0), clf
+
+
+def test_reduced_read_takes_a_dct_scale_and_says_how_far(tmp_path):
+    path = _photo(tmp_path / "p.jpg", (1600, 1200))
+    for wanted, shape in ((4, (300, 400)), (3.9, (600, 800)), (1, (1200, 1600)),
+                          (100, (150, 200))):
+        rgb, scale = load_rgb_reduced(path, lambda w, h, k=wanted: k)
+        assert rgb.shape[:2] == shape
+        assert scale == pytest.approx((1600 / shape[1], 1200 / shape[0]))
+        assert np.array_equal(rgb, np.asarray(open_image_scaled(
+            path, reduce=lambda w, h, k=wanted: k)[0]))  # Pillow's path gives the same
+    # turned by its EXIF orientation: the factors follow the upright photo
+    exif = Image.Exif()
+    exif[274] = 6
+    turned = _photo(tmp_path / "t.jpg", (1600, 1200), exif.tobytes())
+    rgb, scale = load_rgb_reduced(turned, lambda w, h: 2)
+    assert rgb.shape[:2] == (800, 600) and scale == pytest.approx((2.0, 2.0))
+    # other formats are read whole
+    png = tmp_path / "p.png"
+    Image.open(path).save(png)
+    rgb, scale = load_rgb_reduced(png, lambda w, h: 4)
+    assert rgb.shape[:2] == (1200, 1600) and scale == (1.0, 1.0)
+
+
+def test_detector_reads_no_larger_than_its_finest_pass_or_the_copy_needs(tmp_path):
+    det = Detector(classifier=False, threads=1)
+    assert det.face_detector.pass_pixels == 800 * 600 and det.read_pixels == 2
+    path = _photo(tmp_path / "big.jpg")
+    # 12 MP -> 1/2 (3 MP): 1/4 would hold under twice the finest pass's 480k pixels
+    assert det.read(path)[0].shape[:2] == (1500, 2000)
+    det.read_pixels = 1.0
+    assert det.read(path)[0].shape[:2] == (750, 1000)
+    assert det.read(path, copy_side=1600)[0].shape[:2] == (1500, 2000)
+    assert det.read(path, copy_side=0)[0].shape[:2] == (3000, 4000)
+    det.read_pixels = 2.0
+    assert det.read(path, copy_side=2500)[0].shape[:2] == (3000, 4000)
+    small = _photo(tmp_path / "small.jpg", (1600, 1200))
+    assert det.read(small)[0].shape[:2] == (1200, 1600)  # 1/2 would hold too few pixels
+
+
+def test_boxes_of_a_reduced_read_are_in_the_photos_pixels(tmp_path):
+    path = _photo(tmp_path / "big.jpg")
+    det, _ = _detector()
+    rgb, scale = det.read(path)
+    assert scale == (2.0, 2.0)
+    faces = det.detect(rgb, check_bgr=False, scale=scale, source=path)
+    whole = det.detect(det.read(path, copy_side=0)[0], check_bgr=False)
+    for face, expected in zip(faces, (LARGE, SMALL)):
+        assert face.box == pytest.approx(list(expected), abs=4)
+    assert np.allclose([f.box for f in faces], [f.box for f in whole], atol=4)
+    # a path given to detect is read the same way
+    det.face_detector.shapes.clear()
+    assert [f.box for f in det.detect(path)] == [f.box for f in faces]
+    assert det.face_detector.shapes == [(1500, 2000, 3)]
+    # min_face is in the photo's pixels too: the 60 px face goes, the 600 px one stays
+    det.min_face = 100
+    assert len(det.detect(rgb, check_bgr=False, scale=scale, source=path)) == 1
+    # evaluate-detection reads as detect does and scores in the photo's pixels
+    scene = Scene(path, [LARGE, SMALL], ["without_mask", "without_mask"], [False, False])
+    det.min_face = 0
+    report = evaluate_detection([scene], det.detect, progress=False, read=det.read)
+    assert report["recall"] == 1.0
+
+
+def test_small_faces_are_cropped_from_a_finer_decode(tmp_path, monkeypatch):
+    path = _photo(tmp_path / "big.jpg")
+    det, clf = _detector()
+    rgb, scale = det.read(path)
+    det.detect(rgb, check_bgr=False, scale=scale, source=path)
+    large, small = clf.crops
+    # the large face is cut from the 1/2 read (780 px with margins -> 390), the small one
+    # from a read fine enough to give it at least CROP_MIN_SIDE pixels (here whole: 78 px)
+    assert min(large[:2]) == pytest.approx(390, abs=3)
+    assert min(small[:2]) >= CROP_MIN_SIDE and min(small[:2]) == pytest.approx(78, abs=3)
+    # without the file (an array from elsewhere) the small crop stays as it is
+    clf.crops.clear()
+    det.detect(rgb, check_bgr=False, scale=scale)
+    assert min(clf.crops[1][:2]) < CROP_MIN_SIDE
+    # a file that cannot be read again: the crops from the reduced read are used
+    clf.crops.clear()
+    path.write_bytes(b"gone")
+    assert len(det.detect(rgb, check_bgr=False, scale=scale, source=path)) == 2
+    assert min(clf.crops[1][:2]) < CROP_MIN_SIDE
+    monkeypatch.setattr(pipeline, "CROP_MIN_SIDE", 0)  # nothing small: no second read
+    clf.crops.clear()
+    det.detect(rgb, check_bgr=False, scale=scale, source=tmp_path / "missing.jpg")
+    assert len(clf.crops) == 2
+
+
+def test_detect_writes_boxes_in_photo_pixels_and_copies_at_copy_size(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    _photo(tmp_path / "in" / "big.jpg")
+    options = dict(face_detector=FixedFaces([LARGE, SMALL]), classifier=CropRecorder(),
+                   threads=1, count_threshold=0.0)
+    for copy_size, copy_shape in ((1600, (2000, 1500)), (0, BIG), (2500, BIG)):
+        out = tmp_path / f"out{copy_size}"
+        assert run_detect([str(tmp_path / "in")], options, out=out, json_lines=True,
+                          quiet=True, copy_size=copy_size) == 0
+        record = json.loads(capsys.readouterr().out.splitlines()[0])
+        assert np.allclose([f["box"] for f in record["faces"]], [LARGE, SMALL], atol=4)
+        with Image.open(out / "big.jpg") as copy:
+            assert copy.size == copy_shape
+        drawn = np.asarray(Image.open(out / "big.jpg"))
+        f = copy_shape[0] / BIG[0]  # the box is drawn where the face is in the copy
+        x1, y1 = round(LARGE[0] * f), round((LARGE[1] + LARGE[3]) / 2 * f)
+        assert drawn[y1, x1].max() - drawn[y1, x1].min() > 60  # a coloured line, not grey
+
+
+def test_cli_copy_size_option(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(pipeline, "_load_classifier",
+                        lambda c, t, threshold=None: SkinClassifier())
+    monkeypatch.setattr(pipeline, "make_face_detector",
+                        lambda name, threshold=None, **kw: FixedFaces([LARGE]))
+    path = _photo(tmp_path / "big.jpg")
+    assert main(["detect", str(path), "-o", str(tmp_path / "o"), "--copy-size", "0",
+                 "--quiet", "--threads", "1"]) == 0
+    with Image.open(tmp_path / "o" / "big.jpg") as copy:
+        assert copy.size == BIG
+    with pytest.raises(SystemExit):
+        main(["detect", str(path), "--copy-size", "-5", "--no-save"])
+    assert "--copy-size" in capsys.readouterr().err
+
+
+def test_api_detect_reads_uploads_no_larger_than_detection_needs(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from maskwatch.serving.app import Settings, create_app
+
+    data = _photo(tmp_path / "big.jpg").read_bytes()
+    det, clf = _detector()
+    app = create_app(detector=det, settings=Settings())
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        r = client.post("/api/detect", files={"file": ("big.jpg", data, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"]) == BIG
+    assert np.allclose([f["box"] for f in body["faces"]], [LARGE, SMALL], atol=4)
+    assert det.face_detector.shapes == [(1500, 2000, 3)]  # the 1/2 read, not 12 MP
+    assert min(clf.crops[1][:2]) >= CROP_MIN_SIDE  # the small face from a finer read
