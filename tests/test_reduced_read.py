@@ -207,3 +207,15 @@ def test_api_detect_reads_uploads_no_larger_than_detection_needs(tmp_path):
     assert np.allclose([f["box"] for f in body["faces"]], [LARGE, SMALL], atol=4)
     assert det.face_detector.shapes == [(1500, 2000, 3)]  # the 1/2 read, not 12 MP
     assert min(clf.crops[1][:2]) >= CROP_MIN_SIDE  # the small face from a finer read
+
+
+def test_calibrate_reads_scenes_as_detect_does(tmp_path):
+    from maskwatch.detection.calibrate import run_detector
+
+    path = _photo(tmp_path / "big.jpg")
+    det, _ = _detector()
+    scene = Scene(path, [LARGE], ["without_mask"], [False])
+    (cached,) = run_detector([scene], det, progress=False)
+    assert cached.size == BIG  # the photo's size, not the read's
+    assert np.allclose(cached.boxes, [LARGE, SMALL], atol=4)
+    assert det.face_detector.shapes == [(1500, 2000, 3)]

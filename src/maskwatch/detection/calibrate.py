@@ -35,7 +35,6 @@ from maskwatch.detection.evaluate import (
 )
 from maskwatch.detection.pipeline import (
     Detector,
-    detect_decoded,
     refine_min_side,
     site_boxes,
 )
@@ -102,16 +101,16 @@ def run_detector(
     scenes: Sequence[Scene], detector: Detector, progress: bool = True,
     on_error: Callable[[str], None] | None = None,
 ) -> list[Cached | None]:
-    """Run ``detector`` (its own boxes, no site settings) once per scene; None where the
-    image cannot be read."""
+    """Run ``detector`` (its own boxes, no site settings) once per scene, reading each as
+    ``detect`` does (:meth:`Detector.read`); None where the image cannot be read."""
     classes = detector.classes
     sizes: list[tuple[int, int]] = []
 
-    def detect(rgb: np.ndarray) -> list:
-        sizes.append((rgb.shape[1], rgb.shape[0]))
-        return detect_decoded(detector, rgb)
+    def detect(rgb: np.ndarray, scale=(1.0, 1.0), source=None) -> list:
+        sizes.append((round(rgb.shape[1] * scale[0]), round(rgb.shape[0] * scale[1])))
+        return detector.detect(rgb, check_bgr=False, scale=scale, source=source)
 
-    found, _ = detect_scenes(scenes, detect, progress, on_error)
+    found, _ = detect_scenes(scenes, detect, progress, on_error, read=detector.read)
     size_of = iter(sizes)  # one per scene that was read, in order
     return [None if faces is None else Cached(
         boxes=np.asarray([f[0] for f in faces], np.float64).reshape(-1, 4),
