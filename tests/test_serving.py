@@ -714,3 +714,23 @@ def test_detector_is_loaded_at_startup_from_settings(tmp_path):
         assert r.json()["label"] == "with_mask"
         assert c.post("/api/detect", **upload(png(np.zeros((40, 40, 3), np.uint8)))).json()[
             "faces"] == []
+
+
+def test_video_job_writes_its_mp4_shrunk_to_copy_size(tmp_path):
+    import threading
+
+    import cv2
+
+    from maskwatch.serving.jobs import Job, process_video
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, frames=4, w=96, h=64)
+    for copy_size, size in ((40, (48, 32)), (0, (96, 64))):
+        job = Job(f"j{copy_size}", tmp_path / str(copy_size), clip, "clip.mp4")
+        job.output_path.parent.mkdir(parents=True, exist_ok=True)
+        process_video(job, threading.Event(), FakeDetector().detect, max_frames=100,
+                      max_pixels=10**8, copy_size=copy_size)
+        cap = cv2.VideoCapture(str(job.output_path))
+        assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == size
+        assert (job.width, job.height) == (96, 64)  # records keep the frames' pixels

@@ -329,3 +329,31 @@ def test_background_writer_writes_every_frame_in_order(tmp_path):
     cap.release()
     assert len(means) == 12
     assert means == sorted(means)  # frames kept their order
+
+
+def test_annotated_video_is_shrunk_to_copy_size_with_its_boxes(clip, tmp_path):
+    from maskwatch.detection.draw import COLOURS, Annotator, copy_factor
+
+    assert [copy_factor(W, H, c) for c in (0, 100, 160, 161, 40, 30)] == [1, 2, 2, 1, 8, 8]
+    seen = []
+
+    def detect(rgb):
+        seen.append(rgb.shape)
+        return [_face(200, "without_mask", 0.9)]  # box (200, 50)-(260, 110)
+
+    out = tmp_path / "small.mp4"
+    video = TrackedVideo(VideoSource(str(clip)), detect, out, copy_size=100,
+                         annotate=Annotator(labels=False, width=4))
+    records = [faces for _, _, faces in video]
+    assert seen == [(H, W, 3)] * N  # detection sees whole frames
+    assert all(f.box == [200, 50, 260, 110] for faces in records for f in faces)
+    cap = cv2.VideoCapture(str(out))
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    assert size == (W // 2, H // 2)
+    ok, first = cap.read()
+    b, g, r = (first[30:50].astype(int)[..., i] for i in range(3))  # BGR from OpenCV
+    redness = (r - (g + b) / 2).mean(axis=0)  # per column, rows inside the box
+    assert COLOURS["without_mask"][0] > 200
+    # the box's left edge is drawn at x = 100 in the half-size frame (the frame is grey
+    # to its left; at full size it would lie past the frame's edge)
+    assert redness[100:103].min() > 60 and redness[60:96].max() < 30

@@ -56,7 +56,7 @@ import numpy as np
 
 from maskwatch.errors import MaskwatchError
 
-SECTIONS = ("classifier", "pipeline", "scenes", "phone_photos", "cold_start", "classify_dir",
+SECTIONS = ("classifier", "pipeline", "scenes", "phone_size", "cold_start", "classify_dir",
             "training", "distributed", "serve", "soak", "watch", "batch", "memory")
 #: `detect` options before two-pass detection (for the ``scenes`` ratios): its defaults,
 #: and the settings that reached mAP@0.5 0.85 on the held-out scenes (4x slower).
@@ -317,12 +317,19 @@ def detect_command_rate(folder: Path, options: list[str], copies: Path | None = 
     with ``--no-save``, or saving the annotated copies in ``copies`` (the default
     behaviour)."""
     photos = len(list(folder.iterdir()))
+    return round(photos / detect_command_seconds(folder, options, copies), 1)
+
+
+def detect_command_seconds(inputs: Path, options: list[str], copies: Path | None = None
+                           ) -> float:
+    """Wall time of a whole ``maskwatch detect INPUTS --json`` process (as
+    :func:`detect_command_rate`)."""
     save = ["-o", str(copies), "--overwrite"] if copies else ["--no-save"]
-    cmd = [sys.executable, "-m", "maskwatch", "detect", str(folder), "--json", "--quiet",
+    cmd = [sys.executable, "-m", "maskwatch", "detect", str(inputs), "--json", "--quiet",
            *save, *options]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return round(photos / (time.perf_counter() - start), 1)
+    return time.perf_counter() - start
 
 
 def one_pass_folder(folder: Path, out: Path, face_detector, copies: int = 7) -> int:
@@ -416,14 +423,33 @@ def enlarged_scenes(scenes: list, folder: Path, long_side: int) -> list:
     return out
 
 
-def bench_phone_photos(model: Path, tmp: Path, root: Path | None = None,
-                       long_side: int = 4032) -> dict:
+def panning_clip(photo: Path, out: Path, size: tuple[int, int] = (3840, 2160),
+                 frames: int = 60, step: int = 4) -> Path:
+    """An H.264 clip of ``photo`` enlarged (bicubic) to a little more than ``size``, the
+    view panning ``step`` px a frame."""
+    import cv2
+
+    from maskwatch.detection.video import VideoWriter
+    from maskwatch.imaging import load_rgb
+
+    w, h = size
+    big = cv2.resize(load_rgb(photo), (w + step * frames, h), interpolation=cv2.INTER_CUBIC)
+    with VideoWriter(out, 30, size) as writer:
+        for i in range(frames):
+            writer.write(np.ascontiguousarray(big[:, step * i:step * i + w]))
+    return out
+
+
+def bench_phone_size(model: Path, tmp: Path, root: Path | None = None,
+                     long_side: int = 4032) -> dict:
     """`detect` on photos the size of a phone's (the held-out 853 scenes enlarged to
     ``long_side`` px JPEGs: 12 MP at 4:3): mAP@0.5 when the photos are decoded at full size
     and as `detect` reads them (JPEG DCT scaling, see ``Detector.read``; also keeping only
     the finest pass's pixels instead of ``READ_PIXELS`` times them), and whole-process
     photos/s with --no-save, saving copies (default --copy-size) and saving full-size
-    copies (--copy-size 0: full decoding, as before)."""
+    copies (--copy-size 0: full decoding, as before); and frames/s on a 4K clip (one
+    held-out scene, enlarged, panning) saving the annotated video at the default
+    --copy-size (1920 x 1080) and at full size."""
     from maskwatch.detection.evaluate import evaluate_detection, load_scenes
     from maskwatch.detection.pipeline import Detector
 
@@ -455,6 +481,14 @@ def bench_phone_photos(model: Path, tmp: Path, root: Path | None = None,
     }
     out["speedup_saving_copies_vs_full_size"] = round(
         out["photos_per_s_saving_copies"] / out["photos_per_s_saving_full_size_copies"], 2)
+    frames = 60
+    clip = panning_clip(scenes[3].path, tmp / "pan4k.mp4", frames=frames)
+    for name, extra in (("default_copy_size", []), ("full_size", ["--copy-size", "0"])):
+        seconds = detect_command_seconds(clip, [*flags, *extra], tmp / f"clip-{name}")
+        out[f"video_3840x2160_frames_per_s_{name}"] = round(frames / seconds, 1)
+    out["video_speedup_default_vs_full_size"] = round(
+        out["video_3840x2160_frames_per_s_default_copy_size"]
+        / out["video_3840x2160_frames_per_s_full_size"], 2)
     return out
 
 
@@ -935,7 +969,7 @@ def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
             "classifier": lambda: bench_classifier(model_path, threads, seconds, tmp),
             "pipeline": lambda: bench_pipeline(model_path, threads, seconds, tmp),
             "scenes": lambda: bench_scenes(model_path, threads, tmp),
-            "phone_photos": lambda: bench_phone_photos(model_path, tmp / "phone"),
+            "phone_size": lambda: bench_phone_size(model_path, tmp / "phone"),
             "cold_start": lambda: bench_cold_start(model_path, tmp),
             "classify_dir": lambda: bench_classify_dir(model_path, threads, seconds, tmp),
             "training": lambda: bench_training(threads, seconds, size),

@@ -94,9 +94,9 @@ def register(subparsers) -> None:
     from maskwatch.detection.draw import COPY_SIZE
 
     p.add_argument("--copy-size", type=non_negative_int, default=COPY_SIZE, metavar="PX",
-                   help="annotated copies of larger JPEG photos are read and drawn at 1/2, "
-                   "1/4 or 1/8 size, keeping a long side of at least PX (0: full size; "
-                   f"default: {COPY_SIZE}). Boxes stay in the photo's own pixels")
+                   help="annotated copies of larger JPEG photos and videos are drawn at "
+                   "1/2, 1/4 or 1/8 size, keeping a long side of at least PX (0: full size; "
+                   f"default: {COPY_SIZE}). Boxes stay in the input's own pixels")
     p.add_argument("--detect-every", type=positive_int, default=1, metavar="N",
                    help="videos, cameras, streams: detect on every Nth frame only; frames "
                    "between carry the tracked faces forward (default: 1, every frame; see "

@@ -199,8 +199,18 @@ BLUR_CHOICES = ("all", "masked", "unmasked")
 #: Annotated copies of photo files are drawn on the photo decoded at the smallest JPEG
 #: scale (1/2, 1/4, 1/8) whose long side is still at least this many pixels: a 4032 x
 #: 3024 photo's copy is 2016 x 1512 (decoding and drawing the full 12 MP cost more than
-#: detecting). 0: full size. Other formats keep their size.
+#: detecting). Other image formats keep their size; `detect`'s annotated videos are
+#: shrunk the same way (a 3840 x 2160 video is written at 1920 x 1080). 0: full size.
 COPY_SIZE = 1600
+
+
+def copy_factor(width: int, height: int, copy_size: int = COPY_SIZE) -> int:
+    """The most an annotated copy of a width x height picture may be shrunk: 1, 2, 4 or 8,
+    keeping a long side of at least ``copy_size`` (0: 1, full size)."""
+    if copy_size <= 0:
+        return 1
+    longest = max(width, height) / copy_size
+    return next((k for k in (8, 4, 2) if longest >= k), 1)
 
 
 def faces_to_blur(faces: Iterable, which: str | None) -> list:

@@ -47,7 +47,7 @@ COUNT_THRESHOLDS = {"centerface": 0.3}
 CROP_MIN_SIDE = 48
 #: :meth:`Detector.read` keeps at least this many times the pixels of the face detector's
 #: finest pass. On the 126 held-out 853 scenes enlarged to 4032 x 3024 JPEGs
-#: (``maskwatch bench --sections phone_photos``), reading them with just the pass's pixels
+#: (``maskwatch bench --sections phone_size``), reading them with just the pass's pixels
 #: (at 1/4) found 0.915 of the faces against 0.922 read whole, mAP@0.5 0.849 vs 0.854;
 #: with twice (at 1/2) as many as whole, mAP@0.5 0.856.
 READ_PIXELS = 2.0

@@ -237,7 +237,7 @@ class Run:
                              self.max_frames,
                              annotate=replace(self.annotate, summary=self.annotate.labels),
                              tracker=IoUTracker(threshold=self.detector.threshold),
-                             detect_every=self.detect_every)
+                             detect_every=self.detect_every, copy_size=self.copy_size)
         write_failed: VideoWriteError | None = None
         bar = tqdm(total=self.max_frames or src.frame_count, desc=src.name, unit="frame",
                    disable=self.quiet, file=sys.stderr, dynamic_ncols=True)

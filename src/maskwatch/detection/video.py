@@ -354,10 +354,12 @@ class TrackedVideo:
     file and :meth:`people` the people per label the tracker counted.
     ``detect_every``: detect on every Nth frame only (from the first); the frames between
     carry the tracker's faces, moved on at their speed (see ``IoUTracker.carry``).
+    ``copy_size``: frames are drawn and encoded shrunk by 2, 4 or 8 while their long side
+    stays at least this (0: full size; detection always sees the full frame).
     """
 
     def __init__(self, source: VideoSource, detect, out=None, max_frames: int | None = None,
-                 tracker=None, annotate=None, detect_every: int = 1):
+                 tracker=None, annotate=None, detect_every: int = 1, copy_size: int = 0):
         from maskwatch.detection.draw import Annotator
         from maskwatch.detection.tracker import IoUTracker
 
@@ -372,6 +374,7 @@ class TrackedVideo:
         if detect_every < 1:
             raise MaskwatchError(f"--detect-every must be at least 1, got {detect_every}")
         self.detect_every = int(detect_every)
+        self.copy_size = int(copy_size)
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray, list]]:
         src = self.source
@@ -385,12 +388,12 @@ class TrackedVideo:
                 yield self.frames, rgb, faces
                 if self.out is not None:
                     if writer is None:
-                        h, w = rgb.shape[:2]
                         path = self.out() if callable(self.out) else self.out
+                        size, render = self._renderer(*rgb.shape[1::-1])
                         writer = BackgroundWriter(
-                            VideoWriter(path, src.fps, (w, h),
+                            VideoWriter(path, src.fps, size,
                                         audio_from=None if src.live else src.spec),
-                            self.annotate,
+                            render,
                         )
                     writer.write(rgb, faces)
                 self.frames += 1
@@ -404,6 +407,26 @@ class TrackedVideo:
             raise
         if writer is not None:
             self.written = writer.close()  # VideoWriteError (file removed) if ffmpeg failed
+
+    def _renderer(self, width: int, height: int):
+        """The written frames' (width, height) and ``render(frame, faces)`` drawing one:
+        shrunk by the whole factor ``copy_size`` allows (area averaging), boxes with it."""
+        from maskwatch.detection.draw import copy_factor
+
+        k = copy_factor(width, height, self.copy_size)
+        if k == 1:
+            return (width, height), self.annotate
+        size = (width // k, height // k)
+
+        def render(frame: np.ndarray, faces) -> np.ndarray:
+            import cv2
+
+            from maskwatch.detection.pipeline import scaled_faces
+
+            small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+            return self.annotate(small, scaled_faces(faces, size[0] / width, size[1] / height))
+
+        return size, render
 
     def people(self) -> dict[str, int]:
         """People per label: each track seen long enough counts once (see IoUTracker)."""

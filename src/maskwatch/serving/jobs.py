@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskwatch.detection.draw import COPY_SIZE
 from maskwatch.errors import MaskwatchError
 from maskwatch.labels import is_counted
 
@@ -279,6 +280,7 @@ def process_video(
     budget: int | None = None,
     annotate: Callable[[np.ndarray, list], np.ndarray] | None = None,
     threshold: float | None = None,
+    copy_size: int = COPY_SIZE,
 ) -> None:
     """Detect and track faces in every frame of job.input_path and write the annotated
     H.264 MP4 with the source's audio: the same video path as ``maskwatch detect``.
@@ -289,6 +291,8 @@ def process_video(
     fails the job, and no partial file is kept. ``annotate(rgb, faces)``
     draws the frames (default: boxes, labels and the count of faces in view).
     ``threshold``: the model's without_mask decision threshold, which tracks follow.
+    ``copy_size``: the annotated MP4 is shrunk as ``detect``'s are (records keep the
+    frames' own pixels).
     """
     from maskwatch.detection.tracker import IoUTracker
     from maskwatch.detection.video import TrackedVideo, VideoSource
@@ -304,7 +308,7 @@ def process_video(
         job.fps = src.fps
         job.frames_total = min(src.frame_count, max_frames) if src.frame_count else None
         video = TrackedVideo(src, detect, job.output_path, max_frames, annotate=annotate,
-                             tracker=IoUTracker(threshold=threshold))
+                             tracker=IoUTracker(threshold=threshold), copy_size=copy_size)
         for index, rgb, faces in video:
             if stop.is_set():
                 raise JobCancelled()
