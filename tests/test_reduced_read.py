@@ -219,3 +219,31 @@ def test_calibrate_reads_scenes_as_detect_does(tmp_path):
     assert cached.size == BIG  # the photo's size, not the read's
     assert np.allclose(cached.boxes, [LARGE, SMALL], atol=4)
     assert det.face_detector.shapes == [(1500, 2000, 3)]
+
+
+def test_big_arrays_are_shrunk_before_detection_and_cropped_whole(tmp_path):
+    rgb = np.asarray(Image.open(_photo(tmp_path / "big.jpg")))
+    det, clf = _detector()
+    faces = det.detect(rgb, check_bgr=False)
+    assert det.face_detector.shapes == [(1500, 2000, 3)]  # a 4K frame is detected at half
+    assert np.allclose([f.box for f in faces], [LARGE, SMALL], atol=4)
+    large, small = clf.crops
+    assert min(large[:2]) == pytest.approx(390, abs=3)  # from the half-size array
+    assert min(small[:2]) == pytest.approx(78, abs=3)  # from the whole one
+    # arrays that hold no more than detection needs are left as they are
+    det.face_detector.shapes.clear()
+    det.detect(rgb[:1200, :1600], check_bgr=False)
+    assert det.face_detector.shapes == [(1200, 1600, 3)]
+
+
+def test_big_png_files_are_read_whole_then_shrunk_for_detection(tmp_path):
+    png = tmp_path / "big.png"
+    Image.open(_photo(tmp_path / "big.jpg", (2400, 1800))).save(png)
+    clf = CropRecorder()
+    det = Detector(face_detector=FixedFaces([(240, 300, 600, 780)], full_width=2400),
+                   classifier=clf, threads=1, count_threshold=0.0)
+    rgb, scale = det.read(png)
+    assert rgb.shape[:2] == (1800, 2400) and scale == (1.0, 1.0)  # no DCT scale for PNG
+    faces = det.detect(rgb, check_bgr=False, scale=scale, source=png)
+    assert det.face_detector.shapes == [(900, 1200, 3)]
+    assert np.allclose(faces[0].box, [240, 300, 600, 780], atol=3)

@@ -298,13 +298,19 @@ class Detector:
         pixels; ``source``: that photo's file, decoded again finer for faces whose crops
         would be under ``CROP_MIN_SIDE`` pixels in ``image`` (or a function doing so: it
         takes the largest reduction wanted and returns what :meth:`read` does). A file
-        path is read with :meth:`read` and is its own ``source``."""
+        path is read with :meth:`read` and is its own ``source``; an image that is still
+        bigger than detection needs (as :meth:`read` judges: an array, a PNG) is shrunk by
+        2, 4 or 8 first and is its own ``source`` (a 4K video frame is detected at 1920 x
+        1080)."""
         if check_bgr is None:
             check_bgr = isinstance(image, np.ndarray)
         if isinstance(image, (str, Path)) and source is None:
             source = image
             image, scale = self.read(image)
         rgb = as_rgb(image)
+        if tuple(scale) == (1.0, 1.0):  # as given, or a format read whole: maybe too big
+            rgb, scale, whole = self._shrunk(rgb)
+            source = whole or source
         sx, sy = (float(v) for v in scale)
         reduced = (sx, sy) != (1.0, 1.0)
         min_side = self.refine_min_side / min(sx, sy)
@@ -343,6 +349,19 @@ class Detector:
         return faces
 
     __call__ = detect
+
+    def _shrunk(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[float, float], Any]:
+        """``rgb`` shrunk by the whole factor (2, 4, 8) :meth:`reduction` allows (area
+        averaging), its scale, and a source giving back the full array; or ``rgb`` itself,
+        (1, 1) and None."""
+        h, w = rgb.shape[:2]
+        k = dct_denominator(self.reduction()(w, h))
+        if k == 1:
+            return rgb, (1.0, 1.0), None
+        import cv2
+
+        small = cv2.resize(rgb, (w // k, h // k), interpolation=cv2.INTER_AREA)
+        return small, (w / small.shape[1], h / small.shape[0]), lambda wanted: (rgb, (1.0, 1.0))
 
     def _recrop_small(self, crops: list, found: list, source, scale: tuple[float, float]
                       ) -> None:

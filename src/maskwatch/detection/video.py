@@ -355,7 +355,7 @@ class TrackedVideo:
     ``detect_every``: detect on every Nth frame only (from the first); the frames between
     carry the tracker's faces, moved on at their speed (see ``IoUTracker.carry``).
     ``copy_size``: frames are drawn and encoded shrunk by 2, 4 or 8 while their long side
-    stays at least this (0: full size; detection always sees the full frame).
+    stays at least this (0: full size; ``detect`` is always given the whole frame).
     """
 
     def __init__(self, source: VideoSource, detect, out=None, max_frames: int | None = None,
