@@ -291,3 +291,23 @@ def test_files_under_lists_what_rglob_lists(tmp_path):
                                           "link.jpg", "notes.txt"]
     assert [p.name for p in list_images([str(root)])] == [".hidden.jpg", "x.png", "z.jpg",
                                                           "y.jpg", "b.jpg", "link.jpg"]
+
+
+def test_heic_photos_are_read_and_missing_support_is_said(tmp_path, monkeypatch):
+    import maskwatch.imaging as imaging
+    from maskwatch.imaging import list_images
+
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    x = np.linspace(0, 255, 160, dtype=np.float32)
+    rgb = np.stack(np.broadcast_arrays(x[None, :], x[:120, None], 128 + 0 * x[None, :]),
+                   axis=2).astype(np.uint8)
+    path = tmp_path / "phone.heic"
+    Image.fromarray(rgb).save(path, quality=95)
+    (tmp_path / "notes.txt").write_text("not a photo")
+    assert list_images([str(tmp_path)]) == [path]  # a folder's HEIC photos are listed
+    out = load_rgb(path)
+    assert out.shape == rgb.shape and np.abs(out.astype(int) - rgb).mean() < 6
+    monkeypatch.setattr(imaging, "_HEIF", [False])  # as without pillow-heif
+    with pytest.raises(ImageError, match="phone.heic: HEIC/HEIF photos need pillow-heif"):
+        load_rgb(path)

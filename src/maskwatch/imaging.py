@@ -16,7 +16,10 @@ from PIL import Image, UnidentifiedImageError
 
 from maskwatch.errors import ImageError, MaskwatchError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif"}
+#: HEIC/HEIF (what iPhones save photos as): read through ``pillow-heif``.
+HEIF_SUFFIXES = {".heic", ".heif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif",
+                  *HEIF_SUFFIXES}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 
 #: Largest image accepted, in pixels (a 10,000 x 10,000 photo fits). Override with
@@ -250,6 +253,24 @@ def _reduce(img: Image.Image, work_pixels: int, at_least: int = 1) -> Image.Imag
         return img.resize(size, Image.Resampling.NEAREST)
 
 
+_HEIF: list[bool] = []  # whether pillow-heif's opener is registered, once tried
+
+
+def _open_heif(name: str) -> None:
+    """Teach Pillow HEIC/HEIF (``pillow-heif``, imported on the first such file only: it
+    costs ~0.1 s); ImageError with what to install when it is missing."""
+    if not _HEIF:
+        try:
+            import pillow_heif
+        except ImportError:
+            _HEIF.append(False)
+        else:
+            pillow_heif.register_heif_opener()
+            _HEIF.append(True)
+    if not _HEIF[0]:
+        raise ImageError(f"{name}: HEIC/HEIF photos need pillow-heif (pip install pillow-heif)")
+
+
 def _check_pixels(name: str, w: int, h: int, cap: int) -> None:
     if w * h > cap:
         raise ImageError(
@@ -280,6 +301,8 @@ def open_image_scaled(
     name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", "image")
     if isinstance(source, (str, Path)):
         _check_regular(Path(source), name)
+    if Path(name).suffix.lower() in HEIF_SUFFIXES:
+        _open_heif(name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -338,7 +361,7 @@ Reduce = Callable[[int, int], float]
 
 def dct_denominator(reduction: float) -> int:
     """The largest JPEG DCT scale denominator (1, 2, 4 or 8: libjpeg decodes at 1/2, 1/4
-    or 1/8 size almost for free) not above ``reduction``."""
+    or 1/8 size for a fraction of a full decode's work) not above ``reduction``."""
     return next((k for k in (8, 4, 2) if reduction >= k), 1)
 
 
