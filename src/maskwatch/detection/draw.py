@@ -204,15 +204,6 @@ BLUR_CHOICES = ("all", "masked", "unmasked")
 COPY_SIZE = 1600
 
 
-def copy_factor(width: int, height: int, copy_size: int = COPY_SIZE) -> int:
-    """The most an annotated copy of a width x height picture may be shrunk: 1, 2, 4 or 8,
-    keeping a long side of at least ``copy_size`` (0: 1, full size)."""
-    if copy_size <= 0:
-        return 1
-    longest = max(width, height) / copy_size
-    return next((k for k in (8, 4, 2) if longest >= k), 1)
-
-
 def faces_to_blur(faces: Iterable, which: str | None) -> list:
     """The faces ``--blur which`` hides: all, masked (with a mask, worn well or not) or
     unmasked (without_mask and unclassified faces); none when ``which`` is None."""
