@@ -4,6 +4,7 @@ photo's pixels, small faces are cropped from a finer decode, copies keep --copy-
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,3 +248,23 @@ def test_big_png_files_are_read_whole_then_shrunk_for_detection(tmp_path):
     faces = det.detect(rgb, check_bgr=False, scale=scale, source=png)
     assert det.face_detector.shapes == [(900, 1200, 3)]
     assert np.allclose(faces[0].box, [240, 300, 600, 780], atol=3)
+
+
+def test_heic_photos_get_jpeg_copies(tmp_path, capsys):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    (tmp_path / "in").mkdir()
+    Image.open(_photo(tmp_path / "p.jpg", (400, 300))).save(tmp_path / "in" / "phone.heic")
+    Image.open(tmp_path / "p.jpg").save(tmp_path / "in" / "phone.jpg")
+    options = dict(face_detector=FixedFaces([(40, 50, 100, 130)], full_width=400),
+                   classifier=CropRecorder(), threads=1, count_threshold=0.0)
+    assert run_detect([str(tmp_path / "in")], options, out=tmp_path / "out", json_lines=True,
+                      quiet=True) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["path"]).name for r in records] == ["phone.heic", "phone.jpg"]
+    assert all(len(r["faces"]) == 1 for r in records)
+    copies = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert copies == ["phone-1.jpg", "phone.jpg"]  # the HEIC photo's copy is a JPEG too
+    for name in copies:
+        with Image.open(tmp_path / "out" / name) as copy:
+            assert copy.format == "JPEG"

@@ -33,7 +33,13 @@ from maskwatch.detection.video import (
     is_stream,
 )
 from maskwatch.errors import MaskwatchError
-from maskwatch.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_inputs, is_video_path
+from maskwatch.imaging import (
+    HEIF_SUFFIXES,
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    expand_inputs,
+    is_video_path,
+)
 from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITHOUT_MASK, is_counted
 
 
@@ -185,7 +191,14 @@ class Run:
         return self.done.get(same_file_key(spec))
 
     def out_path(self, spec: str) -> Path | None:
-        return self.namer.path(Path(spec).name, spec) if self.namer is not None else None
+        """Where the annotated copy of image ``spec`` goes: its own name, but a HEIC/HEIF
+        photo's copy is a JPEG (viewable everywhere, and ~0.2 s less to encode)."""
+        if self.namer is None:
+            return None
+        name = Path(spec).name
+        if Path(name).suffix.lower() in HEIF_SUFFIXES:
+            name = Path(name).with_suffix(".jpg").name
+        return self.namer.path(name, spec)
 
     def image(self, spec: str) -> None:
         out = None
