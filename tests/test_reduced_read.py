@@ -248,6 +248,18 @@ def test_big_png_files_are_read_whole_then_shrunk_for_detection(tmp_path):
     faces = det.detect(rgb, check_bgr=False, scale=scale, source=png)
     assert det.face_detector.shapes == [(900, 1200, 3)]
     assert np.allclose(faces[0].box, [240, 300, 600, 780], atol=3)
+    # its annotated copy is shrunk too (a long side of at least --copy-size), box with it
+    from maskwatch.detection.images import process_image
+
+    for copy_size, size in ((1000, (1200, 900)), (0, (2400, 1800))):
+        found, error, written = process_image(det, str(png), tmp_path / f"c{copy_size}.png",
+                                               copy_size=copy_size)
+        assert error is None and np.allclose(found[0].box, [240, 300, 600, 780], atol=3)
+        copy = np.asarray(Image.open(written))
+        assert copy.shape[1::-1] == size
+        f = size[0] / 2400  # the box's left edge, halfway down, is coloured
+        pixel = copy[round(540 * f), round(240 * f)].astype(int)
+        assert pixel.max() - pixel.min() > 60
 
 
 def test_heic_photos_get_jpeg_copies(tmp_path, capsys):

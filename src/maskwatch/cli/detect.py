@@ -94,8 +94,8 @@ def register(subparsers) -> None:
     from maskwatch.detection.draw import COPY_SIZE
 
     p.add_argument("--copy-size", type=non_negative_int, default=COPY_SIZE, metavar="PX",
-                   help="annotated copies of larger JPEG photos and videos are drawn at "
-                   "1/2, 1/4 or 1/8 size, keeping a long side of at least PX (0: full size; "
+                   help="annotated copies of larger photos and videos are drawn at 1/2, "
+                   "1/4 or 1/8 size, keeping a long side of at least PX (0: full size; "
                    f"default: {COPY_SIZE}). Boxes stay in the input's own pixels")
     p.add_argument("--detect-every", type=positive_int, default=1, metavar="N",
                    help="videos, cameras, streams: detect on every Nth frame only; frames "

@@ -196,12 +196,38 @@ def draw_summary(rgb: np.ndarray, counts: dict[str, int], copy: bool = True,
 
 
 BLUR_CHOICES = ("all", "masked", "unmasked")
-#: Annotated copies of photo files are drawn on the photo decoded at the smallest JPEG
-#: scale (1/2, 1/4, 1/8) whose long side is still at least this many pixels: a 4032 x
-#: 3024 photo's copy is 2016 x 1512 (decoding and drawing the full 12 MP cost more than
-#: detecting). Other image formats keep their size; `detect`'s annotated videos are
-#: shrunk the same way (a 3840 x 2160 video is written at 1920 x 1080). 0: full size.
+#: Annotated copies are shrunk by 2, 4 or 8 while their long side stays at least this
+#: many pixels: a 4032 x 3024 photo's copy is 2016 x 1512 (a JPEG decoded at that scale:
+#: decoding and drawing the full 12 MP cost more than detecting), a 3840 x 2160 video is
+#: written at 1920 x 1080. 0: full size.
 COPY_SIZE = 1600
+
+
+def copy_factor(width: int, height: int, copy_size: int = COPY_SIZE) -> int:
+    """How many times an annotated copy of a width x height picture is shrunk: 1, 2, 4 or
+    8 (the scales a JPEG decodes at), keeping a long side of at least ``copy_size`` (0:
+    1, full size)."""
+    from maskwatch.imaging import dct_denominator
+
+    return dct_denominator(max(width, height) / copy_size) if copy_size > 0 else 1
+
+
+def shrink_for_copy(rgb: np.ndarray, faces: Iterable, copy_size: int = COPY_SIZE
+                    ) -> tuple[np.ndarray, list]:
+    """``rgb`` shrunk by :func:`copy_factor` (area averaging) and the faces with boxes in
+    its pixels: what an annotated copy is drawn on. Unchanged when the factor is 1."""
+    faces = list(faces)
+    h, w = rgb.shape[:2]
+    k = copy_factor(w, h, copy_size)
+    if k == 1:
+        return rgb, faces
+    import cv2
+
+    from maskwatch.detection.pipeline import scaled_faces
+
+    size = (w // k, h // k)
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return small, scaled_faces(faces, size[0] / w, size[1] / h)
 
 
 def faces_to_blur(faces: Iterable, which: str | None) -> list:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from maskwatch.detection.draw import COPY_SIZE, Annotator
+from maskwatch.detection.draw import COPY_SIZE, Annotator, shrink_for_copy
 from maskwatch.detection.pipeline import Detector, detect_decoded, scaled_faces
 from maskwatch.errors import MaskwatchError
 from maskwatch.imaging import load_rgb, save_rgb
@@ -38,8 +38,9 @@ def process_image(detector, spec: str, out, annotate: Annotator | None = None,
         return faces, None, None
     path = out() if callable(out) else out
     drawn = faces if scale == (1.0, 1.0) else scaled_faces(faces, 1 / scale[0], 1 / scale[1])
+    picture, drawn = shrink_for_copy(rgb, drawn, copy_size)  # a PNG, HEIC... read whole
     try:
-        save_rgb(path, (annotate or Annotator())(rgb, drawn))  # no partial file is left on failure
+        save_rgb(path, (annotate or Annotator())(picture, drawn))  # no partial file is left
     except MaskwatchError as exc:
         return faces, str(exc), None
     except (OSError, ValueError) as exc:

@@ -342,15 +342,6 @@ class BackgroundWriter:
         return self.writer.close()
 
 
-def copy_factor(width: int, height: int, copy_size: int) -> int:
-    """The most an annotated copy of a width x height video may be shrunk: 1, 2, 4 or 8
-    (as a JPEG photo's, see ``Detector.read``), keeping a long side of at least
-    ``copy_size`` (0: 1, full size)."""
-    from maskwatch.imaging import dct_denominator
-
-    return dct_denominator(max(width, height) / copy_size) if copy_size > 0 else 1
-
-
 class TrackedVideo:
     """The one video path: decode a source, detect and track every frame, and optionally
     draw and encode the annotated H.264 MP4 (with the source's audio), as ``detect`` and
@@ -419,21 +410,17 @@ class TrackedVideo:
 
     def _renderer(self, width: int, height: int):
         """The written frames' (width, height) and ``render(frame, faces)`` drawing one:
-        shrunk by the whole factor ``copy_size`` allows (area averaging), boxes with it."""
+        shrunk by the whole factor ``copy_size`` allows, boxes with it."""
+        from maskwatch.detection.draw import copy_factor, shrink_for_copy
+
         k = copy_factor(width, height, self.copy_size)
         if k == 1:
             return (width, height), self.annotate
-        size = (width // k, height // k)
 
         def render(frame: np.ndarray, faces) -> np.ndarray:
-            import cv2
+            return self.annotate(*shrink_for_copy(frame, faces, self.copy_size))
 
-            from maskwatch.detection.pipeline import scaled_faces
-
-            small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-            return self.annotate(small, scaled_faces(faces, size[0] / width, size[1] / height))
-
-        return size, render
+        return (width // k, height // k), render
 
     def people(self) -> dict[str, int]:
         """People per label: each track seen long enough counts once (see IoUTracker)."""
