@@ -332,7 +332,8 @@ def test_background_writer_writes_every_frame_in_order(tmp_path):
 
 
 def test_annotated_video_is_shrunk_to_copy_size_with_its_boxes(clip, tmp_path):
-    from maskwatch.detection.draw import COLOURS, Annotator, copy_factor
+    from maskwatch.detection.draw import COLOURS, Annotator
+    from maskwatch.imaging import copy_factor
 
     assert [copy_factor(W, H, c) for c in (0, 100, 160, 161, 40, 30)] == [1, 2, 2, 1, 8, 8]
     seen = []

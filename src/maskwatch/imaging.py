@@ -365,6 +365,13 @@ def dct_denominator(reduction: float) -> int:
     return next((k for k in (8, 4, 2) if reduction >= k), 1)
 
 
+def copy_factor(width: int, height: int, copy_size: int) -> int:
+    """How many times an annotated copy of a width x height picture is shrunk: 1, 2, 4 or
+    8 (the scales a JPEG decodes at), keeping a long side of at least ``copy_size`` (0:
+    1, full size)."""
+    return dct_denominator(max(width, height) / copy_size) if copy_size > 0 else 1
+
+
 def _wanted_reduction(w: int, h: int, min_size: int | None, reduce: Reduce | None) -> int:
     if reduce is not None:
         wanted = reduce(w, h)

@@ -203,19 +203,12 @@ BLUR_CHOICES = ("all", "masked", "unmasked")
 COPY_SIZE = 1600
 
 
-def copy_factor(width: int, height: int, copy_size: int = COPY_SIZE) -> int:
-    """How many times an annotated copy of a width x height picture is shrunk: 1, 2, 4 or
-    8 (the scales a JPEG decodes at), keeping a long side of at least ``copy_size`` (0:
-    1, full size)."""
-    from maskwatch.imaging import dct_denominator
-
-    return dct_denominator(max(width, height) / copy_size) if copy_size > 0 else 1
-
-
 def shrink_for_copy(rgb: np.ndarray, faces: Iterable, copy_size: int = COPY_SIZE
                     ) -> tuple[np.ndarray, list]:
-    """``rgb`` shrunk by :func:`copy_factor` (area averaging) and the faces with boxes in
-    its pixels: what an annotated copy is drawn on. Unchanged when the factor is 1."""
+    """``rgb`` shrunk by ``imaging.copy_factor`` (area averaging) and the faces with boxes
+    in its pixels: what an annotated copy is drawn on. Unchanged when the factor is 1."""
+    from maskwatch.imaging import copy_factor
+
     faces = list(faces)
     h, w = rgb.shape[:2]
     k = copy_factor(w, h, copy_size)

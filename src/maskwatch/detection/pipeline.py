@@ -19,7 +19,7 @@ from maskwatch.detection.faces import (
     make_face_detector,
 )
 from maskwatch.errors import MaskwatchError
-from maskwatch.imaging import as_rgb, dct_denominator, load_rgb_reduced
+from maskwatch.imaging import as_rgb, copy_factor, dct_denominator, load_rgb_reduced
 from maskwatch.inference.modelfile import DEFAULT_BOX_MAPS, SiteParams
 from maskwatch.labels import is_counted
 
@@ -100,16 +100,17 @@ def refine_min_side(min_face: int, box_map=None) -> float:
     return REFINE_MIN_FACE_SLACK * min_face / grow
 
 
+def scaled_box(box, sx: float, sy: float) -> list[int]:
+    """``box`` (x1, y1, x2, y2, ...) multiplied by (sx, sy), rounded outwards."""
+    x1, y1, x2, y2 = box[:4]
+    return [int(np.floor(x1 * sx)), int(np.floor(y1 * sy)),
+            int(np.ceil(x2 * sx)), int(np.ceil(y2 * sy))]
+
+
 def scaled_faces(faces, sx: float, sy: float) -> list[Face]:
     """Copies of ``faces`` with boxes multiplied by (sx, sy), rounded outwards: e.g. from a
     file's pixels to those of the reduced array it was decoded to (1 / its scale)."""
-    out = []
-    for f in faces:
-        x1, y1, x2, y2 = f.box[:4]
-        box = [int(np.floor(x1 * sx)), int(np.floor(y1 * sy)),
-               int(np.ceil(x2 * sx)), int(np.ceil(y2 * sy))]
-        out.append(replace(f, box=box))
-    return out
+    return [replace(f, box=scaled_box(f.box, sx, sy)) for f in faces]
 
 
 def site_boxes(boxes, box_map, width: int, height: int) -> np.ndarray:
@@ -276,10 +277,10 @@ class Detector:
         need = self.read_pixels * float(getattr(self.face_detector, "pass_pixels", 0) or 0)
 
         def reduction(w: int, h: int) -> float:
-            if copy_side == 0 or need <= 0:
+            if need <= 0:
                 return 1.0
             k = (w * h / need) ** 0.5
-            return min(k, max(w, h) / copy_side) if copy_side else k
+            return k if copy_side is None else min(k, copy_factor(w, h, copy_side))
 
         return reduction
 
@@ -319,9 +320,8 @@ class Detector:
         width, height = rgb.shape[1], rgb.shape[0]
         if reduced:
             width, height = round(width * sx), round(height * sy)
-            boxes = [[int(np.floor(b[0] * sx)), int(np.floor(b[1] * sy)),
-                      min(width, int(np.ceil(b[2] * sx))), min(height, int(np.ceil(b[3] * sy)))]
-                     for b in found]
+            boxes = [scaled_box(b, sx, sy) for b in found]
+            boxes = [[x1, y1, min(width, x2), min(height, y2)] for x1, y1, x2, y2 in boxes]
         else:
             boxes = [[int(v) for v in b[:4]] for b in found]
         if self.box_map is not None and boxes:

@@ -411,7 +411,8 @@ class TrackedVideo:
     def _renderer(self, width: int, height: int):
         """The written frames' (width, height) and ``render(frame, faces)`` drawing one:
         shrunk by the whole factor ``copy_size`` allows, boxes with it."""
-        from maskwatch.detection.draw import copy_factor, shrink_for_copy
+        from maskwatch.detection.draw import shrink_for_copy
+        from maskwatch.imaging import copy_factor
 
         k = copy_factor(width, height, self.copy_size)
         if k == 1:
