@@ -280,3 +280,23 @@ def test_heic_photos_get_jpeg_copies(tmp_path, capsys):
     for name in copies:
         with Image.open(tmp_path / "out" / name) as copy:
             assert copy.format == "JPEG"
+
+
+@pytest.mark.parametrize("size", [(20000, 3), (3, 20000), (9000, 1)])
+def test_thin_strips_are_never_shrunk_to_no_pixels(tmp_path, size):
+    """A panorama strip a few pixels high: its copy and its detection keep at least one
+    pixel across (it crashed the whole run when its copy was shrunk to 2500 x 0)."""
+    from maskwatch.detection.images import process_image
+    from maskwatch.imaging import copy_factor
+
+    assert copy_factor(*size, 1600) <= min(size)
+    png = tmp_path / "strip.png"
+    Image.new("RGB", size, (200, 150, 120)).save(png)
+    det, _ = _detector(boxes=[])
+    found, error, written = process_image(det, str(png), tmp_path / "copy.png", copy_size=1600)
+    assert error is None and found == []
+    w, h = Image.open(written).size
+    assert min(w, h) >= 1 and max(w, h) >= 1600
+    rgb = np.zeros((size[1], size[0], 3), np.uint8)
+    det.detect(rgb, check_bgr=False)
+    assert min(det.face_detector.shapes[-1][:2]) >= 1

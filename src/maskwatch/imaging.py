@@ -368,8 +368,10 @@ def dct_denominator(reduction: float) -> int:
 def copy_factor(width: int, height: int, copy_size: int) -> int:
     """How many times an annotated copy of a width x height picture is shrunk: 1, 2, 4 or
     8 (the scales a JPEG decodes at), keeping a long side of at least ``copy_size`` (0:
-    1, full size)."""
-    return dct_denominator(max(width, height) / copy_size) if copy_size > 0 else 1
+    1, full size) and a short side of at least one pixel."""
+    if copy_size <= 0:
+        return 1
+    return dct_denominator(min(max(width, height) / copy_size, min(width, height)))
 
 
 def _wanted_reduction(w: int, h: int, min_size: int | None, reduce: Reduce | None) -> int:

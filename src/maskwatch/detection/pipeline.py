@@ -279,7 +279,7 @@ class Detector:
         def reduction(w: int, h: int) -> float:
             if need <= 0:
                 return 1.0
-            k = (w * h / need) ** 0.5
+            k = min((w * h / need) ** 0.5, w, h)  # a 1 px strip stays 1 px
             return k if copy_side is None else min(k, copy_factor(w, h, copy_side))
 
         return reduction
