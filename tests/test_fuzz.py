@@ -301,6 +301,54 @@ def test_fuzz_image_decoding(data, work_pixels):
         assert "\n" not in str(exc)
 
 
+#: The modes each format can hold (Pillow writes them).
+WRITABLE = {"JPEG": {"RGB", "L", "CMYK", "1"}, "WEBP": {"RGB", "RGBA", "L", "LA", "P"},
+            "GIF": {"P", "L", "1", "RGB"}, "BMP": {"RGB", "L", "P", "1"},
+            "PNG": {"RGB", "L", "RGBA", "LA", "P", "1", "I;16", "I"},
+            "TIFF": {"RGB", "L", "RGBA", "LA", "P", "1", "I;16", "I", "F", "CMYK"}}
+
+
+@st.composite
+def odd_photos(draw) -> tuple[tuple[int, int], str, str]:
+    """(width, height), Pillow mode and format of a valid photo of an odd shape or kind:
+    strips a pixel or a few high, tiny, and mid-size ones in every mode a camera, a scanner
+    or an editor writes."""
+    short = draw(st.integers(1, 6))
+    long_ = draw(st.sampled_from([1, 7, 300, 1700, 5000, 40000]))
+    size = (long_, short) if draw(st.booleans()) else (short, long_)
+    if draw(st.booleans()):
+        size = (draw(st.integers(1, 900)), draw(st.integers(1, 900)))
+    fmt = draw(st.sampled_from(sorted(WRITABLE)))
+    if fmt == "WEBP":  # its sides stop at 16,383 px
+        size = (min(size[0], 16383), min(size[1], 16383))
+    return size, draw(st.sampled_from(sorted(WRITABLE[fmt]))), fmt
+
+
+@FUZZ
+@given(odd_photos(), st.sampled_from([1600, 0, 50]))
+def test_fuzz_detect_on_odd_photos(photo, copy_size):
+    """Any valid photo, however thin or odd its kind, is read, detected and drawn: no
+    error, and an annotated copy at least a pixel across (a 20000 x 3 strip once crashed
+    the whole run)."""
+    from detection_helpers import BlobDetector, SkinClassifier
+
+    from maskwatch.detection.images import _process_image
+    from maskwatch.detection.pipeline import Detector
+
+    (w, h), mode, fmt = photo
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[:, : max(1, w // 2)] = (200, 150, 170)  # half of it a "face" for BlobDetector
+    det = Detector(face_detector=BlobDetector(), classifier=SkinClassifier(), threads=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"odd.{fmt.lower()}"
+        Image.fromarray(rgb).convert(mode).save(path, fmt)
+        faces, error, written = _process_image(det, str(path), Path(tmp) / "copy.png", None,
+                                               copy_size)
+        assert error is None and faces is not None
+        cw, ch = Image.open(written).size
+        assert min(cw, ch) >= 1 and max(cw, ch) >= min(max(w, h), copy_size or max(w, h))
+
+
 # ---------------------------------------------------------------- the web API, from its schema
 
 

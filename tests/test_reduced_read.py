@@ -300,3 +300,32 @@ def test_thin_strips_are_never_shrunk_to_no_pixels(tmp_path, size):
     rgb = np.zeros((size[1], size[0], 3), np.uint8)
     det.detect(rgb, check_bgr=False)
     assert min(det.face_detector.shapes[-1][:2]) >= 1
+
+
+class FailsOnBlue(FixedFaces):
+    """Raises an unexpected error on a photo whose first pixel is blue (a stand-in for a
+    bug that one odd photo reveals)."""
+
+    def detect(self, rgb, min_side: float = 0.0):
+        if rgb[0, 0, 2] > 200 and rgb[0, 0, 0] < 50:
+            raise RuntimeError("boom\nsecond line")
+        return super().detect(rgb, min_side)
+
+
+@pytest.mark.parametrize("threads", [1, 0])  # one photo at a time, and one per core
+def test_an_unexpected_failure_on_one_photo_does_not_end_the_run(tmp_path, capsys, threads):
+    (tmp_path / "in").mkdir()
+    for name, colour in (("a", (200, 90, 90)), ("b", (0, 0, 255)), ("c", (90, 200, 90))):
+        Image.new("RGB", (400, 300), colour).save(tmp_path / "in" / f"{name}.png")
+    options = dict(face_detector=FailsOnBlue([(40, 40, 140, 160)], full_width=400),
+                   classifier=SkinClassifier(), threads=threads, count_threshold=0.0)
+    rc = run_detect([str(tmp_path / "in")], options, out=tmp_path / "out", json_lines=True,
+                    quiet=True)
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert [Path(json.loads(line)["path"]).name for line in out.splitlines()] == ["a.png",
+                                                                                  "c.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+    failed = [line for line in err.splitlines() if "b.png" in line]
+    assert len(failed) == 1 and "RuntimeError: boom second line" in failed[0]
+    assert "1 input(s) failed" in err

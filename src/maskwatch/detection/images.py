@@ -21,7 +21,19 @@ def process_image(detector, spec: str, out, annotate: Annotator | None = None,
     drawn by ``annotate``: (faces, None, written) or (None, error, None) when unreadable;
     (faces, error, None) when only the copy could not be written. A :class:`Detector`
     reads the file no larger than it needs (see :meth:`Detector.read`; the copy's long
-    side at least ``copy_size``); boxes are in the file's pixels either way."""
+    side at least ``copy_size``); boxes are in the file's pixels either way. An
+    unexpected failure on one photo (a bug its oddity reveals) is that photo's error, so
+    a long run goes on with the others."""
+    try:
+        return _process_image(detector, spec, out, annotate, copy_size)
+    except Exception as exc:  # one photo must not end a run over thousands
+        said = " ".join(str(exc).split())  # one line (OpenCV's messages span several)
+        return None, (f"{spec}: failed ({type(exc).__name__}: {said}); please report this "
+                      "with the photo"), None
+
+
+def _process_image(detector, spec: str, out, annotate: Annotator | None,
+                   copy_size: int) -> tuple[list | None, str | None, Path | None]:
     scale = (1.0, 1.0)
     try:
         if isinstance(detector, Detector):
