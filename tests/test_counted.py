@@ -79,7 +79,11 @@ def test_detect_lists_uncertain_faces_but_leaves_them_out_of_the_summary(
     summary = out + err
     assert "1 face(s)" in summary and "without_mask: 1" in summary
     assert "not counted: 1 uncertain face box(es) (face score under 0.3)" in summary
-    assert "without mask: 100.0% of faces" in summary
+    # the labels' share, and the share the counted face's probability gives
+    p = record["faces"][0]["scores"]["without_mask"]
+    assert 0.5 < p < 0.99
+    assert (f"without mask: 100.0% of faces by label (doubtful faces are flagged), "
+            f"{100 * p:.1f}% by mean probability") in summary
 
 
 def test_cli_count_threshold_reaches_the_detector(tmp_path, capsys, monkeypatch):
@@ -168,6 +172,18 @@ def test_counting_score_explains_what_a_user_reads_off_a_photo():
     assert (sure["counted_boxes"], sure["precision50"], sure["recall50"]) == (2, 1.0, 0.6667)
     assert sure["count_error_per_image"] == 0.5
     assert (sure["flagged_wrongly"], sure["missed"]) == (0, 1)
+    # each class's share: annotated, by the counted faces' labels, by their mean probability
+    with_p = [[(b, s, lab, {"with_mask": 0.2 if lab == "without_mask" else 0.9,
+                            "without_mask": 0.8 if lab == "without_mask" else 0.1})
+               for b, s, lab, _ in p] for p in predictions]
+    shares = score_counting(scenes, with_p, 0.2)["shares"]
+    assert shares["without_mask"] == {"annotated": 0.3333, "labelled": 0.5,
+                                      "mean_probability": 0.45}
+    assert shares["with_mask"] == {"annotated": 0.6667, "labelled": 0.5,
+                                   "mean_probability": 0.55}
+    assert "incorrect_mask" not in shares
+    assert score_counting(scenes, with_p, 0.3)["shares"]["without_mask"] == {
+        "annotated": 0.3333, "labelled": 0.0, "mean_probability": 0.1}
     # faces without labels: no photo flags
     faces_only = [[(b, s, None, {}) for b, s, _, _ in p] for p in predictions]
     assert "missed" not in score_counting(scenes, faces_only, 0.3)

@@ -248,3 +248,8 @@ def _print_report(r: dict) -> None:
                   f"wrongly {c['flagged_wrongly']} of {c['images_without_non_compliant']} "
                   f"without one; missed {c['missed']} of {c['images_with_non_compliant']} "
                   "with one")
+        for label, share in c.get("shares", {}).items():
+            if label != "with_mask":
+                print(f"  {label} share: annotated {pct(share['annotated'])}, by label "
+                      f"{pct(share['labelled'])}, by mean probability "
+                      f"{pct(share['mean_probability'])}")

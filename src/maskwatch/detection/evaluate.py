@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,10 +360,17 @@ def score_counting(
     does. Also the counted boxes' precision and recall at IoU 0.5."""
     images = count_error = boxes = tp50 = faces = 0
     flagged_wrongly = clean = missed = holding = 0
+    annotated: Counter = Counter()
+    labelled: Counter = Counter()
+    probabilities: Counter = Counter()
     for scene, found in zip(scenes, predictions):
         if found is None:
             continue
         kept = [f for f in found if f[1] >= count_threshold]
+        annotated.update(scene.labels)
+        labelled.update(f[2] for f in kept)
+        for f in kept:
+            probabilities.update(f[3])
         images += 1
         boxes += len(kept)
         faces += len(scene.labels)
@@ -390,6 +398,13 @@ def score_counting(
             "flagged_wrongly": flagged_wrongly,
             "images_with_non_compliant": holding,
             "missed": missed,
+            # each class's share of the annotated faces, of the counted faces' labels, and
+            # the counted faces' mean probability of it (what `detect` prints)
+            "shares": {c: {"annotated": _ratio(annotated[c], faces),
+                           "labelled": _ratio(labelled[c], boxes),
+                           "mean_probability": (round(probabilities[c] / boxes, 4)
+                                                if boxes else None)}
+                       for c in CANONICAL if annotated[c] or labelled[c] or probabilities[c]},
         })
     return out
 
