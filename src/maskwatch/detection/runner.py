@@ -294,7 +294,7 @@ class Run:
         """The share of counted faces given ``label``, and beside it the share the
         classifier's probabilities estimate: the labels follow the alarm rule, which
         flags a doubtful face as unmasked so as to miss few bare faces, so they overstate
-        the unmasked share (MODEL_CARD, "Counting")."""
+        the unmasked share (MODEL_CARD, "Shares")."""
         flagged = f"{100 * self.face_counts.get(label, 0) / total:.1f}% of faces"
         if not self.probability_sums:
             return flagged
