@@ -139,15 +139,31 @@ def read_done(path: str | Path) -> dict[str, int]:
                 raise MaskwatchError(f"{path}:{n}: not a JSON line; is this a maskwatch "
                                      "output file?") from None
     else:
-        records = list(csv.DictReader(io.StringIO(text, newline="")))
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        try:
+            records = list(reader)
+        except csv.Error as exc:  # e.g. a quote never closed: later rows would hide in it
+            raise MaskwatchError(f"{path}: a damaged CSV record ({exc}); is this a maskwatch "
+                                 "output file?") from None
         if records and "path" not in records[0]:
             raise MaskwatchError(f"{path}: no 'path' column; is this a maskwatch output file?")
+        for n, r in enumerate(records, 2):
+            if None in r or None in r.values():  # more or fewer cells than the header
+                cells = (sum(v is not None for k, v in r.items() if k is not None)
+                         + len(r.get(None) or []))
+                raise MaskwatchError(f"{path}: record {n} has {cells} cells for "
+                                     f"{len(reader.fieldnames or [])} columns; is this a "
+                                     "maskwatch output file?")
     for r in records:
         if not isinstance(r, dict) or not r.get("path"):
             raise MaskwatchError(f"{path}: a record without 'path'; is this a maskwatch "
                                  "output file?")
         frame = r.get("frame")
-        frame = -1 if frame in (None, "") else int(frame)
+        try:
+            frame = -1 if frame in (None, "") else int(frame)
+        except (TypeError, ValueError):
+            raise MaskwatchError(f"{path}: a record's frame is {frame!r}, not a frame number; "
+                                 "is this a maskwatch output file?") from None
         key = same_file_key(r["path"] if fmt == "jsonl" else csv_uncell(r["path"]))
         done[key] = max(done.get(key, -1), frame)
     return done

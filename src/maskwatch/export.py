@@ -24,16 +24,21 @@ def export_onnx(model, info: ModelInfo, out: Path, opset: int = 17) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(out),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(out),
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+        except (RuntimeError, ValueError) as exc:  # e.g. an opset torch cannot write
+            out.unlink(missing_ok=True)
+            raise MaskwatchError(f"cannot export to ONNX opset {opset}: "
+                                 f"{' '.join(str(exc).split())}") from None
     info.save_json(out.with_suffix(".json"))
     return out
 

@@ -40,11 +40,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, with the sub-command's usage in the error for an unknown
+    option (argparse shows the top level's), and no empty value anywhere: ``-d ""``
+    (an unset shell variable) would otherwise read the current folder."""
+    args, extras = parser.parse_known_args(argv)
+    where = parser  # the (sub-)command parser that took the arguments: `data split`, ...
+    while True:
+        sub = next((a for a in where._actions if isinstance(a, argparse._SubParsersAction)),
+                   None)
+        chosen = getattr(args, sub.dest, None) if sub else None
+        if chosen not in (sub.choices if sub else {}):
+            break
+        where = sub.choices[chosen]
+    if extras:
+        where.error(f"unrecognized arguments: {' '.join(extras)}")
+    for action in where._actions:
+        value = getattr(args, action.dest, None)
+        if value == "" or (isinstance(value, list) and "" in value):
+            name = "/".join(action.option_strings) or action.metavar or action.dest
+            where.error(f"argument {name}: an empty value (an unset shell variable?)")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status."""
     allow_fast_exit(False)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -11,6 +11,8 @@ def register(subparsers) -> None:
         add_model_argument,
         add_overwrite_argument,
         add_threads_argument,
+        fraction,
+        non_negative_int,
     )
     from maskwatch.cli.detect import DETECTORS
 
@@ -46,8 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--holdout", type=float, default=0.3,
                    help="share of the scenes held out from fitting and scored before/after "
                    "(0: fit on all, no before/after)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out choice")
-    p.add_argument("--margin", type=float, default=0.01,
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the held-out choice")
+    p.add_argument("--margin", type=fraction, default=0.01,
                    help="mAP@0.5 the fit must gain on the fitting scenes to replace the "
                    "detector's own settings (default: 0.01)")
     add_overwrite_argument(p, "replace an existing --out")

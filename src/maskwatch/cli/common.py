@@ -7,7 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+from maskwatch.argtypes import fraction, margin, non_negative_int, number, positive_int
 from maskwatch.batching import json_line
+
+__all__ = ["fraction", "margin", "non_negative_int", "number", "positive_int"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -114,7 +117,8 @@ def add_threshold_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--threads", type=int, default=0, help="CPU threads for inference (0: all cores)"
+        "--threads", type=non_negative_int, default=0,
+        help="CPU threads for inference (0: all cores)"
     )
 
 
@@ -154,7 +158,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     """--workers, --ray, --results, --resume and --shard (classify and detect)."""
-    p.add_argument("-w", "--workers", type=int, default=None,
+    p.add_argument("-w", "--workers", type=positive_int, default=None,
                    help="worker processes, each with its own model (default: 1, this "
                    "process); with --ray, Ray actors (default: one per CPU of the cluster)")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
@@ -213,7 +217,7 @@ def add_detector_arguments(p: argparse.ArgumentParser) -> None:
         "--upscale", action="store_true",
         help="also enlarge images smaller than --detect-size in the first pass",
     )
-    p.add_argument("--min-face", type=int, default=None,
+    p.add_argument("--min-face", type=non_negative_int, default=None,
                    help="ignore faces whose shorter side is below this many pixels; it also "
                    "spares the finer detection pass work on faces that small, so detection "
                    "runs faster (default: the site model's, else 0)")
@@ -242,22 +246,6 @@ def detector_options(args: argparse.Namespace) -> dict:
     )
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """An argparse type: an integer of at least 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
 def _labels(text: str) -> tuple[str, ...]:
     from maskwatch.detection.alerts import parse_labels
     from maskwatch.errors import MaskwatchError
@@ -284,5 +272,5 @@ def add_alert_arguments(p: argparse.ArgumentParser, title: str, per: str = "") -
                        "stdin and in $MASKWATCH_ALERT)")
     alert.add_argument("--alert-url", default=None, metavar="URL",
                        help="POST the JSON event to this http(s) URL on an alert")
-    alert.add_argument("--alert-interval", type=float, default=60.0, metavar="SECONDS",
+    alert.add_argument("--alert-interval", type=number(0.0), default=60.0, metavar="SECONDS",
                        help="at most one alert per this many seconds" + per)

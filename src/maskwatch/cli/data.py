@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from maskwatch.cli.common import add_command, add_overwrite_argument, print_json
+from maskwatch.cli.common import (
+    add_command,
+    add_overwrite_argument,
+    margin,
+    non_negative_int,
+    number,
+    positive_int,
+    print_json,
+)
 
 ORDER = 10
 
@@ -19,15 +27,16 @@ def _add_loading(p: argparse.ArgumentParser) -> None:
     p.add_argument("--names", default=None,
                    help="YOLO class names, comma separated, in class-id order")
     p.add_argument("--images", default=None, help="folder of the images of a CSV of boxes")
-    p.add_argument("--workers", type=int, default=2, help="processes that decode images")
+    p.add_argument("--workers", type=positive_int, default=2, help="processes that decode images")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _add_split(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--ratios", nargs="+", type=float, default=[0.8, 0.1, 0.1],
+    p.add_argument("--ratios", nargs="+", type=number(0.0), default=[0.8, 0.1, 0.1],
                    metavar="R", help="train val [test] fractions")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same split)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="random seed (same seed, same split)")
     add_overwrite_argument(p, "replace/write into existing output")
     p.add_argument("-j", "--json", action="store_true", help="print a JSON summary on stdout")
 
@@ -46,7 +55,8 @@ def register(subparsers) -> None:
                               "maskwatch data audit boxes.csv --images photos/ -j"])
     _add_loading(a)
     a.add_argument("-j", "--json", action="store_true", help="print one JSON object on stdout")
-    a.add_argument("--examples", type=int, default=5, help="examples listed per finding")
+    a.add_argument("--examples", type=non_negative_int, default=5,
+                   help="examples listed per finding")
     a.set_defaults(func=run_audit)
 
     s = add_command(sub, "split", help="group- and near-duplicate-aware stratified split, "
@@ -64,9 +74,10 @@ def register(subparsers) -> None:
                               "--margin 0.15 --overwrite"])
     _add_loading(c)
     _add_split(c)
-    c.add_argument("--margin", type=float, default=0.1,
+    c.add_argument("--margin", type=margin, default=0.1,
                    help="grow each box by this fraction of its size on each side")
-    c.add_argument("--min-size", type=int, default=16, help="skip faces smaller than this (px)")
+    c.add_argument("--min-size", type=non_negative_int, default=16,
+                   help="skip faces smaller than this (px)")
     c.set_defaults(func=run_crop)
 
     y = add_command(
@@ -97,13 +108,13 @@ def register(subparsers) -> None:
                    help="kinds to make, comma separated, among nose, chin, moved, swap-nose, "
                    "swap-chin (worn wrongly), worn and swap-worn (worn right) (default: "
                    "nose,chin,moved)")
-    y.add_argument("--per-face", type=int, default=1,
+    y.add_argument("--per-face", type=positive_int, default=1,
                    help="variants per face and kind (default: 1)")
-    y.add_argument("--limit", type=int, default=None,
+    y.add_argument("--limit", type=positive_int, default=None,
                    help="use at most this many source faces, chosen at random (default: all)")
-    y.add_argument("--margin", type=float, default=0.1,
+    y.add_argument("--margin", type=margin, default=0.1,
                    help="grow boxes by this fraction per side (datasets with boxes; default: 0.1)")
-    y.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    y.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     add_overwrite_argument(y, "replace DIR/manifest.csv")
     y.add_argument("-j", "--json", action="store_true", help="print a JSON summary on stdout")
     y.set_defaults(func=run_synth)

@@ -16,7 +16,9 @@ from maskwatch.cli.common import (
     add_save_arguments,
     add_threads_argument,
     detector_options,
+    margin,
     non_negative_int,
+    number,
     positive_int,
     print_json,
     save_folder,
@@ -85,7 +87,7 @@ def register(subparsers) -> None:
     p.add_argument("--faces-only", action="store_true",
                    help="only detect faces, without the mask classifier")
     add_detector_arguments(p)
-    p.add_argument("--margin", type=float, default=0.15,
+    p.add_argument("--margin", type=margin, default=0.15,
                    help="context added around each face before classification (fraction of "
                    "the box per side)")
     p.add_argument("--max-frames", type=positive_int, default=None,
@@ -132,9 +134,9 @@ def register(subparsers) -> None:
     e.add_argument("--faces-only", action="store_true",
                    help="score the face detector alone (no classifier, no AP)")
     add_detector_arguments(e)
-    e.add_argument("--margin", type=float, default=0.15,
+    e.add_argument("--margin", type=margin, default=0.15,
                    help="context added around each face before classification")
-    e.add_argument("--recall-iou", type=float, default=0.4,
+    e.add_argument("--recall-iou", type=number(above=0.0, high=1.0), default=0.4,
                    help="IoU at which a ground-truth face counts as found for recall and "
                    "false boxes")
     add_threads_argument(e)
@@ -215,6 +217,10 @@ def _print_report(r: dict) -> None:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     print(f"{r['images']} scenes, {r['faces']} faces; detector {r['detector']} "
           f"(threshold {r['face_threshold']}), {r['ms_per_image']:.1f} ms per image")
+    if r.get("difficult_faces") or r.get("images_without_faces"):
+        print(f"  also {r.get('difficult_faces', 0)} difficult faces (neither found nor "
+              f"missed) and {r.get('images_without_faces', 0)} scenes without a face (every "
+              "box there is false)")
     if r.get("site") or r.get("min_face"):
         print(f"site settings: box map {r.get('box_map')}, smallest face {r['min_face']} px")
     print(f"face recall (IoU >= {r['recall_iou']}): {pct(r['recall'])} "

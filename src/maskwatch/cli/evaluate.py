@@ -17,6 +17,8 @@ def register(subparsers) -> None:
         add_save_arguments,
         add_threads_argument,
         add_threshold_argument,
+        margin,
+        positive_int,
     )
 
     p = add_command(
@@ -46,7 +48,7 @@ def register(subparsers) -> None:
     add_threshold_argument(p)
     p.add_argument("--split", default="test",
                    help="split to score: train, val, test or all (data without splits: all)")
-    p.add_argument("--margin", type=float, default=None,
+    p.add_argument("--margin", type=margin, default=None,
                    help="grow face boxes by this fraction per side (default: the model's, "
                    "else 0.1)")
     p.add_argument("--mapping", default=None, help="dataset class name -> label mapping")
@@ -64,7 +66,7 @@ def register(subparsers) -> None:
                    help="store the chosen threshold in a copy of the model beside it "
                    "(<name>.recallR.*), or in the model itself with --overwrite")
     add_overwrite_argument(p, "allow replacing the model (--write-threshold) or files in -o")
-    p.add_argument("--batch-size", type=int, default=64, help="faces per inference batch")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="faces per inference batch")
     p.add_argument("-j", "--json", action="store_true", help="print one JSON object")
     add_threads_argument(p)
     p.set_defaults(func=run_evaluate)
@@ -89,7 +91,7 @@ def register(subparsers) -> None:
     add_model_argument(c)
     c.add_argument("-j", "--json", action="store_true",
                    help="one JSON object per image: path, label, score, scores")
-    c.add_argument("--batch-size", type=int, default=32, help="faces per inference batch")
+    c.add_argument("--batch-size", type=positive_int, default=32, help="faces per inference batch")
     add_threshold_argument(c)
     add_threads_argument(c)
     add_batch_arguments(c)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from maskwatch.cli.common import add_command, add_overwrite_argument, print_json
+from maskwatch.cli.common import (
+    add_command,
+    add_overwrite_argument,
+    non_negative_int,
+    positive_int,
+    print_json,
+)
 
 ORDER = 35
 
@@ -35,9 +41,9 @@ def register(subparsers) -> None:
         "--eval-data", default=None,
         help="held-out dataset on which the fp32 and int8 accuracies are measured",
     )
-    p.add_argument("--limit", type=int, default=300, help="images taken from each dataset")
-    p.add_argument("--seed", type=int, default=0, help="seed for picking images")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--limit", type=positive_int, default=300, help="images taken from each dataset")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for picking images")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset")
     add_overwrite_argument(p, "replace existing output files")
     p.add_argument("-j", "--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=run)
@@ -68,16 +74,7 @@ def _faces(path: str | None, limit: int, seed: int, margin: float = 0.0):
 def run(args) -> int:
     from pathlib import Path
 
-    import numpy as np
-
     from maskwatch.errors import MaskwatchError
-    from maskwatch.export import (
-        accuracy,
-        export_onnx,
-        quantise_int8,
-        torch_probabilities,
-    )
-    from maskwatch.inference.classifier import Classifier
     from maskwatch.models.checkpoint import load_checkpoint
 
     src = Path(args.model)
@@ -89,6 +86,28 @@ def run(args) -> int:
         raise MaskwatchError(f"{existing[0]} exists; pass --overwrite to replace it")
 
     model, info = load_checkpoint(src, device="cpu")
+    try:
+        report = _export_and_check(args, model, info, out, int8_out)
+    except BaseException:  # a model that failed its checks must not be found and used
+        for target in targets:
+            target.unlink(missing_ok=True)
+        raise
+    if args.json:
+        print_json(report)
+    else:
+        for key, value in report.items():
+            shown = f"{value:.6f}" if isinstance(value, float) else value
+            print(f"{key:>22}: {shown}")
+    return 0
+
+
+def _export_and_check(args, model, info, out, int8_out) -> dict:
+    """Write the ONNX model (and its int8 copy), check them against torch: the report."""
+    import numpy as np
+
+    from maskwatch.export import accuracy, export_onnx, quantise_int8, torch_probabilities
+    from maskwatch.inference.classifier import Classifier
+
     export_onnx(model, info, out, opset=args.opset)
     margin = float(info.extra.get("margin", 0.0))
     faces, _ = _faces(args.check_data, args.limit, args.seed, margin)
@@ -119,10 +138,4 @@ def run(args) -> int:
                 int8_model.predict_proba(eval_faces), eval_labels, info
             )
             report["accuracy_change_int8"] = report["accuracy_int8"] - report["accuracy_fp32"]
-    if args.json:
-        print_json(report)
-    else:
-        for key, value in report.items():
-            shown = f"{value:.6f}" if isinstance(value, float) else value
-            print(f"{key:>22}: {shown}")
-    return 0
+    return report

@@ -14,6 +14,7 @@ from maskwatch.cli.common import (
     add_model_argument,
     add_threads_argument,
     detector_options,
+    margin,
     positive_int,
     print_json,
 )
@@ -69,7 +70,7 @@ def register(subparsers) -> None:
     p.add_argument("--faces-only", action="store_true",
                    help="only detect faces, without the mask classifier (events have no label)")
     add_detector_arguments(p)
-    p.add_argument("--margin", type=float, default=0.15,
+    p.add_argument("--margin", type=margin, default=0.15,
                    help="context added around each face before classification")
     add_alert_arguments(p, "alerts", per=", per source")
     add_threads_argument(p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections import Counter, defaultdict
@@ -17,7 +18,8 @@ from maskwatch.errors import MaskwatchError
 def parse_ratios(ratios) -> tuple[float, ...]:
     """Check 2 or 3 non-negative ratios (train, val[, test]) and scale them to sum to 1."""
     values = [float(r) for r in ratios]
-    if len(values) not in (2, 3) or any(v < 0 for v in values) or sum(values) <= 0:
+    if (len(values) not in (2, 3) or not all(0 <= v < math.inf for v in values)
+            or not 0 < sum(values) < math.inf):  # NaN fails every comparison
         raise MaskwatchError(f"--ratios {' '.join(map(str, ratios))}: give 2 or 3 "
                              "non-negative numbers (train val [test]) with a positive sum")
     if values[0] <= 0:

@@ -26,6 +26,8 @@ def process_image(detector, spec: str, out, annotate: Annotator | None = None,
     a long run goes on with the others."""
     try:
         return _process_image(detector, spec, out, annotate, copy_size)
+    except MaskwatchError:
+        raise  # the model's or the run's own error (a broken model file): it ends the run
     except Exception as exc:  # one photo must not end a run over thousands
         said = " ".join(str(exc).split())  # one line (OpenCV's messages span several)
         return None, (f"{spec}: failed ({type(exc).__name__}: {said}); please report this "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.errors import ModelError
+from maskwatch.errors import MaskwatchError, ModelError
 from maskwatch.inference.modelfile import ModelInfo
 from maskwatch.inference.preprocess import decide, prepare, probabilities
 
@@ -125,7 +125,9 @@ class Classifier:
                 raise ModelError(f"threshold must be in [0, 1], got {threshold}")
             self.info = replace(self.info, threshold=float(threshold))
         self.classes: list[str] = list(self.info.classes)
-        self.batch_size = batch_size
+        if int(batch_size) < 1:
+            raise MaskwatchError(f"batch size must be at least 1, got {batch_size}")
+        self.batch_size = int(batch_size)
 
     @property
     def threshold(self) -> float:
@@ -150,6 +152,9 @@ class Classifier:
             part = x[start : start + self.batch_size]
             out[start : start + len(part)] = probabilities(self._backend.logits(part),
                                                            self.info.head)
+        if not np.isfinite(out).all():  # a diverged model would call every face with_mask
+            raise ModelError(f"{self.path}: the model gives non-finite probabilities (NaN or "
+                             "infinity): its weights are broken (a training run that diverged?)")
         return out
 
     def predictions(self, probs: np.ndarray) -> list[Prediction]:

@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from maskwatch.argtypes import margin, non_negative_int, number, positive_int
 from maskwatch.errors import MaskwatchError
 
 #: Options that may differ when a run is resumed (they do not change the results).
@@ -22,7 +23,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="dataset folder, CSV or manifest (any layout maskwatch reads)")
     d.add_argument("--val-data", default=None, help="separate validation dataset (optional)")
     d.add_argument(
-        "--val-fraction", type=float, default=0.1,
+        "--val-fraction", type=number(0.0, below=1.0), default=0.1,
         help="share of train carved out for validation, by sample group, when the data has "
         "no val split (0: no validation)",
     )
@@ -31,14 +32,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d.add_argument("--merge-incorrect", action="store_true",
                    help="with --classes 2, count incorrect_mask faces as without_mask "
                    "(default: drop them)")
-    d.add_argument("--margin", type=float, default=0.1,
+    d.add_argument("--margin", type=margin, default=0.1,
                    help="grow face boxes by this fraction per side (datasets with boxes)")
     d.add_argument("--mapping", default=None,
                    help="dataset class name -> label, e.g. 'masked=with_mask,bare=without_mask'")
     d.add_argument("--cache-dir", default=None,
                    help="where decoded faces are cached (default: ~/.cache/maskwatch)")
     d.add_argument("--no-cache", action="store_true", help="decode images without caching")
-    d.add_argument("--workers", type=int, default=0,
+    d.add_argument("--workers", type=non_negative_int, default=0,
                    help="processes that decode images (0: one per CPU core)")
 
     m = p.add_argument_group("model")
@@ -52,30 +53,31 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="fine-tune from a maskwatch checkpoint (.safetensors)")
     m.add_argument("--freeze-backbone", action="store_true",
                    help="train only the classifier head (frozen-base recipe)")
-    m.add_argument("--input-size", type=int, default=None,
+    m.add_argument("--input-size", type=positive_int, default=None,
                    help="face size in pixels (default: the model's)")
-    m.add_argument("--dropout", type=float, default=None,
+    m.add_argument("--dropout", type=number(0.0, below=1.0), default=None,
                    help="dropout before the classifier (default: the model's)")
     m.add_argument("--loss", choices=("softmax", "sigmoid"), default="softmax",
                    help="softmax + cross-entropy, or one logit + sigmoid/BCE (2 classes)")
 
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=10, help="number of epochs")
-    o.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    o.add_argument("--epochs", type=positive_int, default=10, help="number of epochs")
+    o.add_argument("--batch-size", type=positive_int, default=64, help="training batch size")
     o.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw", help="optimiser")
-    o.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    o.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
-    o.add_argument("--warmup-epochs", type=float, default=1.0,
+    o.add_argument("--lr", type=number(0.0), default=1e-3, help="peak learning rate")
+    o.add_argument("--weight-decay", type=number(0.0), default=1e-4, help="weight decay")
+    o.add_argument("--warmup-epochs", type=number(0.0), default=1.0,
                    help="linear warm-up length in epochs, then cosine decay")
-    o.add_argument("--label-smoothing", type=float, default=0.0,
+    o.add_argument("--label-smoothing", type=number(0.0, 1.0), default=0.0,
                    help="label smoothing (softmax loss)")
     o.add_argument("--balance", choices=("weights", "sampler", "none"), default="weights",
                    help="counter class imbalance with loss weights or a balanced sampler")
     o.add_argument("--augment", choices=("none", "light", "standard", "strong", "scene"),
                    default="standard", help="augmentation strength")
-    o.add_argument("--patience", type=int, default=5,
+    o.add_argument("--patience", type=non_negative_int, default=5,
                    help="stop after this many epochs without a lower validation loss (0: never)")
-    o.add_argument("--seed", type=int, default=0, help="random seed (split, order, augmentation)")
+    o.add_argument("--seed", type=non_negative_int, default=0,
+                   help="random seed (split, order, augmentation)")
 
     r = p.add_argument_group("run")
     r.add_argument("-o", "--out", default=None,
@@ -84,8 +86,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="continue an interrupted run from its last checkpoint")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CUDA when available")
-    r.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: default)")
-    r.add_argument("--eval-batch-size", type=int, default=128, help="validation batch size")
+    r.add_argument("--threads", type=non_negative_int, default=0,
+                   help="CPU threads for torch (0: default)")
+    r.add_argument("--eval-batch-size", type=positive_int, default=128,
+                   help="validation batch size")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 

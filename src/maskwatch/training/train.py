@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import sys
 import time
@@ -143,7 +144,12 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         n = labels.shape[0]
-        total_loss += float(loss.detach()) * n
+        value = float(loss.detach())
+        if not math.isfinite(value):  # nothing after this is worth keeping
+            raise MaskwatchError(
+                f"training diverged: the loss became {value} at epoch {epoch + 1}, batch "
+                f"{i + 1} (try a lower --lr); checkpoints of earlier epochs are kept")
+        total_loss += value * n
         correct += int((predicted(logits.detach(), args.loss) == labels).sum())
         seen += n
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{lr:.2e}")
