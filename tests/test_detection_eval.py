@@ -8,6 +8,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numpy as np
 import pytest
 from detection_helpers import SkinClassifier, scene, write_image
 
@@ -18,6 +19,7 @@ from maskwatch.detection.evaluate import (
     Scene,
     average_precision,
     load_scenes,
+    score_counting,
     score_detections,
     voc_ap,
 )
@@ -83,10 +85,12 @@ def test_score_explains_a_hand_made_case():
 
 
 def _voc_xml(name: str, objects) -> str:
+    """A VOC file; objects are (label, box) or (label, box, difficult)."""
     objs = "".join(
-        f"<object><name>{lab}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin>"
-        f"<ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
-        for lab, b in objects
+        f"<object><name>{o[0]}</name><difficult>{int(o[2]) if len(o) > 2 else 0}</difficult>"
+        f"<bndbox><xmin>{o[1][0]}</xmin><ymin>{o[1][1]}</ymin><xmax>{o[1][2]}</xmax>"
+        f"<ymax>{o[1][3]}</ymax></bndbox></object>"
+        for o in objects
     )
     return f"<annotation><filename>{name}</filename>{objs}</annotation>"
 
@@ -157,3 +161,115 @@ def test_real_scenes_recall():
     # defaults: two passes, face threshold 0.2 (more faces found, more false boxes than 0.4)
     assert report["recall"] > 0.85 and report["recall_32px"] > 0.9
     assert report["false_boxes_per_image"] < 2.5
+
+
+# ---------------------------------------------------------------- face-free photos, difficult
+
+
+def _grey(path: Path, size=(200, 100)) -> Path:
+    return write_image(path, np.full((size[1], size[0], 3), 120, np.uint8))
+
+
+def test_load_scenes_keeps_face_free_photos_and_difficult_flags(tmp_path):
+    root = tmp_path / "voc"
+    (root / "annotations").mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        _grey(root / "images" / f"{name}.jpg")
+    (root / "annotations" / "a.xml").write_text(_voc_xml("a.jpg", [
+        ("with_mask", (10, 10, 60, 60)), ("without_mask", (100, 10, 150, 60), True)]))
+    (root / "annotations" / "b.xml").write_text(_voc_xml("b.jpg", []))  # no face there
+    (root / "annotations" / "c.xml").write_text(  # an object without a box: not face-free
+        "<annotation><filename>c.jpg</filename><object><name>with_mask</name></object>"
+        "</annotation>")
+    ds = load_dataset(root)
+    assert [(s.path.name, s.label, s.difficult) for s in ds.samples] == [
+        ("a.jpg", "with_mask", False), ("a.jpg", "without_mask", True)]
+    assert ds.empty_images == [root / "images" / "b.jpg"]
+    scenes = load_scenes(root)
+    assert [(s.path.name, s.boxes, s.labels, s.difficult) for s in scenes] == [
+        ("a.jpg", [(10, 10, 60, 60), (100, 10, 150, 60)], ["with_mask", "without_mask"],
+         [False, True]),
+        ("b.jpg", [], [], []),
+    ]
+    # face-free photos alone are no set of scenes with boxes
+    (root / "annotations" / "a.xml").unlink()
+    with pytest.raises(LayoutError):
+        load_scenes(root)
+
+
+def test_load_scenes_reads_an_empty_yolo_label_file_as_a_face_free_photo(tmp_path):
+    for name in ("a", "b", "c"):
+        _grey(tmp_path / "images" / f"{name}.jpg")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "classes.txt").write_text("mask\nno-mask\n")
+    (tmp_path / "labels" / "a.txt").write_text("0 0.25 0.5 0.2 0.4\n")
+    (tmp_path / "labels" / "b.txt").write_text("")  # annotated: nobody there
+    (tmp_path / "labels" / "c.txt").write_text("bad line\n")  # not empty: a bad line
+    ds = load_dataset(tmp_path)
+    assert [(s.path.name, s.box) for s in ds.samples] == [("a.jpg", (30, 30, 70, 70))]
+    assert ds.empty_images == [tmp_path / "images" / "b.jpg"]
+    assert ds.skipped["bad label line"] == 1
+    scenes = load_scenes(tmp_path)
+    assert [(s.path.name, len(s.boxes)) for s in scenes] == [("a.jpg", 1), ("b.jpg", 0)]
+
+
+def _faces(*faces):
+    """(box, face score, label) -> normalised pipeline faces with class scores."""
+    return [(box, score, label, {"with_mask": float(label == "with_mask"),
+                                 "without_mask": float(label == "without_mask")})
+            for box, score, label in faces]
+
+
+#: One photo with a plain face and a difficult one, one photo annotated as face-free.
+VOC_SCENES = [
+    Scene(Path("a.jpg"), [(0, 0, 100, 100), (200, 0, 300, 100)],
+          ["with_mask", "without_mask"], [False, True]),
+    Scene(Path("e.jpg")),
+]
+
+
+def test_a_box_on_a_face_free_photo_is_false_and_difficult_faces_count_neither_way():
+    predictions = [
+        _faces(((0, 0, 100, 100), 0.9, "with_mask"),
+               ((200, 0, 300, 100), 0.8, "without_mask"),   # on the difficult face: ignored
+               ((205, 0, 300, 100), 0.6, "without_mask")),  # so is a second one there
+        _faces(((10, 10, 60, 60), 0.95, "with_mask")),      # a false box, 50 px
+    ]
+    r = score_detections(VOC_SCENES, predictions, recall_iou=0.4)
+    assert (r["images"], r["faces"], r["difficult_faces"], r["images_without_faces"]) == (
+        2, 1, 1, 1)
+    assert r["recall"] == 1.0 and r["recall_by_class"] == {"with_mask": 1.0}
+    assert r["false_boxes_per_image"] == 0.5  # the box on the face-free photo, of 2 photos
+    assert r["false_boxes_by_size"]["32-64px"] == 0.5
+    # 4 boxes: 1 true, 1 false, 2 ignored
+    assert (r["precision50"], r["recall50"]) == (0.5, 1.0)
+    assert (r["precision30"], r["recall30"]) == (0.5, 1.0)
+    # ranked 0.95 false, 0.9 true (the two on the difficult face left out): AP 1/2
+    assert r["face_ap50"] == 0.5 and r["face_ap30"] == 0.5
+    # without_mask has only a difficult face: no AP; with_mask: the false box ranks first
+    assert r["ap50"] == {"with_mask": 0.5} and r["map50"] == 0.5
+    # a missed difficult face lowers no recall, and the face-free photo still counts
+    r = score_detections(VOC_SCENES, [predictions[0][:1], []], recall_iou=0.4)
+    assert (r["recall"], r["recall50"], r["precision50"]) == (1.0, 1.0, 1.0)
+    assert r["false_boxes_per_image"] == 0.0 and r["face_ap50"] == 1.0
+    r = score_detections(VOC_SCENES, [predictions[0][:1], predictions[1]], recall_iou=0.4)
+    assert (r["precision50"], r["false_boxes_per_image"]) == (0.5, 0.5)
+
+
+def test_counting_score_with_a_face_free_photo_and_a_difficult_face():
+    predictions = [
+        _faces(((0, 0, 100, 100), 0.9, "with_mask"),
+               ((200, 0, 300, 100), 0.8, "without_mask")),  # on the difficult face
+        _faces(((10, 10, 60, 60), 0.95, "with_mask")),      # nobody there
+    ]
+    c = score_counting(VOC_SCENES, predictions, 0.5)
+    assert (c["counted_boxes"], c["precision50"], c["recall50"]) == (3, 0.5, 1.0)
+    # a.jpg: 2 counted for 1 face (+1 difficult): not off; e.jpg: 1 for none
+    assert c["count_error_per_image"] == 0.5
+    # a.jpg's only bare face is difficult: in neither count, whatever it was labelled
+    assert (c["images_with_non_compliant"], c["missed"]) == (0, 0)
+    assert (c["images_without_non_compliant"], c["flagged_wrongly"]) == (1, 0)
+    assert c["shares"]["without_mask"]["annotated"] == 0.0
+    # counting nobody on a.jpg's difficult face is not off either
+    c = score_counting(VOC_SCENES, [predictions[0][:1], []], 0.5)
+    assert (c["count_error_per_image"], c["precision50"]) == (0.0, 1.0)

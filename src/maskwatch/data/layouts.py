@@ -151,6 +151,24 @@ def parse_voc(xml_path: Path) -> tuple[str | None, tuple[int, int] | None, list]
 
     Uses defusedxml: files with entities or DTDs are refused. Raises LayoutError.
     """
+    filename, size, objects, _ = _read_voc(xml_path)
+    return filename, size, [(name, box) for name, box, _ in objects]
+
+
+def _is_set(text: str | None) -> bool:
+    """A VOC flag such as ``<difficult>``: 1 (or true/yes) is set; 0, empty or junk is not."""
+    t = (text or "").strip().lower()
+    if t in ("true", "yes"):
+        return True
+    try:
+        return float(t) == 1.0
+    except ValueError:
+        return False
+
+
+def _read_voc(xml_path: Path) -> tuple[str | None, tuple[int, int] | None, list, int]:
+    """As :func:`parse_voc`, with each object's ``<difficult>`` flag, ``[(name, box,
+    difficult)]``, and the number of ``<object>`` elements (with a box or not)."""
     import defusedxml
     import defusedxml.ElementTree as ET
 
@@ -182,14 +200,15 @@ def parse_voc(xml_path: Path) -> tuple[str | None, tuple[int, int] | None, list]
         except (TypeError, ValueError, OverflowError):
             size = None
     objects = []
-    for obj in root.iter("object"):
+    elements = list(root.iter("object"))
+    for obj in elements:
         name = (obj.findtext("name") or "").strip()
         bb = obj.find("bndbox")
         if bb is None:
             continue
         box = (num(bb, "xmin"), num(bb, "ymin"), num(bb, "xmax"), num(bb, "ymax"))
-        objects.append((name, box))
-    return filename, size, objects
+        objects.append((name, box, _is_set(obj.findtext("difficult"))))
+    return filename, size, objects, len(elements)
 
 
 def _find_subdir(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -208,7 +227,7 @@ def _image_index(folder: Path) -> dict[str, Path]:
 
 
 def _add_box(samples, skipped, notes, path, name, box, size, mapping, source, group, split,
-             where=None):
+             where=None, difficult=False):
     """Add one labelled box, or count and note why it is skipped (``where``: its row)."""
     why = bad_box(box)
     if why:
@@ -235,7 +254,7 @@ def _add_box(samples, skipped, notes, path, name, box, size, mapping, source, gr
         if box[2] <= box[0] or box[3] <= box[1]:
             skipped["empty box"] += 1
             return
-    samples.append(Sample(path, label, split, source, group, box))
+    samples.append(Sample(path, label, split, source, group, box, difficult))
 
 
 def _load_voc(root: Path, ann_dir: Path, mapping) -> Dataset:
@@ -244,10 +263,11 @@ def _load_voc(root: Path, ann_dir: Path, mapping) -> Dataset:
     samples: list[Sample] = []
     skipped: Counter = Counter()
     notes: list[str] = []
+    empty: list[Path] = []  # annotated as holding no face
     xmls = sorted(ann_dir.rglob("*.xml"))
     for xml in xmls:
         try:
-            filename, size, objects = parse_voc(xml)
+            filename, size, objects, n_objects = _read_voc(xml)
         except LayoutError as exc:
             skipped["bad annotation file"] += 1
             notes.append(str(exc))
@@ -263,12 +283,15 @@ def _load_voc(root: Path, ann_dir: Path, mapping) -> Dataset:
         rel = xml.relative_to(ann_dir)
         split = normalise_split(rel.parts[0]) if len(rel.parts) > 1 else None
         group = img.relative_to(img_dir).with_suffix("").as_posix()
-        for name, box in objects:
+        if not n_objects:
+            empty.append(img)
+        for name, box, difficult in objects:
             _add_box(samples, skipped, notes, img, name, box, size, mapping, root.name, group,
-                     split, where=xml)
+                     split, where=xml, difficult=difficult)
     if not samples and skipped.get("bad annotation file") == len(xmls) and notes:
         raise LayoutError(notes[0])
-    return Dataset(root, "voc", samples, skipped, notes)
+    return Dataset(root, "voc", samples, skipped, notes,
+                   empty_images=list(dict.fromkeys(empty)))
 
 
 # ---------------------------------------------------------------- CSV of boxes
@@ -387,6 +410,7 @@ def _load_yolo(root: Path, labels: Path, img_dir: Path, mapping, names) -> Datas
     samples: list[Sample] = []
     skipped: Counter = Counter()
     notes: list[str] = []
+    empty: list[Path] = []  # an empty label file: annotated as holding no face
     for txt in sorted(labels.rglob("*.txt")):
         if txt.name == "classes.txt":
             continue
@@ -404,6 +428,9 @@ def _load_yolo(root: Path, labels: Path, img_dir: Path, mapping, names) -> Datas
         except (OSError, UnicodeDecodeError) as exc:
             skipped["bad label file"] += 1
             notes.append(f"{txt}: cannot read ({getattr(exc, 'reason', None) or exc})")
+            continue
+        if not text.strip():
+            empty.append(img)
             continue
         for n, line in enumerate(text.splitlines(), start=1):
             parts = line.split()
@@ -426,7 +453,8 @@ def _load_yolo(root: Path, labels: Path, img_dir: Path, mapping, names) -> Datas
             box = ((cx - w / 2) * W, (cy - h / 2) * H, (cx + w / 2) * W, (cy + h / 2) * H)
             _add_box(samples, skipped, notes, img, name, box, size, mapping, root.name, group,
                      split, where=f"{txt}:{n}")
-    return Dataset(root, "yolo", samples, skipped, notes)
+    return Dataset(root, "yolo", samples, skipped, notes,
+                   empty_images=list(dict.fromkeys(empty)))
 
 
 # ---------------------------------------------------------------- entry point

@@ -45,7 +45,9 @@ class Sample:
     ``box`` is ``(x1, y1, x2, y2)`` in pixels of the upright image (x2, y2 exclusive) for
     datasets of scene photos with boxes, and None when the file is itself a face crop.
     ``group``: samples that share a group (one scene, or an image and its augmentations)
-    must stay on one side of a split.
+    must stay on one side of a split. ``difficult``: the annotation marks the face as hard
+    to make out (Pascal VOC ``<difficult>1</difficult>``); detection metrics count such a
+    face neither as found nor as missed. Manifests do not keep it.
     """
 
     path: Path
@@ -54,11 +56,17 @@ class Sample:
     source: str = ""
     group: str = ""
     box: Box | None = None
+    difficult: bool = False
 
 
 @dataclass
 class Dataset:
-    """The samples of a dataset and how it was recognised."""
+    """The samples of a dataset and how it was recognised.
+
+    ``empty_images``: images annotated as holding no face (a Pascal VOC file without
+    ``<object>``, an empty YOLO label file); they have no samples, but a detector's boxes
+    there are false ones (see ``maskwatch.detection.evaluate.load_scenes``).
+    """
 
     root: Path
     layout: str
@@ -66,6 +74,7 @@ class Dataset:
     skipped: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     clipped: int = 0
+    empty_images: list[Path] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:

@@ -22,7 +22,12 @@ MAP_CLASSES = (WITH_MASK, WITHOUT_MASK)
 
 @dataclass
 class Scene:
-    """One annotated image: its path and ground-truth boxes with canonical labels."""
+    """One annotated image: its path and ground-truth boxes with canonical labels.
+
+    ``difficult``: per box, whether the annotation marks it difficult (Pascal VOC); such a
+    face is neither found nor missed, and a detection matching it best is ignored. A scene
+    without boxes is a photo annotated as holding no face: every detection there is false.
+    """
 
     path: Path
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
@@ -32,7 +37,8 @@ class Scene:
 
 def load_scenes(root: str | Path, limit: int | None = None) -> list[Scene]:
     """Annotated scenes of a dataset with boxes, read with ``maskwatch.data.load_dataset``
-    (any layout it knows: VOC, YOLO, CSV)."""
+    (any layout it knows: VOC, YOLO, CSV), with each box's difficult flag; images annotated
+    as holding no face (``Dataset.empty_images``) are scenes without boxes."""
     from maskwatch.data import load_dataset
 
     ds = load_dataset(root)
@@ -43,11 +49,36 @@ def load_scenes(root: str | Path, limit: int | None = None) -> list[Scene]:
         scene = scenes.setdefault(Path(s.path), Scene(path=Path(s.path)))
         scene.boxes.append(tuple(int(round(v)) for v in s.box))
         scene.labels.append(s.label)
-        scene.difficult.append(False)
+        scene.difficult.append(bool(s.difficult))
+    for path in ds.empty_images:  # an image annotated in two places keeps its boxes
+        scenes.setdefault(Path(path), Scene(path=Path(path)))
     if not scenes:
         raise LayoutError(f"{root}: no face boxes found (need a dataset of scenes with boxes)")
     out = sorted(scenes.values(), key=lambda sc: _natural(sc.path.name))
     return out[:limit] if limit else out
+
+
+def _hard(scene: Scene) -> list[bool]:
+    """The scene's difficult flags, one per box (missing ones: False)."""
+    flags = [bool(d) for d in scene.difficult][:len(scene.boxes)]
+    return flags + [False] * (len(scene.boxes) - len(flags))
+
+
+def one_to_one(
+    ious: np.ndarray, difficult: Sequence[bool], threshold: float
+) -> tuple[list[tuple[int, int]], int]:
+    """One-to-one matches of truths (rows) and detections (columns) at ``threshold``, as
+    :func:`maskwatch.boxes.greedy_pairs`, the VOC way for difficult truths: a detection
+    whose best truth is a difficult one at ``threshold`` or more is ignored, and difficult
+    truths are never matched. Returns (pairs, number of detections ignored); with no
+    difficult truth exactly ``greedy_pairs(ious, threshold)`` and 0."""
+    hard = np.asarray(difficult, bool).reshape(-1)
+    if not hard.any() or ious.size == 0:
+        return greedy_pairs(ious, threshold), 0
+    ignored = hard[ious.argmax(axis=0)] & (ious.max(axis=0) >= threshold)
+    rows, cols = np.flatnonzero(~hard), np.flatnonzero(~ignored)
+    pairs = greedy_pairs(ious[np.ix_(rows, cols)], threshold)
+    return [(int(rows[r]), int(cols[c])) for r, c in pairs], int(ignored.sum())
 
 
 def _natural(text: str):
@@ -196,7 +227,7 @@ def class_aps(
             continue
         for c in classes:
             truths[c][idx] = [b for b, lab in zip(scene.boxes, scene.labels) if lab == c]
-            hard[c][idx] = [d for d, lab in zip(scene.difficult, scene.labels) if lab == c]
+            hard[c][idx] = [d for d, lab in zip(_hard(scene), scene.labels) if lab == c]
         for box, face_score, _label, scores in faces:
             for c in classes:
                 if c in scores:
@@ -230,7 +261,7 @@ def scene_outcomes(
                 continue
             dets = sorted(((f[1] * f[3][c], f[0]) for f in faces if c in f[3]),
                           key=lambda d: -d[0])
-            gts = [(b, d) for b, lab, d in zip(scene.boxes, scene.labels, scene.difficult)
+            gts = [(b, d) for b, lab, d in zip(scene.boxes, scene.labels, _hard(scene))
                    if lab == c]
             hard = [d for _, d in gts]
             outcomes = match_image([d[1] for d in dets], [b for b, _ in gts], hard, iou)
@@ -254,15 +285,19 @@ def subset_map(outcomes: dict[str, list], idx: Sequence[int]) -> float:
     return float(np.mean(aps)) if aps else 0.0
 
 
-def face_ap(scenes: Sequence[Scene], predictions: Sequence[list | None], iou: float) -> float:
-    """VOC AP of finding faces whatever their class (ranked by face score)."""
-    dets, truths = [], {}
+def face_ap(scenes: Sequence[Scene], predictions: Sequence[list | None], iou: float
+            ) -> float | None:
+    """VOC AP of finding faces whatever their class (ranked by face score); difficult
+    faces count neither way. None when the scenes read hold no (non-difficult) face."""
+    dets, truths, hard = [], {}, {}
     for idx, (scene, faces) in enumerate(zip(scenes, predictions)):
         if faces is None:
             continue
         truths[idx] = list(scene.boxes)
+        hard[idx] = _hard(scene)
         dets += [(idx, f[1], f[0]) for f in faces]
-    return round(average_precision(dets, truths, iou)[0], 4)
+    value, _, n_truth = average_precision(dets, truths, iou, hard)
+    return round(value, 4) if n_truth else None
 
 
 def _side(box) -> float:
@@ -280,11 +315,18 @@ def score_detections(
     match a face at IoU >= 0.3, the share below 0.5 - high when the annotators draw boxes
     another way (e.g. whole heads). With class scores: VOC AP per class at IoU 0.5 and 0.3
     and their means over with_mask and without_mask (``map50``, ``map30``).
+
+    Difficult faces (VOC) are neither found nor missed: they are left out of ``faces``
+    and every recall, a box matching one is not false, and a box whose best match at IoU
+    0.5 (0.3) is one counts neither way in ``precision50`` (``precision30``). Scenes
+    without faces count as images: every box there is false. ``difficult_faces`` and
+    ``images_without_faces`` say how many the scenes read held.
     """
     n_gt = {c: 0 for c in CANONICAL}
     hit = {c: 0 for c in CANONICAL}
     big_gt = big_hit = 0
     n_boxes = tp50 = tp30 = loose = n_images = gt_total = 0
+    ignored50 = ignored30 = n_hard = faceless = 0
     false_sizes: list[float] = []
     face_sizes: list[float] = []
     classified = False
@@ -293,12 +335,17 @@ def score_detections(
             continue
         n_images += 1
         gt = np.asarray(scene.boxes, np.float64).reshape(-1, 4)
+        hard = _hard(scene)
         pred = np.asarray([f[0] for f in faces], np.float64).reshape(-1, 4)
         ious = iou_matrix(gt, pred)
         n_boxes += len(pred)
-        gt_total += len(gt)
+        gt_total += hard.count(False)
+        n_hard += hard.count(True)
+        faceless += not len(gt)
         classified = classified or any(f[2] is not None for f in faces)
         for j, label in enumerate(scene.labels):
+            if hard[j]:
+                continue
             n_gt[label] += 1
             found = bool(ious.shape[1] and ious[j].max() >= recall_iou)
             hit[label] += found
@@ -309,15 +356,20 @@ def score_detections(
         if len(pred):
             best = ious.max(axis=0) if len(gt) else np.zeros(len(pred))
             false_sizes += [_side(b) for b, v in zip(pred, best) if v < recall_iou]
-            tp50 += len(greedy_pairs(ious, 0.5))
-            pairs30 = greedy_pairs(ious, 0.3)
+            pairs50, ignored = one_to_one(ious, hard, 0.5)
+            tp50 += len(pairs50)
+            ignored50 += ignored
+            pairs30, ignored = one_to_one(ious, hard, 0.3)
             tp30 += len(pairs30)
+            ignored30 += ignored
             loose += sum(1 for g, p in pairs30 if ious[g, p] < 0.5)
     if n_images == 0:
         raise MaskwatchError("none of the scenes could be read")
     report: dict = {
         "images": n_images,
         "faces": gt_total,
+        "difficult_faces": n_hard,
+        "images_without_faces": faceless,
         "failed": sum(1 for f in predictions if f is None),
         "recall_iou": recall_iou,
         "recall": _ratio(sum(hit.values()), gt_total),
@@ -330,9 +382,9 @@ def score_detections(
         },
         "false_box_px_median": round(float(np.median(false_sizes)), 1) if false_sizes else None,
         "face_px_median": round(float(np.median(face_sizes)), 1) if face_sizes else None,
-        "precision50": _ratio(tp50, n_boxes),
+        "precision50": _ratio(tp50, n_boxes - ignored50),
         "recall50": _ratio(tp50, gt_total),
-        "precision30": _ratio(tp30, n_boxes),
+        "precision30": _ratio(tp30, n_boxes - ignored30),
         "recall30": _ratio(tp30, gt_total),
         "loose_match_share": _ratio(loose, tp30),
         "face_ap50": face_ap(scenes, predictions, 0.5),
@@ -357,8 +409,13 @@ def score_counting(
     """What a user reads off the faces that count (face score >= ``count_threshold``), photo
     by photo: how far the face count is off, and, with class labels, how often a photo is
     flagged as holding a non-compliant face that it does not hold, or not flagged when it
-    does. Also the counted boxes' precision and recall at IoU 0.5."""
-    images = count_error = boxes = tp50 = faces = 0
+    does. Also the counted boxes' precision and recall at IoU 0.5.
+
+    Difficult faces (VOC) count neither way: the face count is off only when outside the
+    range from the faces to the faces plus the difficult ones, a box matching a difficult
+    face best is left out of the precision, and a photo whose only non-compliant faces are
+    difficult is in neither flag count. Photos without faces count as photos."""
+    images = count_error = boxes = tp50 = faces = ignored50 = 0
     flagged_wrongly = clean = missed = holding = 0
     annotated: Counter = Counter()
     labelled: Counter = Counter()
@@ -367,27 +424,32 @@ def score_counting(
         if found is None:
             continue
         kept = [f for f in found if f[1] >= count_threshold]
-        annotated.update(scene.labels)
+        hard = _hard(scene)
+        easy = [label for label, h in zip(scene.labels, hard) if not h]
+        annotated.update(easy)
         labelled.update(f[2] for f in kept)
         for f in kept:
             probabilities.update(f[3])
         images += 1
         boxes += len(kept)
-        faces += len(scene.labels)
-        count_error += abs(len(kept) - len(scene.labels))
+        faces += len(easy)
+        count_error += max(len(easy) - len(kept), len(kept) - len(scene.labels), 0)
         gt = np.asarray(scene.boxes, np.float64).reshape(-1, 4)
         pred = np.asarray([f[0] for f in kept], np.float64).reshape(-1, 4)
-        tp50 += len(greedy_pairs(iou_matrix(gt, pred), 0.5))
-        truly = any(label in non_compliant for label in scene.labels)
+        pairs, ignored = one_to_one(iou_matrix(gt, pred), hard, 0.5)
+        tp50 += len(pairs)
+        ignored50 += ignored
+        truly = any(label in non_compliant for label in easy)
+        maybe = any(label in non_compliant for label in scene.labels)  # difficult ones too
         said = any(f[2] in non_compliant for f in kept)
         holding += truly
-        clean += not truly
         missed += truly and not said
-        flagged_wrongly += said and not truly
+        clean += not maybe
+        flagged_wrongly += said and not maybe
     out = {
         "count_threshold": round(float(count_threshold), 4),
         "counted_boxes": boxes,
-        "precision50": _ratio(tp50, boxes),
+        "precision50": _ratio(tp50, boxes - ignored50),
         "recall50": _ratio(tp50, faces),
         "count_error_per_image": round(count_error / images, 4) if images else None,
     }
