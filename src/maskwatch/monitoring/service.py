@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import threading
 import time
@@ -65,26 +67,31 @@ def watch(
                 on_frame=bar.update if bar is not None else None,
             ))
         next_retention = time.monotonic()
-        threads = [threading.Thread(target=w.run, name=f"maskwatch-watch-{w.name}", daemon=True)
-                   for w in watchers]
+        # Each thread says itself when it is done; the main thread never waits in
+        # Thread.join or is_alive (on Python 3.11 a Ctrl+C landing there can mark a running
+        # thread as stopped, and the store was then closed under the people still in view).
+        done = [threading.Event() for _ in watchers]
+        threads = [threading.Thread(target=_run_until_done, args=(w, flag), daemon=True,
+                                    name=f"maskwatch-watch-{w.name}")
+                   for w, flag in zip(watchers, done)]
         for t in threads:
             t.start()
         log(f"watching {len(threads)} source(s) into {display_url(str(db))}")
-        try:
-            while any(t.is_alive() for t in threads):
-                if keep_days is not None and time.monotonic() >= next_retention:
+        with _ctrl_c_stops(stop, log):
+            deadline = None
+            while not all(flag.is_set() for flag in done):
+                if stop.is_set():  # Ctrl+C, SIGTERM or the caller: finish within STOP_WAIT
+                    deadline = deadline or time.monotonic() + STOP_WAIT
+                    if time.monotonic() >= deadline:  # a camera stuck in a read
+                        for t, flag in zip(threads, done):
+                            if not flag.is_set():
+                                log(f"{t.name}: still reading after {STOP_WAIT:g}s; leaving it")
+                        break
+                elif keep_days is not None and time.monotonic() >= next_retention:
                     cutoff = time.time() - keep_days * 86400
                     writer.retention(cutoff, retention_done(config.snapshots, cutoff, log))
                     next_retention = time.monotonic() + retention_every
-                for t in threads:
-                    t.join(0.2)
-        except KeyboardInterrupt:
-            log("interrupted: finishing the people in view")
-            stop.set()
-            for t in threads:  # a camera stuck in a read cannot hold the exit for long
-                t.join(STOP_WAIT)
-                if t.is_alive():
-                    log(f"{t.name}: still reading after {STOP_WAIT:g}s; leaving it")
+                time.sleep(0.05 if stop.is_set() else 0.2)
     finally:
         stop.set()
         for bar in bars:
@@ -102,6 +109,34 @@ def watch(
         "sources": {w.name: {"frames": w.frames, "events": w.events,
                              "reconnects": w.reconnects, "error": w.error} for w in watchers},
     }
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(stop: threading.Event, log: Callable[[str], None]):
+    """While in the block, Ctrl+C (SIGINT) sets ``stop`` instead of raising
+    KeyboardInterrupt (which could land anywhere, even in the store's writer), however
+    often it is pressed; outside the main thread there is nothing to catch."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame) -> None:
+        if not stop.is_set():
+            log("interrupted: finishing the people in view")
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run_until_done(watcher: SourceWatcher, done: threading.Event) -> None:
+    try:
+        watcher.run()
+    finally:
+        done.set()
 
 
 def _bar(name: str, spec: str, position: int, progress: bool):
