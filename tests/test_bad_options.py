@@ -155,3 +155,12 @@ def test_export_that_fails_leaves_no_model_behind(tmp_path, capsys):
     assert main(["export", "-m", str(ckpt), "-o", str(tmp_path / "ok.onnx")]) == 0
     assert (tmp_path / "ok.onnx").is_file()
     assert math.isfinite(float(capsys.readouterr().out.split("max_prob_diff:")[1].split()[0]))
+
+
+def test_a_folder_given_as_the_model_is_named_as_such(tmp_path):
+    from maskwatch.inference.classifier import Classifier
+
+    with pytest.raises(ModelError, match="is a folder; give a model file"):
+        Classifier(tmp_path)
+    with pytest.raises(ModelError, match="model file not found"):
+        Classifier(tmp_path / "nope.onnx")

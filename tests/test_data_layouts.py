@@ -90,14 +90,18 @@ def test_voc_boxes_clipped_outside_and_margin(tmp_path):
         ("without_mask", (100, 60, 140, 100)),   # runs past the 128x96 image: clipped
         ("mask_weared_incorrect", (200, 200, 220, 230)),  # wholly outside: skipped
         ("helmet", (1, 1, 5, 5)),                # unknown class: skipped, counted
+        ("with_mask", (20, 20, 20, 40)),         # no width: an empty box, not "outside"
+        ("with_mask", (60, 50, 40, 30)),         # corners swapped: set right
     ])
     ds = load_dataset(tmp_path)
     assert ds.layout == "voc"
     assert [(s.label, s.box) for s in ds.samples] == [
-        ("with_mask", (0, 0, 32, 32)), ("without_mask", (100, 60, 128, 96))]
-    assert ds.skipped["box outside the image"] == 1
+        ("with_mask", (0, 0, 32, 32)), ("without_mask", (100, 60, 128, 96)),
+        ("with_mask", (40, 30, 60, 50))]
+    assert ds.skipped["box outside the image"] == 1 and ds.skipped["empty box"] == 1
+    assert any("box (20, 20, 20, 40) has no area" in n for n in ds.notes)
     assert ds.skipped["class 'helmet'"] == 1
-    assert ds.clipped == 1
+    assert ds.clipped == 2  # the box run past the edge, and the one set right
     assert all(s.path == img and s.group == "s0" for s in ds.samples)
     face = read_face(ds.samples[0])
     assert face.shape == (32, 32, 3)

@@ -7,7 +7,7 @@ Stable API (used by training, evaluation and the CLI)::
     ds = load_dataset(path)            # folder (any known layout) or manifest/box CSV
     ds.layout                          # "class-folders", "voc", "csv", "yolo", "manifest"
     ds.classes                         # labels present, canonical order
-    for s in ds.samples:               # Sample(path, label, split, source, group, box)
+    for s in ds.samples:   # Sample(path, label, split, source, group, box, difficult)
         if s.split == "train":         # "train", "val", "test" or None
             rgb = read_face(s, margin=0.0)   # HxWx3 uint8 RGB: box crop or whole image
 

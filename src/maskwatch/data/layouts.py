@@ -240,6 +240,11 @@ def _add_box(samples, skipped, notes, path, name, box, size, mapping, source, gr
         return
     if size is None:
         size = _image_size(path)
+    rounded = tuple(int(round(v)) for v in box)
+    if rounded[2] == rounded[0] or rounded[3] == rounded[1]:  # (swapped corners are fixed)
+        skipped["empty box"] += 1
+        notes.append(f"{where or path}: box {rounded} has no area")
+        return
     if size is not None:
         clipped = clip_box(box, *size)
         if clipped is None:
@@ -250,7 +255,7 @@ def _add_box(samples, skipped, notes, path, name, box, size, mapping, source, gr
             skipped["_clipped"] += 1
         box = clipped
     else:
-        box = tuple(int(round(v)) for v in box)
+        box = rounded
         if box[2] <= box[0] or box[3] <= box[1]:
             skipped["empty box"] += 1
             return

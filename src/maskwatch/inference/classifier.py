@@ -110,7 +110,9 @@ class Classifier:
                 raise ModelError(
                     f"the bundled model is missing ({path}); reinstall maskwatch or pass --model"
                 )
-            raise ModelError(f"{path}: model file not found")
+            raise ModelError(f"{path}: is a folder; give a model file (.onnx with its .json, "
+                             "or .safetensors)" if path.is_dir() else
+                             f"{path}: model file not found")
         suffix = path.suffix.lower()
         if suffix == ".onnx":
             self._backend = _OnnxBackend(path, threads)
