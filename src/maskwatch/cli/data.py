@@ -28,7 +28,9 @@ def _add_loading(p: argparse.ArgumentParser) -> None:
                    help="YOLO class names, comma separated, in class-id order")
     p.add_argument("--images", default=None, help="folder of the images of a CSV of boxes")
     p.add_argument("--workers", type=positive_int, default=2, help="processes that decode images")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no warnings about skipped boxes or files (the "
+                   "summary still counts them)")
 
 
 def _add_split(p: argparse.ArgumentParser) -> None:
