@@ -158,3 +158,43 @@ def test_two_watchers_write_to_one_postgresql_database(clip, postgres_url):
                                        "south": {"incorrect_mask": 1, "without_mask": 1}}
         north = c.get("/api/stats", params={"bucket": "minute", "source": "north"}).json()
         assert sum(s["faces"].get("without_mask", 0) for s in north["series"]) >= 15
+
+
+def test_times_out_of_range_are_422_on_events_and_stats_alike(tmp_path):
+    """These answered 500 on /api/stats (OverflowError, "year 33658 is out of range")."""
+    db = tmp_path / "r.sqlite"
+    Store(db).add_events([{"source": "door", "track_id": 1, "label": "with_mask",
+                           "first_seen": 1.0, "last_seen": 2.0, "frames": 3, "score": 0.9}])
+    queries = [{"since": "1e20"}, {"since": "1e300"}, {"until": "-1e300"},
+               {"bucket": "day", "since": "-1e300"}, {"bucket": "minute", "since": "-1e15"},
+               {"bucket": "day", "since": "0", "until": "1e12"}]
+    with client(db) as c:
+        for params in queries:
+            for path in ("/api/stats", "/api/events"):
+                r = c.get(path, params={k: v for k, v in params.items()
+                                        if path == "/api/stats" or k != "bucket"})
+                assert r.status_code == 422, (path, params, r.text)
+                name = "until" if "until" in params else "since"
+                assert r.json()["detail"].startswith(f"{name}: out of range"), r.text
+        r = c.get("/api/stats", params={"bucket": "day", "since": "0"})
+        assert r.status_code == 200 and r.json()["totals"] == {"with_mask": 1}
+        assert len(c.get("/api/events", params={"since": "0"}).json()["events"]) == 1
+
+
+def test_snapshot_of_an_id_beyond_64_bits_is_404(tmp_path):
+    db = tmp_path / "i.sqlite"
+    Store(db)
+    with client(db) as c:
+        for event_id in ("9223372036854775808", "99999999999999999999", "-9223372036854775809",
+                         "0", "-1"):
+            r = c.get(f"/api/events/{event_id}/snapshot")
+            assert r.status_code == 404, (event_id, r.text)
+            assert r.json()["detail"] == "no snapshot for this event"
+
+
+def test_serve_with_a_file_that_is_not_a_database_fails_in_one_line(tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, not a database\n")
+    assert main(["serve", "--db", str(text), "--detector", "yunet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"maskwatch: error: {text}: not a maskwatch database (file is not a database)"]

@@ -138,6 +138,50 @@ def test_store_queries_filter_and_bucket(db_url):
         parse_time("yesterday")
 
 
+def test_times_outside_what_iso_8601_writes_are_refused(tmp_path):
+    """since=1e20 or until=1e12 (year 33658) once ended in OverflowError / ValueError in
+    stats; they are one clear MaskwatchError, and the extremes that fit still work."""
+    for bad in ("1e20", "-1e300", "1e12", "-1e15", 1e300, 10**400, float("nan")):
+        with pytest.raises(MaskwatchError, match="since: out of range"):
+            parse_time(bad, "since")
+    assert parse_time("0") == 0.0 and parse_time("0001-01-01") == -62_135_596_800.0
+    assert parse_time("9999-12-31T23:59:59Z") == 253_402_300_799.0
+    store = Store(tmp_path / "e.sqlite")
+    store.add_events([_event()])
+    for kw in ({"since": 1e20}, {"until": -1e300}, {"since": 0, "until": 1e12}):
+        with pytest.raises(MaskwatchError, match="out of range"):
+            store.stats("day", **kw)
+    for bucket in ("minute", "hour", "day"):  # a default `since` before year 1 is clamped
+        assert store.stats(bucket, until=-62_135_596_800.0)["since"].startswith("0001-01-01")
+    assert store.stats("day", since=0)["totals"] == {"with_mask": 1}
+
+
+def test_an_event_id_beyond_64_bits_is_no_event(tmp_path):
+    store = Store(tmp_path / "e.sqlite")
+    store.add_events([_event()])
+    assert store.event(1)["track_id"] == 1
+    for event_id in (2**63, -2**63 - 1, 10**20, 0, -1):
+        assert store.event(event_id) is None
+
+
+def test_a_file_that_is_not_a_database_is_one_clear_error(tmp_path, capsys):
+    from maskwatch.monitoring.store import NotADatabase
+
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, not a database\n")
+    with pytest.raises(NotADatabase, match="notes.txt: not a maskwatch database"):
+        Store(text)
+    with pytest.raises(NotADatabase):
+        Store(text, create=False)
+    assert issubclass(NotADatabase, MaskwatchError)
+    code = main(["watch", str(tmp_path / "clip.mp4"), "--db", str(text), "--detector", "yunet",
+                 "--threads", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"maskwatch: error: {text}: not a maskwatch database (file is not a database)"]
+
+
 def test_writer_reports_an_event_only_once_it_is_committed(db_url):
     store, other = Store(db_url), Store(db_url)
     seen = []

@@ -184,6 +184,15 @@ def test_detect_threshold_per_request(client):
     assert client.post("/api/detect?threshold=1.5", **upload(data)).status_code == 422
 
 
+def test_detect_threshold_not_a_number_says_what_it_must_be(client):
+    data = png(scene())
+    for value in ("NaN", "nan", "inf", "-inf", "1.5", "-0.1", "high"):
+        r = client.post(f"/api/detect?threshold={value}", **upload(data))
+        assert r.status_code == 422, (value, r.text)
+        assert r.json()["detail"] == f"query.threshold: must be a number from 0 to 1, " \
+                                     f"got {value!r}"
+
+
 def test_docs_favicon_and_example_are_served_locally(client):
     docs = client.get("/docs")
     assert docs.status_code == 200
@@ -297,6 +306,44 @@ def test_pixel_cap_is_422():
         assert "over the limit" in r.json()["detail"]
 
 
+def test_pixel_cap_names_the_servers_option_not_the_cli_variable(monkeypatch):
+    """The server ignores MASKWATCH_MAX_PIXELS; its message named it all the same."""
+    monkeypatch.setenv("MASKWATCH_MAX_PIXELS", "100000000")
+    with client_for(max_pixels=5000) as c:
+        for route in ("/api/detect", "/api/classify"):
+            detail = c.post(route, **upload(png(scene(120, 80)))).json()["detail"]
+            assert detail == ("x.png: 120x80 is 9,600 pixels, over the limit of 5,000 "
+                              "(maskwatch serve --max-pixels)"), detail
+        assert c.get("/api/model").json()["limits"]["max_pixels"] == 5000
+
+
+def test_serve_max_pixels_option_reaches_the_app(monkeypatch, capsys):
+    import uvicorn
+
+    import maskwatch.detection.pipeline as pipeline
+    import maskwatch.serving.app as app_module
+    from maskwatch.cli import main
+
+    built = []
+    monkeypatch.setattr(pipeline, "Detector", lambda **kw: FakeDetector())
+    monkeypatch.setattr(app_module, "create_app",
+                        lambda detector, settings: built.append(settings) or object())
+    monkeypatch.setattr(uvicorn, "Server", lambda config: SimpleNamespace(run=lambda: None))
+    monkeypatch.setattr("maskwatch.serving.server.server_config", lambda *a: None)
+    assert main(["serve", "--max-pixels", "1234"]) == 0
+    assert main(["serve"]) == 0
+    assert [s.max_pixels for s in built] == [1234, app_module.SERVER_MAX_PIXELS]
+    for bad in ("0", "-5", "lots"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", "--max-pixels", bad])
+        assert exit_.value.code == 2
+    assert "argument --max-pixels" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--max-pixels N largest image" in help_text and "(default: 40,000,000)" in help_text
+
+
 # ---------------------------------------------------------------- concurrency
 
 
@@ -366,6 +413,12 @@ def test_model_endpoint(client):
 def test_healthz(client):
     r = client.get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_healthz_answers_head_without_a_body(client):
+    r = client.head("/healthz")
+    assert r.status_code == 200 and r.content == b""
+    assert "head" not in client.get("/openapi.json").json()["paths"]["/healthz"]
 
 
 def test_page_and_static_files(client):
@@ -519,6 +572,45 @@ def test_video_job_errors(tmp_path):
         r = c.post("/api/video", files={"file": ("broken.mp4", b"not a video", "video/mp4")})
         assert r.status_code == 422 and "broken.mp4" in r.json()["detail"]
         assert c.get("/api/jobs/nope").status_code == 404
+
+
+def test_deleting_a_finished_job_forgets_it(tmp_path):
+    """It once read "cancelled" at 0.99 and its video "not ready" (409), though deleted."""
+    src = tmp_path / "clip.mp4"
+    write_video(src, frames=4)
+    files = {"file": ("clip.mp4", src.read_bytes(), "video/mp4")}
+    with client_for() as c:
+        body = wait_job(c, c.post("/api/video", files=files).json()["url"])
+        assert body["status"] == "done"
+        folder = c.app.state.maskwatch.jobs.root / body["id"]
+        assert folder.is_dir()
+        r = c.delete(f"/api/jobs/{body['id']}")
+        assert r.status_code == 200, r.text
+        gone = r.json()
+        assert gone["status"] == "deleted" and gone["progress"] == 1.0
+        assert gone["video_url"] is None and gone["frames"] is None
+        assert not folder.exists()
+        assert c.get(f"/api/jobs/{body['id']}").status_code == 404
+        assert c.get(body["video_url"]).status_code == 404
+        assert c.delete(f"/api/jobs/{body['id']}").status_code == 404
+
+
+def test_deleting_a_running_job_cancels_it(tmp_path):
+    src = tmp_path / "clip.mp4"
+    write_video(src, frames=8)
+    files = {"file": ("clip.mp4", src.read_bytes(), "video/mp4")}
+    with client_for(FakeDetector(delay=0.2)) as c:
+        url = c.post("/api/video", files=files).json()["url"]
+        deadline = time.monotonic() + 30
+        while c.get(url).json()["status"] == "queued" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        job_id = url.rsplit("/", 1)[1]
+        folder = c.app.state.maskwatch.jobs.root / job_id
+        assert c.delete(url).status_code == 200
+        body = wait_job(c, url)
+        assert body["status"] == "cancelled" and body["frames_done"] < 8
+        assert not folder.exists()
+        assert c.get(f"{url}/video").status_code == 409
 
 
 def test_video_size_cap(tmp_path):

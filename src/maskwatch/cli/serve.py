@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from maskwatch.argtypes import positive_int
 from maskwatch.cli.common import (
     add_command,
     add_model_argument,
@@ -53,6 +54,12 @@ def register(subparsers) -> None:
     add_threshold_argument(p)
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload, MB")
     p.add_argument("--max-video-mb", type=float, default=100.0, help="largest video upload, MB")
+    p.add_argument(
+        "--max-pixels", type=positive_int, default=40_000_000, metavar="N",
+        help="largest image or video frame the server accepts, in pixels (width x height): "
+        "larger images get 422, larger videos 413; the MASKWATCH_MAX_PIXELS variable of the "
+        "other commands does not apply to the server (default: 40,000,000)",
+    )
     p.add_argument(
         "--max-concurrency", type=int, default=2,
         help="inference requests run at once; others wait briefly, then get 503",
@@ -122,6 +129,7 @@ def run(args) -> int:
         api_key=args.api_key,
         max_upload_mb=args.max_upload_mb,
         max_video_mb=args.max_video_mb,
+        max_pixels=args.max_pixels,
         max_concurrency=args.max_concurrency,
         max_video_jobs=args.max_video_jobs,
         video_budget_mpx=args.video_budget,

@@ -32,6 +32,11 @@ DEFAULT_DB = "maskwatch.db"
 #: Seconds per bucket of ``/api/stats``.
 BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
 MAX_LIMIT = 1000
+#: Times the API takes: what ISO 8601 can write, 0001-01-01 to 9999-12-31 UTC (epoch seconds).
+MIN_TIME = -62_135_596_800.0
+MAX_TIME = 253_402_300_800.0  # exclusive
+#: Event ids are 64-bit integers in the database.
+MAX_ID = 2**63 - 1
 
 try:  # the tables are built once sqlalchemy is importable (the `serve`/`watch` extra)
     import sqlalchemy as sa
@@ -104,25 +109,44 @@ def iso(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
 
 
+class NotADatabase(MaskwatchError):
+    """A file that exists but is not a database the store can use."""
+
+
 def parse_time(text: str | float | None, name: str = "time") -> float | None:
-    """ISO 8601 (no zone = UTC) or epoch seconds -> epoch seconds; None stays None."""
+    """ISO 8601 (no zone = UTC) or epoch seconds -> epoch seconds; None stays None.
+
+    Raises MaskwatchError for anything else, and for a time outside 0001-01-01 to
+    9999-12-31 UTC (:data:`MIN_TIME`, :data:`MAX_TIME`).
+    """
     if text is None or text == "":
         return None
+    value: float | None = None
     if isinstance(text, (int, float)):
-        return float(text)
-    try:
-        value = float(text)
-        if math.isfinite(value):
-            return value
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise MaskwatchError(f"{name}: expected ISO 8601 or epoch seconds, got {text!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+        try:
+            value = float(text)
+        except OverflowError:  # an int beyond any float
+            value = math.inf
+    else:
+        try:
+            value = float(text)
+        except ValueError:
+            pass
+        if value is not None and not math.isfinite(value):
+            value = None  # "nan", "inf": not a time
+    if value is None:
+        try:
+            dt = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise MaskwatchError(f"{name}: expected ISO 8601 or epoch seconds, "
+                                 f"got {text!r}") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        value = dt.timestamp()
+    if not MIN_TIME <= value < MAX_TIME:
+        raise MaskwatchError(f"{name}: out of range, got {text!r} (expected a time from "
+                             "0001-01-01 to 9999-12-31 UTC)")
+    return value
 
 
 def is_url(db: str) -> bool:
@@ -181,7 +205,12 @@ class Store:
             raise MaskwatchError(f"--db {display_url(db)}: database driver missing ({exc}); "
                                  "pip install 'maskwatch[serve]'") from None
         if migrate:
-            self.migrate()
+            try:
+                self.migrate()
+            except sa.exc.DatabaseError as exc:  # a damaged SQLite file past its header
+                if self.dialect != "sqlite" or isinstance(exc, sa.exc.OperationalError):
+                    raise
+                raise self._not_a_database(exc) from None
 
     # ------------------------------------------------------------ schema
 
@@ -191,9 +220,15 @@ class Store:
         except sa.exc.OperationalError as exc:
             raise MaskwatchError(f"{display_url(self.db)}: cannot open the database "
                                  f"({_first_line(exc)})") from None
+        except sa.exc.DatabaseError as exc:  # SQLite: "file is not a database"
+            raise self._not_a_database(exc) from None
         if write:
             conn = conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
         return conn
+
+    def _not_a_database(self, exc: BaseException) -> NotADatabase:
+        return NotADatabase(f"{display_url(self.db)}: not a maskwatch database "
+                            f"({_first_line(exc)})")
 
     def version(self) -> int:
         """The schema version of the database (0 when empty)."""
@@ -299,6 +334,9 @@ class Store:
         return [event_record(r) for r in rows]
 
     def event(self, event_id: int) -> dict | None:
+        """The event with this id, or None (also for an id no database column can hold)."""
+        if not -MAX_ID - 1 <= event_id <= MAX_ID:
+            return None
         with self._connect() as conn:
             row = conn.execute(sa.select(EVENTS).where(EVENTS.c.id == event_id)).mappings().first()
         return event_record(row) if row else None
@@ -323,10 +361,12 @@ class Store:
         if bucket not in BUCKETS:
             raise MaskwatchError(f"bucket must be one of {', '.join(BUCKETS)}, got {bucket!r}")
         size = BUCKETS[bucket]
+        since, until = parse_time(since, "since"), parse_time(until, "until")  # range checks
         until = time.time() if until is None else until
         if since is None:
             since = until - size * (60 if bucket == "minute" else 24 if bucket == "hour" else 30)
-        since = math.floor(since / size) * size
+        # a default `since` may fall before year 1; MIN_TIME starts a day, so a bucket too
+        since = float(max(math.floor(since / size) * size, MIN_TIME))
         people_q = sa.select(
             self._bucket(EVENTS.c.first_seen, size).label("start"), EVENTS.c.source,
             EVENTS.c.label, sa.func.count().label("n"),
@@ -548,5 +588,6 @@ def open_store(db: str | Path, create: bool = True) -> Store:
     return Store(db, create=create)
 
 
-__all__ = ["BUCKETS", "DEFAULT_DB", "MIGRATIONS", "SCHEMA_VERSION", "Store", "StoreWriter",
-           "display_url", "event_record", "iso", "open_store", "parse_time"]
+__all__ = ["BUCKETS", "DEFAULT_DB", "MAX_TIME", "MIGRATIONS", "MIN_TIME", "SCHEMA_VERSION",
+           "NotADatabase", "Store", "StoreWriter", "display_url", "event_record", "iso",
+           "open_store", "parse_time"]

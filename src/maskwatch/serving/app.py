@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,8 +64,12 @@ STATIC_DIR = Path(__file__).with_name("static")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 #: Bind addresses that listen on every interface (the Host check then needs allowed_hosts).
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
-#: The server's default pixel cap: lower than the CLI's, since uploads come from others.
+#: The server's default pixel cap (``maskwatch serve --max-pixels``): lower than the CLI's,
+#: since uploads come from others.
 SERVER_MAX_PIXELS = 40_000_000
+#: Imaging's pixel-limit errors name the CLI's variable; the server's cap is an option.
+_CLI_PIXELS_HINT = "(MASKWATCH_MAX_PIXELS)"
+SERVER_PIXELS_HINT = "(maskwatch serve --max-pixels)"
 #: Larger uploads are decoded at a reduced size of about this many pixels (4000 x 3000).
 WORK_PIXELS = 12_000_000
 log = logging.getLogger("maskwatch.serving")
@@ -167,7 +171,8 @@ class FrameRecord(BaseModel):
 
 class JobStatus(BaseModel):
     id: str
-    status: str = Field(description="queued, running, done, error or cancelled")
+    status: str = Field(description="queued, running, done, error or cancelled; `deleted` in "
+                        "the answer to DELETE of a finished job")
     progress: float = Field(description="fraction done, 0..1")
     frames_done: int
     frames_total: int | None = Field(description="frame count, when the container says it")
@@ -248,6 +253,16 @@ class _TooLarge(Exception):
 
 def _problem(status: int, detail: str, **headers: str) -> HTTPException:
     return HTTPException(status_code=status, detail=detail, headers=headers or None)
+
+
+def _server_words(text: str) -> str:
+    """An error message as the server's user needs it: its pixel cap is ``--max-pixels``."""
+    return text.replace(_CLI_PIXELS_HINT, SERVER_PIXELS_HINT)
+
+
+#: What a bad value of these parameters must be, for the 422 answer (pydantic's own words
+#: name one bound only: "less than or equal to 1" for NaN).
+PARAMETER_RULES = {("query", "threshold"): "must be a number from 0 to 1"}
 
 
 def _too_large(limit: int) -> HTTPException:
@@ -516,7 +531,7 @@ def create_app(
             rgb, scale = decode_upload(data, settings.max_pixels, settings.work_pixels, name,
                                        reduce)
         except ImageError as exc:
-            raise _problem(422, str(exc)) from None
+            raise _problem(422, _server_words(str(exc))) from None
         if scale != (1.0, 1.0):
             _trim_memory()  # hand the big decode buffers back to the system
         return rgb, scale
@@ -552,8 +567,9 @@ def create_app(
     async def detect(
         request: Request,
         threshold: float | None = Query(
-            None, ge=0.0, le=1.0, description="call a face without_mask when its probability "
-            "reaches this, for this request only (default: the server's threshold)"),
+            None, ge=0.0, le=1.0, allow_inf_nan=False, description="call a face "
+            "without_mask when its probability reaches this, for this request only "
+            "(default: the server's threshold)"),
     ) -> dict:
         data, name = await read_image(request)
 
@@ -665,7 +681,7 @@ def create_app(
             except OverBudget as exc:
                 raise _problem(413, str(exc)) from None
             except MaskwatchError as exc:
-                raise _problem(422, str(exc)) from None
+                raise _problem(422, _server_words(str(exc))) from None
         except BaseException:
             state.jobs.discard(job)
             raise
@@ -683,8 +699,10 @@ def create_app(
 
     @api.delete("/jobs/{job_id}", response_model=JobStatus, name="job_delete",
                 summary="Cancel a video job and delete its files",
-                description="A queued job is dropped, a running one stops at its next frame; "
-                "the upload and the annotated video are deleted.",
+                description="A queued job is dropped, a running one stops at its next frame "
+                "(both then read `cancelled`); the upload and the annotated video are deleted. "
+                "A finished job is forgotten: the answer says `deleted`, later requests get "
+                "404.",
                 responses=error_responses(404, 422))
     async def delete_job(job_id: str, request: Request) -> dict:
         return job_status(known_job(state.jobs.cancel if state.jobs else None, job_id),
@@ -748,6 +766,11 @@ def create_app(
             raise _problem(503, "starting")
         return {"status": "ok", "version": __version__}
 
+    @app.head("/healthz", include_in_schema=False)
+    async def healthz_head() -> Response:
+        """The liveness check without a body (load balancers' HEAD probes)."""
+        return Response(status_code=200 if state.ready else 503)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
@@ -776,14 +799,15 @@ def create_app(
 
     @app.exception_handler(MaskwatchError)
     async def maskwatch_error(request: Request, exc: MaskwatchError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse({"detail": _server_words(str(exc))}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = next(iter(exc.errors()), {})
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"},
-                            status_code=422)
+        loc = tuple(str(p) for p in first.get("loc", ()))
+        rule = PARAMETER_RULES.get(loc)
+        msg = f"{rule}, got {first.get('input')!r}" if rule else first.get("msg", "invalid")
+        return JSONResponse({"detail": f"{'.'.join(loc)}: {msg}"}, status_code=422)
 
     @app.exception_handler(OSError)
     async def disk_error(request: Request, exc: OSError) -> JSONResponse:

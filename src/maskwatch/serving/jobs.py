@@ -20,6 +20,8 @@ from maskwatch.labels import is_counted
 
 #: Job states, in order.
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "error", "cancelled"
+#: A finished job deleted by its client: forgotten, its files gone (the DELETE answer says it).
+DELETED = "deleted"
 
 
 class JobsBusy(MaskwatchError):
@@ -116,7 +118,8 @@ class Job:
 
     def progress(self) -> float:
         """Fraction done, 0..1 (1 once finished)."""
-        if self.status == DONE:
+        if self.status == DONE or (self.status == DELETED and self.frames_total is not None
+                                   and self.frames_done >= self.frames_total):
             return 1.0
         if self.frames_total:
             return min(0.99, self.frames_done / self.frames_total)
@@ -201,8 +204,9 @@ class JobManager:
             return self._jobs.get(job_id)
 
     def cancel(self, job_id: str) -> Job | None:
-        """Stop a queued or running job and delete its files (a finished job's too);
-        None when there is no such job. A running job stops at its next frame."""
+        """Stop a queued or running job and delete its files (it stays, ``cancelled``); a
+        finished job is forgotten with its files (``deleted``). None when there is no such
+        job. A running job stops at its next frame."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
@@ -210,9 +214,10 @@ class JobManager:
             job.cancel.set()
             if job.status == QUEUED:
                 job.status = CANCELLED
-            if not job.active:
-                if job.status == DONE:
-                    job.status = CANCELLED
+                shutil.rmtree(job.dir, ignore_errors=True)
+            elif not job.active:  # done, error or cancelled: nothing left to fetch
+                job.status = DELETED
+                del self._jobs[job_id]
                 shutil.rmtree(job.dir, ignore_errors=True)
             return job
 
@@ -237,7 +242,8 @@ class JobManager:
             if job.status != DONE:  # no half-written video is ever served
                 job.output_path.unlink(missing_ok=True)
             if job.cancel.is_set():
-                job.status = CANCELLED
+                if job.status != DELETED:  # deleted the moment it finished: stays so
+                    job.status = CANCELLED
                 shutil.rmtree(job.dir, ignore_errors=True)
 
     def _evict_locked(self) -> None:
