@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -79,8 +80,21 @@ def save_folder(args: argparse.Namespace, command: str) -> Path | None:
     if args.no_save:
         return None
     if args.out:
-        return Path(args.out)
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            from maskwatch.errors import MaskwatchError
+
+            raise MaskwatchError(f"{out}: not a folder (-o/--out names the folder for the "
+                                 "output files)")
+        return out
     return new_run_folder(command)
+
+
+def drop_if_empty(folder: Path | None) -> None:
+    """Remove ``folder`` (a new ``runs/COMMAND/N``) when a run wrote nothing into it."""
+    if folder is not None:
+        with contextlib.suppress(OSError):  # not empty, or gone: leave it
+            folder.rmdir()
 
 
 def new_run_folder(command: str) -> Path:

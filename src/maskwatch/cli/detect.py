@@ -16,6 +16,7 @@ from maskwatch.cli.common import (
     add_save_arguments,
     add_threads_argument,
     detector_options,
+    drop_if_empty,
     margin,
     non_negative_int,
     number,
@@ -165,9 +166,16 @@ def run_detect(args: argparse.Namespace) -> int:
     from maskwatch.detection.video import is_camera, is_stream
 
     live_only = all(is_camera(i) or is_stream(i) for i in args.inputs)
-    return _run(
-        args.inputs, detector_options(args),
-        out=None if live_only and not args.out else save_folder(args, "detect"),
+    out = None if live_only and not args.out else save_folder(args, "detect")
+    try:
+        return _run(args.inputs, detector_options(args), out=out, **_run_options(args))
+    finally:
+        if not args.out:  # a new runs/detect/N that a failed run left empty
+            drop_if_empty(out)
+
+
+def _run_options(args: argparse.Namespace) -> dict:
+    return dict(
         save_live=bool(args.out), annotate=_annotator(args), json_lines=args.json,
         overwrite=args.overwrite, max_frames=args.max_frames,
         detect_every=args.detect_every,
@@ -181,8 +189,13 @@ def run_detect(args: argparse.Namespace) -> int:
 def run_demo(args) -> int:
     from maskwatch.detection.demo import run_demo as _run
 
-    return _run(save_folder(args, "demo"), args.detector, args.model, args.threads,
-                args.overwrite, _annotator(args))
+    out = save_folder(args, "demo")
+    try:
+        return _run(out, args.detector, args.model, args.threads, args.overwrite,
+                    _annotator(args))
+    finally:
+        if not args.out:
+            drop_if_empty(out)
 
 
 def run_evaluate(args) -> int:

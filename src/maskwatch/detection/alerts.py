@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import threading
 import time
@@ -62,12 +63,22 @@ class AlertHook:
         if not command and not url:
             raise MaskwatchError("an alert needs --alert-command or --alert-url")
         if url:
-            parsed = urlparse(url)
-            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            try:
+                parsed = urlparse(url)
+                parsed.port  # noqa: B018 - raises ValueError for a port out of range
+            except ValueError:  # "http://[::1/x": an unclosed IPv6 bracket
+                parsed = None
+            if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
                 raise MaskwatchError(f"--alert-url must be an http(s) URL, got {url!r}")
-        self.argv = shlex.split(command) if command else None
+        try:
+            self.argv = shlex.split(command) if command else None
+        except ValueError as exc:  # an unclosed quote
+            raise MaskwatchError(f"--alert-command {command!r}: {exc}") from None
         if command is not None and not self.argv:
             raise MaskwatchError("--alert-command is empty")
+        if self.argv and shutil.which(self.argv[0]) is None:  # found now, not at the 1st alert
+            raise MaskwatchError(f"--alert-command: {self.argv[0]!r} is not a command found "
+                                 "on PATH or an executable file")
         self.url = url
         self.non_compliant = frozenset(non_compliant)
         self.after = int(after)
@@ -126,6 +137,9 @@ class AlertHook:
                     env={**__import__("os").environ, "MASKWATCH_ALERT": body.decode()},
                     stdout=subprocess.DEVNULL,
                 )
+            except subprocess.TimeoutExpired:
+                self._error(f"alert command timed out after {self.timeout:g} s: "
+                            f"{shlex.join(self.argv)}")
             except (OSError, subprocess.SubprocessError) as exc:
                 self._error(f"alert command failed: {exc}")
         if self.url:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -68,13 +68,15 @@ def iter_sources(items: list[str], report) -> Iterator[tuple[str, str]]:
 
 
 class OutputNamer:
-    """Output paths under ``out``: keep the input's name; never overwrite an input file or
-    (without ``overwrite``) an existing file - a ``-1``, ``-2``... suffix is added instead."""
+    """Output paths under ``out``: keep the input's name; never overwrite an input file (the
+    one being written, or any in ``protected``: the run's other inputs) or (without
+    ``overwrite``) an existing file - a ``-1``, ``-2``... suffix is added instead."""
 
-    def __init__(self, out: Path, overwrite: bool = False):
+    def __init__(self, out: Path, overwrite: bool = False, protected: Iterable[Path] = ()):
         self.out = out
         self.overwrite = overwrite
         self.used: set[Path] = set()
+        self.protected = {Path(p).resolve() for p in protected}
 
     def path(self, name: str, source: str | None = None) -> Path:
         base = self.out / name
@@ -84,7 +86,8 @@ class OutputNamer:
         while (
             candidate in self.used
             or (src is not None and candidate.resolve() == src)
-            or (candidate.exists() and not self.overwrite)
+            or (candidate.exists() and (not self.overwrite
+                                        or candidate.resolve() in self.protected))
         ):
             n += 1
             candidate = base.with_name(f"{stem}-{n}{suffix}")
@@ -299,8 +302,8 @@ class Run:
         if not self.probability_sums:
             return flagged
         estimate = 100 * self.probability_sums.get(label, 0.0) / total
-        return (f"{flagged} by label (doubtful faces are flagged), {estimate:.1f}% by mean "
-                "probability")
+        why = " (doubtful faces are flagged)" if label == WITHOUT_MASK else ""
+        return f"{flagged} by label{why}, {estimate:.1f}% by mean probability"
 
     def summary(self) -> str:
         total = sum(self.face_counts.values())
@@ -398,6 +401,8 @@ def run_detect(
               alert_after=alert_after, alert_command=alert_command, alert_url=alert_url,
               alert_interval=alert_interval, quiet=quiet, non_compliant=non_compliant,
               detect_every=detect_every, copy_size=copy_size)
+    if run.namer is not None:  # --overwrite never replaces an input still to be read
+        run.namer.protected |= {Path(s).resolve() for _, s in sources if Path(s).exists()}
     for problem in problems:
         run.fail(problem)
     if run.done:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import subprocess
@@ -19,7 +20,8 @@ DEFAULT_FPS = 25.0
 
 
 def is_camera(spec: str) -> bool:
-    return str(spec).isdigit()
+    """A camera index (``0``), unless a file or folder of that name exists (``2024/``)."""
+    return str(spec).isdigit() and not Path(str(spec)).exists()
 
 
 def is_stream(spec: str) -> bool:
@@ -71,24 +73,36 @@ class VideoSource:
         self.frame_count: int | None = count if count > 0 and not self.live else None
         self.frames_read = 0
         self.name = source_name(self.spec)
+        self._limited = False  # stopped by max_frames
+        self._last_ms = 0.0  # the last frame's time stamp
 
     def frames(self, max_frames: int | None = None) -> Iterator[np.ndarray]:
         """Yield RGB frames until the end, an unreadable frame, or ``max_frames``."""
         import cv2
 
-        while max_frames is None or self.frames_read < max_frames:
+        while True:
+            if max_frames is not None and self.frames_read >= max_frames:
+                self._limited = True
+                break
             ok, bgr = self._cap.read()
             if not ok or bgr is None:
                 break
             self.frames_read += 1
+            self._last_ms = float(self._cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
             if bgr.ndim == 2:
                 yield cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
             else:
                 yield np.ascontiguousarray(bgr[:, :, 2::-1])
 
     def ended_early(self) -> bool:
-        """True when a file stopped well before its announced length (a frame failed)."""
-        return self.frame_count is not None and self.frames_read < self.frame_count - 1
+        """True when a file stopped well before its end (a frame failed to decode); not when
+        ``max_frames`` stopped it. The container's frame count is only an estimate
+        (duration x average frame rate: a variable-frame-rate file has fewer frames), so
+        short of it, the last frame's time stamp must also fall short of the duration."""
+        if self.frame_count is None or self._limited or self.frames_read >= self.frame_count - 1:
+            return False
+        duration_ms = 1000.0 * self.frame_count / self.fps
+        return self._last_ms < duration_ms - max(1000.0, 0.05 * duration_ms)
 
     def close(self) -> None:
         self._cap.release()
@@ -152,8 +166,10 @@ class VideoWriter:
                "-r", f"{self.fps:.3f}", "-i", "-", "-an", "-c:v", "libx264",
                "-pix_fmt", "yuv420p", *params, str(self.tmp)]
         self._log = tempfile.TemporaryFile()  # ffmpeg's errors, read when it fails
+        # its own session: a Ctrl+C in the terminal reaches maskwatch only, which then
+        # closes the file (a camera's recording) or drops it (a file's partial copy)
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                      stderr=self._log)
+                                      stderr=self._log, start_new_session=True)
         self._closed = False
 
     def write(self, rgb: np.ndarray) -> None:
@@ -397,10 +413,14 @@ class TrackedVideo:
                         )
                     writer.write(rgb, faces)
                 self.frames += 1
-        except KeyboardInterrupt:  # Ctrl-C on a camera: keep what was recorded
-            if writer is not None:
-                self.written = writer.close()
-            raise
+        except KeyboardInterrupt:  # Ctrl-C on a camera: keep what was recorded; a file's
+            if writer is not None:  # partial copy is dropped (a rerun writes it whole)
+                if src.live:
+                    with contextlib.suppress(VideoWriteError):  # ffmpeg got the Ctrl-C too
+                        self.written = writer.close()
+                else:
+                    writer.abort()
+            raise  # never replaced by a write error: the run stops
         except BaseException:  # failed, cancelled, or the loop left early: no partial file
             if writer is not None:
                 writer.abort()
