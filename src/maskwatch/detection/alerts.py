@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from maskwatch.console import note
 from maskwatch.errors import MaskwatchError
-from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITHOUT_MASK, is_counted
+from maskwatch.labels import CANONICAL, INCORRECT_MASK, WITHOUT_MASK, is_counted, normalise_label
 
 #: Labels that count as non-compliant (and can fire an alert) unless told otherwise.
 NON_COMPLIANT = (WITHOUT_MASK, INCORRECT_MASK)
@@ -24,12 +24,13 @@ NON_COMPLIANT = (WITHOUT_MASK, INCORRECT_MASK)
 
 def parse_labels(text: str) -> tuple[str, ...]:
     """``"without_mask,incorrect_mask"`` -> a tuple of canonical labels (one-line error)."""
-    labels = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    unknown = [t for t in labels if t not in CANONICAL]
-    if not labels or unknown:
-        raise MaskwatchError(f"--non-compliant {text!r}: give labels among "
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if normalise_label(t) is None]
+    if not names or unknown:
+        which = f"{', '.join(map(repr, unknown))} unknown; " if unknown else ""
+        raise MaskwatchError(f"--non-compliant {text!r}: {which}give labels among "
                              f"{', '.join(CANONICAL)}, comma separated")
-    return labels
+    return tuple(dict.fromkeys(normalise_label(t) for t in names))  # no_mask: without_mask
 
 
 class AlertHook:
