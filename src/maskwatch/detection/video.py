@@ -416,7 +416,7 @@ class TrackedVideo:
         except KeyboardInterrupt:  # Ctrl-C on a camera: keep what was recorded; a file's
             if writer is not None:  # partial copy is dropped (a rerun writes it whole)
                 if src.live:
-                    with contextlib.suppress(VideoWriteError):  # ffmpeg got the Ctrl-C too
+                    with contextlib.suppress(VideoWriteError):  # never hides the Ctrl-C
                         self.written = writer.close()
                 else:
                     writer.abort()
