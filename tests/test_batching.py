@@ -43,3 +43,34 @@ def test_ordered_map_keeps_order_with_bounded_workers():
 def _slow_square(x: int) -> int:
     time.sleep(0.02 * x)
     return x * x
+
+
+@pytest.mark.parametrize("stop", ["interrupt", "close"])
+def test_ordered_map_hands_over_work_finished_after_the_caller_stopped(stop):
+    """Ctrl+C while waiting on a result (or closing early): tasks already running finish,
+    and every finished result reaches the caller, yielded or through ``leftover`` - none is
+    done and then dropped (a written file without its record)."""
+    import threading
+
+    ran, got, left = [], [], []
+    lock = threading.Lock()
+
+    def work(x: int) -> int:
+        time.sleep(0.05 if x == 0 else 0.15)
+        with lock:
+            ran.append(x)
+        return x
+
+    results = batching.ordered_map(work, range(20), workers=3, threads=True,
+                                   max_in_flight=4, leftover=left.append)
+    got.append(next(results))  # task 0
+    if stop == "interrupt":
+        timer = threading.Timer(0.03, lambda: __import__("_thread").interrupt_main())
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            got.append(next(results))  # interrupted while waiting on task 1
+        timer.join()
+    else:
+        results.close()
+    assert sorted(got + left) == sorted(ran) and len(ran) < 20
+    assert len(left) >= 1 and not set(got) & set(left)

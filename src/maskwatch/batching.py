@@ -262,7 +262,8 @@ def _worker_start(parent: int, init: Callable | None, initargs: tuple) -> None:
 
 def ordered_map(fn: Callable[[Any], T], tasks: Iterable, workers: int = 1,
                 initializer: Callable | None = None, initargs: tuple = (),
-                max_in_flight: int | None = None, threads: bool = False) -> Iterator[T]:
+                max_in_flight: int | None = None, threads: bool = False,
+                leftover: Callable[[T], None] | None = None) -> Iterator[T]:
     """``fn(task)`` for every task, results yielded in input order.
 
     ``workers <= 1``: in this process (``initializer`` runs here once). Otherwise that
@@ -271,6 +272,11 @@ def ordered_map(fn: Callable[[Any], T], tasks: Iterable, workers: int = 1,
     here once; ``fn`` must be thread-safe, e.g. ONNX Runtime sessions, which release the
     GIL). At most ``max_in_flight`` (default 2 per worker) tasks are submitted ahead of
     the result being waited for, so memory stays bounded on any collection size.
+
+    When the caller stops early (Ctrl+C, an error, ``close()``), tasks not started are
+    dropped and those running are finished; ``leftover(result)`` then gets each finished
+    result that was not yielded (so work already done, such as a written file, is not
+    lost from the caller's records).
     """
     if workers <= 1 or threads:
         if initializer is not None:
@@ -298,18 +304,21 @@ def ordered_map(fn: Callable[[Any], T], tasks: Iterable, workers: int = 1,
             if len(pending) >= limit:
                 break
         while pending:
-            future = pending.popleft()
             try:
-                result = future.result()
+                result = pending[0].result()  # left in pending until done: see leftover
             except BrokenProcessPool:
                 raise MaskwatchError("a worker process died (out of memory, or its model "
                                      "could not be loaded)") from None
+            pending.popleft()
             for task in it:
                 pending.append(pool.submit(fn, task))
                 break
             yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        for future in pending if leftover is not None else ():
+            if future.done() and not future.cancelled() and future.exception() is None:
+                leftover(future.result())
 
 
 def chunks(items: Sequence[T], size: int) -> list[list[T]]:

@@ -434,17 +434,24 @@ def run_detect(
             elif workers > 1:
                 options["threads"] = options.get("threads") or 1
                 results = ordered_map(detect_image, jobs, workers, init_detector,
-                                      (options, annotate, copy_size))
+                                      (options, annotate, copy_size),
+                                      leftover=lambda r: run.image_done(*r))
             else:
                 def job(task: tuple[str, str | None]):
                     spec, path = task
                     return (spec, *process_image(detector, spec, Path(path) if path else None,
                                                  annotate, copy_size))
 
-                results = ordered_map(job, jobs, in_flight, threads=True)
-            for spec, faces, error, written in results:
-                run.image_done(spec, faces, error, written)
-                bar.update(1)
+                # on Ctrl+C the photos in flight are finished and recorded (leftover), so
+                # no annotated copy is left without its record (a resume would copy it again)
+                results = ordered_map(job, jobs, in_flight, threads=True,
+                                      leftover=lambda r: run.image_done(*r))
+            try:
+                for spec, faces, error, written in results:
+                    run.image_done(spec, faces, error, written)
+                    bar.update(1)
+            finally:
+                getattr(results, "close", lambda: None)()  # now, while the run is open
         bar.close()
         for kind, spec in sources:
             if kind == "video":
