@@ -49,16 +49,22 @@ def test_a_frame_limit_is_not_a_failed_video(clip, capsys, skin):
     assert "failed" not in capsys.readouterr().err
 
 
-def test_a_variable_frame_rate_file_read_to_its_end_is_whole(tmp_path):
-    """A file with fewer frames than its container's estimate (duration x average rate)
-    read to the end of its time line did not fail; a file cut short still does."""
+def _vfr_clip(folder: Path) -> Path:
+    """40 frames, 20 of them 0.5 s apart, then 20 0.05 s apart: OpenCV estimates 120."""
     import imageio_ffmpeg
 
-    vfr = tmp_path / "vfr.webm"  # 20 frames 0.5 s apart, then 20 frames 0.05 s apart
+    vfr = folder / "vfr.webm"
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi",
                     "-i", "testsrc=size=160x120:rate=10", "-frames:v", "40", "-vf",
                     "setpts='if(lt(N,20),N*0.5/TB,(10+(N-20)*0.05)/TB)'", "-fps_mode", "vfr",
                     "-c:v", "libvpx", "-b:v", "200k", str(vfr)], check=True)
+    return vfr
+
+
+def test_a_variable_frame_rate_file_read_to_its_end_is_whole(tmp_path):
+    """A file with fewer frames than its container's estimate (duration x average rate)
+    read to the end of its time line did not fail; a file cut short still does."""
+    vfr = _vfr_clip(tmp_path)
     src = VideoSource(str(vfr))
     assert src.frame_count > 40  # OpenCV's estimate
     assert len(list(src.frames())) == 40 and not src.ended_early()
@@ -75,6 +81,21 @@ def test_a_variable_frame_rate_file_read_to_its_end_is_whole(tmp_path):
     src = VideoSource(str(cut))
     frames = len(list(src.frames()))
     assert 0 < frames < 40 and src.ended_early()
+
+
+def test_resuming_a_finished_video_writes_no_second_copy(tmp_path):
+    """Its container overstates its length, so --resume cannot tell from the count that
+    --results holds every frame: it runs it again, records nothing new, and keeps the one
+    copy."""
+    vfr = _vfr_clip(tmp_path)
+    options = dict(face_detector=_NoFaces(), classifier=SkinClassifier(), threads=1)
+    results = tmp_path / "r.jsonl"
+    for resume in (False, True, True):
+        assert run_detect([str(vfr)], options, out=tmp_path / "out", results=results,
+                          resume=resume, quiet=True) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["vfr.mp4"]
+    frames = [json.loads(line)["frame"] for line in results.read_text().splitlines()]
+    assert frames == list(range(40))
 
 
 def _slow_to_interrupt(at: int):

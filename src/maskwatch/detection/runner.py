@@ -279,6 +279,14 @@ class Run:
             self.people[spec] = video.people()
             if video.written is not None:
                 self.outputs.append(video.written)
+        if 0 <= last and 0 < video.frames <= last + 1 and write_failed is None:
+            # resumed, but --results already held every frame (its container overstated its
+            # length): the copy of the run that recorded them is whole; drop this one
+            if video.written is not None:
+                video.written.unlink(missing_ok=True)
+                self.outputs.remove(video.written)
+            self.note(f"{spec}: already in {self.results_path}")
+            return
         if write_failed is not None:  # ffmpeg failed (a full disk): no file was kept
             self.fail(str(write_failed))
         elif video.frames == 0:
