@@ -90,11 +90,17 @@ def save_folder(args: argparse.Namespace, command: str) -> Path | None:
     return new_run_folder(command)
 
 
-def drop_if_empty(folder: Path | None) -> None:
-    """Remove ``folder`` (a new ``runs/COMMAND/N``) when a run wrote nothing into it."""
-    if folder is not None:
-        with contextlib.suppress(OSError):  # not empty, or gone: leave it
-            folder.rmdir()
+@contextlib.contextmanager
+def output_folder(args: argparse.Namespace, command: str):
+    """:func:`save_folder` for the block's run; a new ``runs/COMMAND/N`` that the run
+    left empty (it failed before writing) is removed afterwards."""
+    folder = save_folder(args, command)
+    try:
+        yield folder
+    finally:
+        if folder is not None and not args.out:
+            with contextlib.suppress(OSError):  # not empty, or gone: leave it
+                folder.rmdir()
 
 
 def new_run_folder(command: str) -> Path:

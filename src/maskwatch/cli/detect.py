@@ -16,13 +16,12 @@ from maskwatch.cli.common import (
     add_save_arguments,
     add_threads_argument,
     detector_options,
-    drop_if_empty,
     margin,
     non_negative_int,
     number,
+    output_folder,
     positive_int,
     print_json,
-    save_folder,
 )
 
 ORDER = 40
@@ -166,12 +165,10 @@ def run_detect(args: argparse.Namespace) -> int:
     from maskwatch.detection.video import is_camera, is_stream
 
     live_only = all(is_camera(i) or is_stream(i) for i in args.inputs)
-    out = None if live_only and not args.out else save_folder(args, "detect")
-    try:
+    if live_only and not args.out:
+        return _run(args.inputs, detector_options(args), out=None, **_run_options(args))
+    with output_folder(args, "detect") as out:
         return _run(args.inputs, detector_options(args), out=out, **_run_options(args))
-    finally:
-        if not args.out:  # a new runs/detect/N that a failed run left empty
-            drop_if_empty(out)
 
 
 def _run_options(args: argparse.Namespace) -> dict:
@@ -189,13 +186,9 @@ def _run_options(args: argparse.Namespace) -> dict:
 def run_demo(args) -> int:
     from maskwatch.detection.demo import run_demo as _run
 
-    out = save_folder(args, "demo")
-    try:
+    with output_folder(args, "demo") as out:
         return _run(out, args.detector, args.model, args.threads, args.overwrite,
                     _annotator(args))
-    finally:
-        if not args.out:
-            drop_if_empty(out)
 
 
 def run_evaluate(args) -> int:
