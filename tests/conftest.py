@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,7 +15,9 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parents[1]
 
 # commands that save by default (runs/COMMAND/N) write into a temporary folder, not the repo
-os.environ.setdefault("MASKWATCH_RUNS", tempfile.mkdtemp(prefix="maskwatch-test-runs-"))
+if "MASKWATCH_RUNS" not in os.environ:
+    os.environ["MASKWATCH_RUNS"] = tempfile.mkdtemp(prefix="maskwatch-test-runs-")
+    atexit.register(shutil.rmtree, os.environ["MASKWATCH_RUNS"], True)
 
 
 def datasets_path() -> Path:

@@ -74,3 +74,31 @@ def test_ordered_map_hands_over_work_finished_after_the_caller_stopped(stop):
         results.close()
     assert sorted(got + left) == sorted(ran) and len(ran) < 20
     assert len(left) >= 1 and not set(got) & set(left)
+
+
+def test_a_model_shipped_to_a_ray_actor_leaves_no_folder_behind(tmp_path):
+    """Each actor writes the shipped model to a temporary folder to load it; the folder
+    goes once the model is loaded, or failed to load (it used to stay, one per actor)."""
+    from maskwatch.ray_batch import ShippedFile, _Worker
+
+    model = tmp_path / "site.onnx"
+    model.write_bytes(b"onnx bytes")
+    model.with_suffix(".json").write_text("{}")
+    seen: dict = {}
+
+    def load(options: dict) -> None:
+        path = Path(options["classifier"])
+        seen["path"], seen["files"] = path, sorted(p.name for p in path.parent.iterdir())
+        seen["bytes"] = path.read_bytes()
+
+    _Worker(str, load, ({"classifier": ShippedFile.of(model), "threads": 1},))
+    assert seen["files"] == ["site.json", "site.onnx"] and seen["bytes"] == b"onnx bytes"
+    assert not seen["path"].parent.exists()
+
+    def fail(path: str) -> None:
+        seen["path"] = Path(path)
+        raise ValueError("not a model")
+
+    with pytest.raises(ValueError):
+        _Worker(str, fail, (ShippedFile.of(model),))
+    assert seen["path"].name == "site.onnx" and not seen["path"].parent.exists()

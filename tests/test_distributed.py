@@ -44,13 +44,15 @@ def _torchrun(*argv: str) -> list[str]:
             "-m", "maskwatch", *argv]
 
 
-def _env(slow_step: float = 0.0) -> dict:
-    """The environment for torchrun; ``slow_step``: seconds each training step sleeps."""
+def _env(tmp: Path, slow_step: float = 0.0) -> dict:
+    """The environment for torchrun; ``slow_step``: seconds each training step sleeps.
+    Temporary files go under ``tmp`` (torchrun leaves a torchelastic_* folder there)."""
     env = (slow_env(STEP, slow_step) if slow_step
            else dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
         env.pop(key, None)
-    return env
+    (tmp / "tmp").mkdir(exist_ok=True)
+    return dict(env, TMPDIR=str(tmp / "tmp"))
 
 
 def _descendants(pid: int) -> list[int]:
@@ -126,7 +128,7 @@ def test_torchrun_two_processes_metrics_files_and_resume(tmp_path, faces):
 
     cache = tmp_path / "cache"
     full = tmp_path / "full"
-    proc = subprocess.run(_torchrun(*_train_argv(faces, full, cache)), env=_env(),
+    proc = subprocess.run(_torchrun(*_train_argv(faces, full, cache)), env=_env(tmp_path),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     # only rank 0 reports and logs
@@ -170,7 +172,7 @@ def test_torchrun_two_processes_metrics_files_and_resume(tmp_path, faces):
         pytest.skip("killing a torchrun job's workers needs /proc (Linux)")
     killed = tmp_path / "killed"
     runner = subprocess.Popen(_torchrun(*_train_argv(faces, killed, cache)),
-                              env=_env(slow_step=0.3),
+                              env=_env(tmp_path, slow_step=0.3),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
@@ -186,7 +188,7 @@ def test_torchrun_two_processes_metrics_files_and_resume(tmp_path, faces):
     assert [r["epoch"] for r in json.loads((killed / "metrics.json").read_text())] == [1]
     resumed = subprocess.run(
         _torchrun("train", "--resume", str(killed), "--no-progress", "--cache-dir", str(cache)),
-        env=_env(), capture_output=True, text=True, timeout=120)
+        env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "after epoch 1" in resumed.stderr and "epoch 1/3:" not in resumed.stderr
     assert resumed.stderr.count("epoch 3/3:") == 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -136,13 +137,16 @@ def ship(model: str | Path | None) -> ShippedFile | str | Path | None:
     return model
 
 
-def _unship(value: Any) -> Any:
+def _unship(value: Any, folders: list[Path]) -> Any:
+    """``value`` with every ShippedFile written out (its folder added to ``folders``)."""
     if isinstance(value, ShippedFile):
-        return value.materialise()
+        main = value.materialise()
+        folders.append(Path(main).parent)
+        return main
     if isinstance(value, dict):
-        return {k: _unship(v) for k, v in value.items()}
+        return {k: _unship(v, folders) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_unship(v) for v in value)
+        return type(value)(_unship(v, folders) for v in value)
     return value
 
 
@@ -155,7 +159,12 @@ class _Worker:
     def __init__(self, fn: Callable, initializer: Callable | None, initargs: tuple):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if initializer is not None:
-            initializer(*_unship(initargs))
+            folders: list[Path] = []
+            try:
+                initializer(*_unship(initargs, folders))
+            finally:  # the model is loaded (or failed to): its files are not needed again
+                for folder in folders:
+                    shutil.rmtree(folder, ignore_errors=True)
         self.fn = fn
 
     def __call__(self, batch: dict) -> dict:
