@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from maskwatch.argtypes import number
-from maskwatch.cli import main
+from maskwatch.cli import _parse, build_parser, main
 from maskwatch.errors import MaskwatchError, ModelError
 
 BAD = [
@@ -54,6 +54,13 @@ BAD = [
     (["detect", "x.png", "-m", ""], "argument -m/--model: an empty value"),
     (["classify", "x.png", "-r", ""], "argument -r/--results: an empty value"),
     (["data", "split", "", "-o", "y"], "argument PATH: an empty value"),
+    # a negative shard reaches --shard's own check, not argparse's "expected one argument"
+    (["detect", "x.png", "--shard", "-1/2"], "argument --shard: need 0 <= I < N, got '-1/2'"),
+    (["classify", "x.png", "--shard", "-1/2"], "argument --shard: need 0 <= I < N"),
+    (["detect", "x.png", "--margin", "-1e3"], "--margin: must be at least 0"),
+    # --blur's optional value: a near miss of a choice is still refused, not taken as an input
+    (["detect", "--blur", "unmask", "x.png"], "argument --blur: invalid choice: 'unmask'"),
+    (["demo", "--blur", "photos/"], "argument --blur: invalid choice: 'photos/'"),
 ]
 
 
@@ -65,6 +72,35 @@ def test_bad_option_values_are_refused_in_one_line(argv, said, capsys):
     err = capsys.readouterr().err
     assert said in err and "Traceback" not in err
     assert f"maskwatch {argv[0]}" in err.splitlines()[-1]  # the sub-command's own usage
+
+
+def test_blur_before_an_input_blurs_all_faces(capsys):
+    """``--blur`` takes an optional value: ``detect --blur photos/`` read the folder as its
+    value (an invalid choice); a token that is not a choice is now an input."""
+    parser = build_parser()
+    cases = [
+        (["detect", "--blur", "photos/"], "all", ["photos/"]),
+        (["detect", "--blur", "photos/", "clip.mp4"], "all", ["photos/", "clip.mp4"]),
+        (["detect", "--blu", "photos/"], "all", ["photos/"]),  # an abbreviation
+        (["detect", "--blur", "-q", "photos/"], "all", ["photos/"]),
+        (["detect", "photos/", "--blur"], "all", ["photos/"]),
+        (["detect", "--blur", "masked", "photos/"], "masked", ["photos/"]),
+        (["detect", "--blur=unmasked", "photos/"], "unmasked", ["photos/"]),
+        (["detect", "photos/"], None, ["photos/"]),
+        (["detect", "--blur", "--", "-odd.jpg"], "all", ["-odd.jpg"]),
+    ]
+    for argv, blur, inputs in cases:
+        args = _parse(parser, argv)
+        assert (args.blur, args.inputs) == (blur, inputs), argv
+    for argv, blur in ((["demo", "--blur"], "all"), (["demo", "--blur", "-o", "d"], "all"),
+                       (["demo", "--blur", "masked"], "masked"), (["demo"], None)):
+        assert _parse(parser, argv).blur == blur, argv
+    # watch's --blur is a flag: left alone
+    args = _parse(parser, ["watch", "--blur", "0"])
+    assert args.blur is True
+    with pytest.raises(SystemExit):
+        main(["detect", "--help"])
+    assert "(default: no blur)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_an_unknown_option_shows_the_sub_commands_usage(capsys):

@@ -187,3 +187,39 @@ def test_out_naming_a_file_and_empty_run_folders(tmp_path, monkeypatch, capsys):
     assert main(["detect", str(tmp_path / "nonexistent.jpg"), "-q"]) == 1
     assert main(["detect", str(tmp_path / "nonexistent.jpg"), "-q", "-r", "x.txt"]) == 2
     assert list((tmp_path / "runs" / "detect").iterdir()) == []
+
+
+def test_resume_knows_names_that_start_with_an_apostrophe(tmp_path, monkeypatch, capsys):
+    """``'=x.jpg`` was written as it is and read back as ``=x.jpg`` (the escape of
+    ``=y.jpg``), so --resume recorded it again: the escape is now reversible."""
+    monkeypatch.chdir(tmp_path)  # relative inputs: the file name starts the cell
+    for name in ("'=x.jpg", "=y.jpg", "'plain.jpg"):
+        Image.new("RGB", (64, 48), (90, 90, 90)).save(tmp_path / name)
+    options = dict(face_detector=_NoFaces(), classifier=SkinClassifier(), threads=1)
+    inputs = ["'=x.jpg", "=y.jpg", "'plain.jpg"]
+    assert run_detect(inputs, options, results="x.csv", quiet=True) == 0
+    first = (tmp_path / "x.csv").read_text()
+    assert run_detect(inputs, options, results="x.csv", resume=True, quiet=True) == 0
+    assert (tmp_path / "x.csv").read_text() == first  # nothing recorded twice
+    assert "3 image(s) already in x.csv" in capsys.readouterr().err
+    import csv
+
+    with open(tmp_path / "x.csv", newline="") as f:
+        cells = [r["path"] for r in csv.DictReader(f)]
+    assert cells == ["''=x.jpg", "'=y.jpg", "'plain.jpg"]  # still no cell a formula
+
+
+def test_the_summary_of_a_resumed_video_counts_the_frames_it_recorded(clip, tmp_path,
+                                                                       capsys):
+    """Frames already in --results are detected again to rebuild the tracker; the summary
+    counted them with the frames recorded now, while its face counts cover only these."""
+    options = dict(face_detector=_NoFaces(), classifier=SkinClassifier(), threads=1)
+    results = tmp_path / "r.jsonl"
+    assert run_detect([str(clip)], options, results=results, max_frames=8, quiet=True) == 0
+    assert "8 video frame(s)" in capsys.readouterr().out
+    assert run_detect([str(clip)], options, results=results, resume=True, quiet=True) == 0
+    out = capsys.readouterr().out
+    assert f"0 image(s), {N - 8} video frame(s), 0 face(s)" in out
+    assert "also detected again, not counted: 8 video frame(s)" in out
+    frames = [json.loads(line)["frame"] for line in results.read_text().splitlines()]
+    assert frames == list(range(N))

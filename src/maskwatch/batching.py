@@ -73,20 +73,31 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 
+def _escaped(value: str) -> bool:
+    """Whether ``value`` reads as a cell ``csv_cell`` escaped: ``'`` then a formula start
+    or another ``'``."""
+    return value[:1] == "'" and value[1:2].startswith((*FORMULA_START, "'"))
+
+
 def csv_cell(value):
     """A cell no spreadsheet will run: text starting with = + - @ (or a tab or carriage
-    return) gets a leading ``'``, as OWASP advises; numbers such as ``-3`` stay as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        try:
-            float(value)
-        except ValueError:
+    return) gets a leading ``'``, as OWASP advises; numbers such as ``-3`` stay as they are.
+    Text that would read back as such a cell (``'=x``, ``''x``) gets one too, so
+    ``csv_uncell`` gives back every string."""
+    if isinstance(value, str):
+        if _escaped(value):
             return "'" + value
+        if value.startswith(FORMULA_START):
+            try:
+                float(value)
+            except ValueError:
+                return "'" + value
     return value
 
 
 def csv_uncell(value: str) -> str:
     """The text ``csv_cell`` was given (for reading our own CSV files back)."""
-    return value[1:] if value[:1] == "'" and value[1:2].startswith(FORMULA_START) else value
+    return value[1:] if _escaped(value) else value
 
 
 def csv_text(rows: Iterable[Sequence]) -> str:

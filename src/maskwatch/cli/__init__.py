@@ -8,9 +8,11 @@ dependencies inside the command function, so ``maskwatch --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import pkgutil
+import re
 import sys
 
 from maskwatch import __version__
@@ -40,15 +42,90 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)),
+                None)
+
+
+def _option(parser: argparse.ArgumentParser, token: str) -> argparse.Action | None:
+    """The option ``token`` names as argparse would read it: exactly, or by a unique
+    abbreviation of a long option (no ``=VALUE`` part)."""
+    actions = parser._option_string_actions
+    if token in actions:
+        return actions[token]
+    if token.startswith("--") and "=" not in token and parser.allow_abbrev:
+        hits = {id(a): a for o, a in actions.items() if o.startswith(token)}
+        if len(hits) == 1:
+            return next(iter(hits.values()))
+    return None
+
+
+#: A token argparse takes for an unknown option where a value was meant: ``-1/2``, ``-1e3``.
+_NEGATIVE = re.compile(r"-\.?\d")
+
+
+def _looks_like_a_typo(token: str, choices) -> bool:
+    """``--blur unmask``: close to a choice, and no such file to be an input."""
+    return (bool(difflib.get_close_matches(token.lower(), list(choices), n=1, cutoff=0.75))
+            and not os.path.exists(token))
+
+
+def _prepare(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with two argparse pitfalls taken out, for the sub-command it names:
+
+    - an option with an optional value among fixed choices (``--blur [all|masked|unmasked]``)
+      followed by a token that is none of them: the option alone (its const) and the token
+      left for the inputs, so ``detect --blur photos/`` blurs all faces in ``photos/``;
+    - an option taking one value followed by one that starts like a negative number
+      (``--shard -1/2``): joined (``--shard=-1/2``), so its type says what is wrong instead
+      of argparse's "expected one argument".
+    """
+    where, start = parser, 0
+    for i, token in enumerate(argv):  # the (sub-)command parser: `detect`, `data split`...
+        if token == "--":
+            break
+        sub = _subparsers(where)
+        if sub is not None and token in sub.choices:
+            where, start = sub.choices[token], i + 1
+    takes_inputs = any(not a.option_strings for a in where._actions)
+    out = list(argv[:start])
+    i = start
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            out.extend(argv[i:])
+            break
+        action = _option(where, token) if token.startswith("-") else None
+        after = argv[i + 1] if i + 1 < len(argv) else None
+        if action is not None and after is not None:
+            name = max(action.option_strings, key=len)
+            if (action.nargs is None and _NEGATIVE.match(after)
+                    and not where._has_negative_number_optionals):
+                out.append(f"{name}={after}")
+                i += 2
+                continue
+            if (action.nargs == "?" and action.choices and action.const in action.choices
+                    and takes_inputs and after not in action.choices
+                    and not after.startswith("-")
+                    and not _looks_like_a_typo(after, action.choices)):
+                out.append(f"{name}={action.const}")
+                i += 1
+                continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """``parser.parse_args``, with the sub-command's usage in the error for an unknown
     option (argparse shows the top level's), and no empty value anywhere: ``-d ""``
-    (an unset shell variable) would otherwise read the current folder."""
+    (an unset shell variable) would otherwise read the current folder. ``argv`` goes
+    through :func:`_prepare` first (``--blur photos/``, ``--shard -1/2``)."""
+    argv = _prepare(parser, sys.argv[1:] if argv is None else list(argv))
     args, extras = parser.parse_known_args(argv)
     where = parser  # the (sub-)command parser that took the arguments: `data split`, ...
     while True:
-        sub = next((a for a in where._actions if isinstance(a, argparse._SubParsersAction)),
-                   None)
+        sub = _subparsers(where)
         chosen = getattr(args, sub.dest, None) if sub else None
         if chosen not in (sub.choices if sub else {}):
             break

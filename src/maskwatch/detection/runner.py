@@ -134,7 +134,10 @@ class Run:
         self.probability_sums: Counter = Counter()
         self.uncounted = 0
         self.images = 0
+        #: video frames recorded by this run: those the face counts cover
         self.frames = 0
+        #: with --resume, frames already in --results detected again to rebuild the tracker
+        self.redetected = 0
         self.images_without_face = 0
         self.people: dict[str, dict[str, int]] = {}
         self.outputs: list[Path] = []
@@ -269,13 +272,15 @@ class Run:
                                   f"{spec} at frame {index}")
                 if index > last:
                     self.emit(spec, index, faces)
+                    self.frames += 1
+                else:
+                    self.redetected += 1
                 bar.update(1)
         except VideoWriteError as exc:
             write_failed = exc
         finally:
             bar.close()
             src.close()
-            self.frames += video.frames
             self.people[spec] = video.people()
             if video.written is not None:
                 self.outputs.append(video.written)
@@ -323,6 +328,9 @@ class Run:
                 shares.append((INCORRECT_MASK, "mask worn wrongly"))
             for label, name in shares:
                 parts.append(f"{name}: {self.share_text(label, total)}")
+        if self.redetected:
+            parts.append(f"also detected again, not counted: {self.redetected} video frame(s) "
+                         "already in the results file (--resume), to rebuild the tracker")
         if self.uncounted:
             least = getattr(self.detector, "count_threshold", None)
             below = "" if least is None else f" (face score under {least:g})"
