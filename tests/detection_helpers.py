@@ -152,21 +152,39 @@ def draw_blob_face(canvas, box, score: float, masked: bool) -> None:
         canvas[(y1 + y2) // 2:y2, x1:x2] = MASK
 
 
+def voc_xml(name: str, objects) -> str:
+    """A Pascal VOC file; objects are (label, box) or (label, box, difficult)."""
+    objs = "".join(
+        f"<object><name>{o[0]}</name><difficult>{int(o[2]) if len(o) > 2 else 0}</difficult>"
+        f"<bndbox><xmin>{o[1][0]}</xmin><ymin>{o[1][1]}</ymin><xmax>{o[1][2]}</xmax>"
+        f"<ymax>{o[1][3]}</ymax></bndbox></object>"
+        for o in objects
+    )
+    return f"<annotation><filename>{name}</filename>{objs}</annotation>"
+
+
 def site_scenes(root: Path, n: int, convention=HEAD_BOXES, seed: int = 0,
-                scores=(0.35, 0.85), extras: bool = True) -> Path:
+                scores=(0.35, 0.85), extras: bool = True, difficult: bool = False) -> Path:
     """Write ``n`` PNG scenes of blob faces and a box CSV whose boxes follow ``convention``
     (a box map from the tight blob boxes to the annotated ones). Each scene has three
     annotated faces (40-70 px, scores drawn from ``scores``, half masked) and, with
     ``extras``, a small unannotated background face (10-13 px, score 0.8) and, in every
-    other scene, an unannotated false patch (score 0.25). Returns the CSV path."""
+    other scene, an unannotated false patch (score 0.25). Returns the CSV path.
+
+    ``difficult``: also a tiny bare face (10-13 px, score 0.8) in the sixth cell, annotated
+    as difficult in Pascal VOC files written beside the CSV (``root/annotations``, which
+    the CSV does not know of): ``root`` then reads as a VOC dataset."""
     from maskwatch.detection.faces import calibrate_box
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     rows = ["name,x1,y1,x2,y2,classname"]
+    if difficult:
+        (root / "annotations").mkdir(exist_ok=True)
     for k in range(n):
         canvas = np.full((360, 480, 3), 120, np.uint8)
         cells = rng.permutation(6)
+        objects = []
         for j, cell in enumerate(cells[:5]):
             cx, cy = 80 + 160 * (cell % 3), 90 + 180 * (cell // 3)
             if j < 3:
@@ -186,6 +204,14 @@ def site_scenes(root: Path, n: int, convention=HEAD_BOXES, seed: int = 0,
                 a = [round(v) for v in calibrate_box(box, convention)]
                 label = "with_mask" if masked else "without_mask"
                 rows.append(f"s{k}.png,{a[0]},{a[1]},{a[2]},{a[3]},{label}")
+                objects.append((label, a, 0))
+        if difficult:
+            cx, cy, side = 80 + 160 * (cells[5] % 3), 90 + 180 * (cells[5] // 3), 10 + k % 4
+            box = (cx - side // 2, cy - side // 2, cx + side // 2, cy + side * 6 // 10)
+            draw_blob_face(canvas, box, 0.8, False)
+            objects.append(("without_mask", [round(v) for v in calibrate_box(box, convention)],
+                            1))
+            (root / "annotations" / f"s{k}.xml").write_text(voc_xml(f"s{k}.png", objects))
         write_image(root / f"s{k}.png", canvas)
     (root / "boxes.csv").write_text("\n".join(rows) + "\n")
     return root / "boxes.csv"

@@ -273,3 +273,49 @@ def test_default_boxes_are_a_little_larger_and_calibrate_sees_the_detectors_own(
     # a detector without a default box map reports its own boxes
     yunet = pipeline.Detector(face_detector="yunet", classifier=False, threads=1)
     assert yunet.box_map is None
+
+
+# ---------------------------------------------------------------- difficult faces, face-free
+
+
+def test_difficult_tiny_faces_do_not_set_the_smallest_face(tmp_path, tiny_model):
+    """A tiny face annotated difficult (VOC) in every scene is neither found nor missed, as
+    evaluate-detection counts it: it must not pull the smallest face down to its size, so
+    the unannotated background faces of the same size are still dropped."""
+    site_scenes(tmp_path / "site", 30, HEAD_BOXES, difficult=True)
+    r = cal.calibrate(tmp_path / "site", tmp_path / "site.onnx", model=tiny_model,
+                      progress=False, face_detector=BlobDetector(),
+                      classifier=SkinClassifier())
+    assert r["fit"]["annotated_face_px"]["p1"] > 50  # the 40-70 px faces as heads only
+    assert 18 < r["min_face"] <= 56
+    assert r["box_map"] == pytest.approx(HEAD_BOXES, abs=0.03)
+    assert r["held_out"]["after"]["map50"] > 0.95
+
+
+def _found(*boxes):
+    """Cached detector output: one box per (box, P(without_mask)), face score 0.9."""
+    return cal.Cached(boxes=np.asarray([b for b, _ in boxes], np.float64).reshape(-1, 4),
+                      scores=np.full(len(boxes), 0.9),
+                      probs=np.asarray([[1 - p, p] for _, p in boxes]).reshape(-1, 2),
+                      size=(400, 200))
+
+
+def test_difficult_faces_drive_neither_the_mask_threshold_nor_the_box_map():
+    from maskwatch.detection.evaluate import Scene
+
+    classes = ["with_mask", "without_mask"]
+    scenes = [Scene("a.png", [(50, 50, 100, 100), (200, 50, 250, 100)],
+                    ["without_mask", "with_mask"], [False, True]),
+              Scene("e.png")]  # annotated as holding no face
+    cache = [_found(((50, 50, 100, 100), 0.8), ((200, 50, 250, 100), 0.1)),
+             _found(((10, 10, 60, 60), 0.7))]
+    probs, truth = cal.mask_outcomes(scenes, cache, cal.Settings(), classes)
+    assert probs.tolist() == [[pytest.approx(0.2), 0.8]] and truth.tolist() == [True]
+    assert cal.face_sides(scenes).tolist() == [50.0]
+    # scenes whose plain faces are annotated 1.5x wider than found, and whose difficult
+    # faces (a detection on each) are annotated as found: the map is 1.5 x 1 all the same
+    many = [Scene(f"s{k}.png", [(45, 50, 105, 100), (200, 50, 250, 100)],
+                  ["with_mask", "with_mask"], [False, True]) for k in range(9)]
+    found = [_found(((55, 50, 95, 100), 0.1), ((200, 50, 250, 100), 0.1))] * 9
+    box_map, pairs = cal.fit_box_map(many, found, 0.4)
+    assert pairs == 9 and box_map == pytest.approx((1.5, 1.0, 0.0, 0.0))

@@ -239,3 +239,48 @@ def test_read_face_bad_files(tmp_path):
     Image.new("RGB", (20, 20)).save(good)
     with pytest.raises(ImageError, match="outside"):
         read_face(Sample(good, "with_mask", box=(30, 30, 40, 40)))
+
+
+def test_manifest_keeps_difficult_faces_and_face_free_photos(tmp_path):
+    a, b = scene(tmp_path / "imgs" / "a.jpg"), scene(tmp_path / "imgs" / "b.jpg", seed=1)
+    c = scene(tmp_path / "imgs" / "c.jpg", seed=2)
+    samples = [Sample(a, "with_mask", "train", "src", "a", (0, 0, 32, 32)),
+               Sample(a, "without_mask", "train", "src", "a", (60, 10, 70, 20), True)]
+    m = write_manifest(tmp_path / "manifest.csv", samples, empty_images=[(b, "test"), c])
+    lines = m.read_text().splitlines()
+    assert lines[0] == "path,label,split,source,group,x1,y1,x2,y2,difficult"
+    assert lines[1:] == ["imgs/a.jpg,with_mask,train,src,a,0,0,32,32,0",
+                         "imgs/a.jpg,without_mask,train,src,a,60,10,70,20,1",
+                         "imgs/b.jpg,,test,,,,,,,", "imgs/c.jpg,,,,,,,,,"]
+    ds = load_dataset(m)
+    assert [(s.label, s.box, s.difficult) for s in ds.samples] == [
+        ("with_mask", (0, 0, 32, 32), False), ("without_mask", (60, 10, 70, 20), True)]
+    assert ds.empty_images == [tmp_path / "imgs" / "b.jpg", tmp_path / "imgs" / "c.jpg"]
+    assert not ds.notes
+    # written again from what was read: the same file
+    again = write_manifest(tmp_path / "again.csv", ds.samples, empty_images=ds.empty_images)
+    assert again.read_text().replace(",test,", ",,") == m.read_text().replace(",test,", ",,")
+    # without a difficult face the column is left out, as before; face-free rows stay
+    plain = write_manifest(tmp_path / "plain.csv", samples[:1], empty_images=[c])
+    assert plain.read_text().splitlines() == [
+        "path,label,split,source,group,x1,y1,x2,y2",
+        "imgs/a.jpg,with_mask,train,src,a,0,0,32,32", "imgs/c.jpg,,,,,,,,"]
+    assert load_dataset(plain).empty_images == [tmp_path / "imgs" / "c.jpg"]
+
+
+def test_manifest_difficult_column_is_optional_and_checked(tmp_path):
+    scene(tmp_path / "a.jpg")
+    (tmp_path / "old.csv").write_text("path,label,x1,y1,x2,y2\na.jpg,with_mask,0,0,32,32\n")
+    assert [s.difficult for s in load_dataset(tmp_path / "old.csv").samples] == [False]
+    (tmp_path / "m.csv").write_text(
+        "path,label,x1,y1,x2,y2,difficult\n"
+        "a.jpg,with_mask,0,0,32,32,TRUE\n"
+        "a.jpg,with_mask,0,0,32,32,\n"
+        "a.jpg,with_mask,0,0,32,32,maybe\n"
+        "a.jpg,,0,0,32,32,\n"  # a box needs a label: not a face-free photo
+        ",,,,,,\n")
+    ds = load_dataset(tmp_path / "m.csv")
+    assert [s.difficult for s in ds.samples] == [True, False]
+    assert ds.empty_images == []
+    assert [n.split(":", 2)[1:] for n in ds.notes] == [
+        ["4", " difficult is 'maybe', not 1 or 0"], ["5", " unknown label ''"]]

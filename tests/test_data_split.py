@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -153,3 +154,39 @@ def test_audit_of_scenes(voc):
     assert [sorted(p.rsplit("/", 1)[1] for p in g) for g in r["duplicate_groups"]] == [
         ["copy.png", "scene3.png"]]
     assert r["cross_label_duplicates"] == []  # scenes hold several labels: not a finding
+
+
+def test_split_and_crop_carry_difficult_faces_and_face_free_photos(voc, tmp_path, capsys):
+    from conftest import face_array
+
+    text = (voc / "annotations" / "scene0.xml").read_text()
+    (voc / "annotations" / "scene0.xml").write_text(  # its second face: difficult
+        text.replace("<object><name>without_mask", "<object><difficult>1</difficult>"
+                     "<name>without_mask", 1))
+    for k in range(4):  # photos annotated as holding nobody
+        Image.fromarray(face_array(300 + k, size=60)).save(voc / "images" / f"empty{k}.png")
+        (voc / "annotations" / f"empty{k}.xml").write_text(
+            f"<annotation><filename>empty{k}.png</filename></annotation>")
+    out = tmp_path / "s"
+    assert main(["data", "split", str(voc), "--out", str(out), "--ratios", "0.5", "0.5",
+                 "--quiet", "--workers", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert sum(summary["images_without_faces"].values()) == 4
+    rows = read_rows(out / "manifest.csv")
+    assert [r["path"].rsplit("/", 1)[1] for r in rows if r["difficult"] == "1"] == [
+        "scene0.png"]
+    empty = [r for r in rows if not r["label"]]
+    assert sorted(r["path"].rsplit("/", 1)[1] for r in empty) == [
+        f"empty{k}.png" for k in range(4)]
+    assert {r["split"] for r in empty} == {"train", "val"}  # spread as a class would be
+    ds = load_dataset(out / "manifest.csv")
+    assert len(ds) == 27 and len(ds.empty_images) == 4
+    assert [s.path.name for s in ds.samples if s.difficult] == ["scene0.png"]
+    # cropping for classification: the difficult face is a face, the empty photos hold none
+    crops = tmp_path / "crops"
+    for source in (voc, out / "manifest.csv"):
+        assert main(["data", "crop", str(source), "--out", str(crops), "--quiet",
+                     "--workers", "1", "--overwrite"]) == 0
+        rows = read_rows(crops / "manifest.csv")
+        assert len(rows) == 18 and all(r["label"] for r in rows)
+        assert sum(r["difficult"] == "1" for r in rows) == 1

@@ -10,7 +10,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest
-from detection_helpers import SkinClassifier, scene, write_image
+from detection_helpers import SkinClassifier, scene, voc_xml, write_image
 
 from maskwatch.cli import main
 from maskwatch.data import load_dataset
@@ -84,17 +84,6 @@ def test_score_explains_a_hand_made_case():
     assert r2["failed"] == 1 and r2["map30"] == 0.75 and r2["images"] == 2
 
 
-def _voc_xml(name: str, objects) -> str:
-    """A VOC file; objects are (label, box) or (label, box, difficult)."""
-    objs = "".join(
-        f"<object><name>{o[0]}</name><difficult>{int(o[2]) if len(o) > 2 else 0}</difficult>"
-        f"<bndbox><xmin>{o[1][0]}</xmin><ymin>{o[1][1]}</ymin><xmax>{o[1][2]}</xmax>"
-        f"<ymax>{o[1][3]}</ymax></bndbox></object>"
-        for o in objects
-    )
-    return f"<annotation><filename>{name}</filename>{objs}</annotation>"
-
-
 @pytest.fixture
 def voc_dir(tmp_path):
     root = tmp_path / "voc"
@@ -105,7 +94,7 @@ def voc_dir(tmp_path):
         write_image(root / "images" / f"scene{i}.jpg", img)
         objs = [("with_mask" if f[3] else "without_mask", tuple(round(v) for v in b))
                 for f, b in zip(layout, boxes)]
-        (root / "annotations" / f"scene{i}.xml").write_text(_voc_xml(f"scene{i}.jpg", objs))
+        (root / "annotations" / f"scene{i}.xml").write_text(voc_xml(f"scene{i}.jpg", objs))
     return root
 
 
@@ -175,9 +164,9 @@ def test_load_scenes_keeps_face_free_photos_and_difficult_flags(tmp_path):
     (root / "annotations").mkdir(parents=True)
     for name in ("a", "b", "c"):
         _grey(root / "images" / f"{name}.jpg")
-    (root / "annotations" / "a.xml").write_text(_voc_xml("a.jpg", [
+    (root / "annotations" / "a.xml").write_text(voc_xml("a.jpg", [
         ("with_mask", (10, 10, 60, 60)), ("without_mask", (100, 10, 150, 60), True)]))
-    (root / "annotations" / "b.xml").write_text(_voc_xml("b.jpg", []))  # no face there
+    (root / "annotations" / "b.xml").write_text(voc_xml("b.jpg", []))  # no face there
     (root / "annotations" / "c.xml").write_text(  # an object without a box: not face-free
         "<annotation><filename>c.jpg</filename><object><name>with_mask</name></object>"
         "</annotation>")
@@ -273,3 +262,38 @@ def test_counting_score_with_a_face_free_photo_and_a_difficult_face():
     # counting nobody on a.jpg's difficult face is not off either
     c = score_counting(VOC_SCENES, [predictions[0][:1], []], 0.5)
     assert (c["count_error_per_image"], c["precision50"]) == (0.0, 1.0)
+
+
+def test_evaluate_detection_same_on_voc_and_its_manifest(tmp_path, capsys, monkeypatch):
+    """`data split` carries difficult faces and face-free photos into the manifest, so
+    evaluate-detection scores it as the VOC folder it came from."""
+    monkeypatch.setattr(pipeline, "_load_classifier", lambda c, t, threshold=None: SkinClassifier())
+    root = tmp_path / "voc"
+    (root / "annotations").mkdir(parents=True)
+    layouts = {"a": ((40, 60, 200, False), (360, 60, 200, True)),
+               "b": ((200, 100, 160, True),), "c": ((200, 100, 160, False),)}
+    for name, layout in layouts.items():
+        img, boxes = scene(faces=layout)
+        write_image(root / "images" / f"{name}.jpg", img)
+        objs = [("with_mask" if f[3] else "without_mask", tuple(round(v) for v in b),
+                 name == "a" and k == 1) for k, (f, b) in enumerate(zip(layout, boxes))]
+        if name == "c":  # a face drawn there, but the photo is annotated as holding none
+            objs = []
+        (root / "annotations" / f"{name}.xml").write_text(voc_xml(f"{name}.jpg", objs))
+    _grey(root / "images" / "d.jpg", (320, 240))
+    (root / "annotations" / "d.xml").write_text(voc_xml("d.jpg", []))
+    assert main(["data", "split", str(root), "--out", str(tmp_path / "m"), "--ratios", "1",
+                 "0", "--quiet", "--workers", "1"]) == 0
+    capsys.readouterr()
+    reports = []
+    for data in (root, tmp_path / "m" / "manifest.csv"):
+        assert main(["evaluate-detection", "--data", str(data), "--json", "--quiet",
+                     "--threads", "1"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        report.pop("ms_per_image")
+        reports.append(report)
+    assert reports[0] == reports[1]
+    r = reports[0]
+    assert (r["images"], r["faces"], r["difficult_faces"], r["images_without_faces"]) == (
+        4, 2, 1, 2)
+    assert r["false_boxes_per_image"] >= 0.25  # the face on c.jpg

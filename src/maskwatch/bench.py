@@ -286,12 +286,14 @@ def datasets_path() -> Path:
 def held_out_scenes(root: Path, out: Path) -> Path:
     """Manifest of the 853 set's held-out test scenes: the split scripts/train_bundled.py
     makes (seed 0, 70/15/15 by near-duplicate groups), so the bundled model never saw them."""
-    from maskwatch.data import load_dataset, split_dataset, write_manifest
+    from maskwatch.data import load_dataset, split_with_empty, write_manifest
 
     ds = load_dataset(root / "face-mask-detection-853")
-    split, _ = split_dataset(ds, (0.7, 0.15, 0.15), seed=0, workers=2, progress=False)
+    split, empty, _ = split_with_empty(ds, (0.7, 0.15, 0.15), seed=0, workers=2,
+                                       progress=False)
     return write_manifest(out / "s853-test-scenes.csv",
-                          [s for s in split if s.split == "test"], force=True)
+                          [s for s in split if s.split == "test"], force=True,
+                          empty_images=[e for e in empty if e[1] == "test"])
 
 
 def _photo_folders(paths: list[Path], tmp: Path, long_side: int = 800) -> dict[str, Path]:

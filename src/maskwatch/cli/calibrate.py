@@ -29,8 +29,10 @@ def register(subparsers) -> None:
         "threshold and the without_mask threshold. It fits conventions and thresholds, not\n"
         "new faces: faces the detector cannot find stay unfound. A setting replaces its\n"
         "default only when it scores better on the fitting scenes, and the whole fit only\n"
-        "when it beats the defaults there by --margin (mAP@0.5). Prints one JSON object,\n"
-        "with mAP before and after on a held-out part of the scenes.",
+        "when it beats the defaults there by --margin (mAP@0.5). Faces marked difficult\n"
+        "count neither way and photos annotated as holding no face count, as in\n"
+        "evaluate-detection. Prints one JSON object, with mAP before and after on a\n"
+        "held-out part of the scenes.",
         examples=["maskwatch calibrate site-photos/ -o site.onnx",
                   "maskwatch detect camera1/ -m site.onnx -j"],
     )

@@ -159,6 +159,9 @@ def _print_summary(summary: dict, args) -> None:
         total = sum(counts.values())
         detail = ", ".join(f"{k} {v:,}" for k, v in counts.items())
         print(f"{name:5s} {total:7,}  ({detail})")
+    if summary.get("images_without_faces"):
+        detail = ", ".join(f"{k} {v:,}" for k, v in summary["images_without_faces"].items())
+        print(f"photos annotated as holding no face: {detail}")
     if summary.get("unreadable"):
         print(f"left out {len(summary['unreadable'])} unreadable image(s)")
 

@@ -25,6 +25,8 @@ _SPLIT_ALIASES = {
 }
 
 MANIFEST_COLUMNS = ("path", "label", "split", "source", "group", "x1", "y1", "x2", "y2")
+#: Column added after ``MANIFEST_COLUMNS`` when a face is difficult (1); optional on reading.
+DIFFICULT_COLUMN = "difficult"
 
 #: ``Sample.source`` of made-up faces starts with this (``synthetic:KIND:ORIGINAL_PATH``).
 #: Such samples are for training only: splits put them in train, evaluation skips them.
@@ -47,7 +49,7 @@ class Sample:
     ``group``: samples that share a group (one scene, or an image and its augmentations)
     must stay on one side of a split. ``difficult``: the annotation marks the face as hard
     to make out (Pascal VOC ``<difficult>1</difficult>``); detection metrics count such a
-    face neither as found nor as missed. Manifests do not keep it.
+    face neither as found nor as missed. Manifests keep it (column ``difficult``).
     """
 
     path: Path
@@ -65,7 +67,8 @@ class Dataset:
 
     ``empty_images``: images annotated as holding no face (a Pascal VOC file without
     ``<object>``, an empty YOLO label file); they have no samples, but a detector's boxes
-    there are false ones (see ``maskwatch.detection.evaluate.load_scenes``).
+    there are false ones (see ``maskwatch.detection.evaluate.load_scenes``). Manifests keep
+    them as rows without label and box.
     """
 
     root: Path
@@ -146,11 +149,14 @@ def _fmt_path(path: Path, base: Path) -> str:
         return str(Path(path).resolve())
 
 
-def write_manifest(path: str | Path, samples, force: bool = False) -> Path:
-    """Write samples to a manifest CSV (columns: path,label,split,source,group,x1,y1,x2,y2).
+def write_manifest(path: str | Path, samples, force: bool = False, empty_images=()) -> Path:
+    """Write samples to a manifest CSV (columns: path,label,split,source,group,x1,y1,x2,y2,
+    and ``difficult`` (1 or 0) after them when a sample is difficult).
 
-    Image paths under the manifest's folder are written relative to it, others absolute.
-    An existing file is never replaced unless ``force``.
+    ``empty_images``: images annotated as holding no face (``Dataset.empty_images``), each
+    a path or a (path, split) pair; written after the samples as rows with a path (and
+    split) but no label and no box. Image paths under the manifest's folder are written
+    relative to it, others absolute. An existing file is never replaced unless ``force``.
     """
     from maskwatch.errors import MaskwatchError
 
@@ -159,10 +165,17 @@ def write_manifest(path: str | Path, samples, force: bool = False) -> Path:
         raise MaskwatchError(f"{path}: already exists (use --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.parent.resolve()
-    rows = [MANIFEST_COLUMNS]
+    samples = list(samples)
+    hard = any(s.difficult for s in samples)  # old readers and files stay as they were
+    rows: list = [(*MANIFEST_COLUMNS, DIFFICULT_COLUMN) if hard else MANIFEST_COLUMNS]
     for s in samples:
         box = s.box if s.box is not None else ("", "", "", "")
-        rows.append([_fmt_path(s.path, base), s.label, s.split or "", s.source, s.group, *box])
+        rows.append([_fmt_path(s.path, base), s.label, s.split or "", s.source, s.group, *box,
+                     *([int(bool(s.difficult))] if hard else [])])
+    for item in empty_images:
+        image, split = item if isinstance(item, tuple) else (item, None)
+        rows.append([_fmt_path(image, base), "", split or "", "", "", "", "", "", "",
+                     *([""] if hard else [])])
 
     def write(tmp: Path) -> None:  # cells a spreadsheet would run are escaped (csv_cell)
         with open(tmp, "w", newline="", **ENCODING) as f:
@@ -185,18 +198,27 @@ def is_manifest(path: str | Path) -> bool:
     return {"path", "label"} <= cols
 
 
+#: Cells of the ``difficult`` column, read case-insensitively.
+_FLAGS = {"": False, "0": False, "false": False, "no": False,
+          "1": True, "true": True, "yes": True}
+
+
 def load_manifest(path: str | Path) -> Dataset:
     """Read a manifest written by ``write_manifest`` (relative paths: to its folder).
 
-    A bad row (unknown label or split, a box that is not numbers, NaN, infinite or huge, a
-    field the csv module refuses) is skipped and noted in one line; the rest is read.
-    LayoutError when no row is usable.
+    A row with a path but neither label nor box is an image annotated as holding no face
+    (``Dataset.empty_images``); the ``difficult`` column is optional (missing: not
+    difficult). A bad row (unknown label or split, a box that is not numbers, NaN,
+    infinite or huge, a difficult flag other than 1/0/true/false/yes/no/empty, a field the
+    csv module refuses) is skipped and noted in one line; the rest is read. LayoutError
+    when no row is usable.
     """
     path = Path(path)
     if not path.is_file():
         raise LayoutError(f"{path}: no such manifest file")
     base = path.parent
     out: list[Sample] = []
+    empty: list[Path] = []
     skipped: Counter = Counter()
     notes: list[str] = []
 
@@ -214,6 +236,15 @@ def load_manifest(path: str | Path) -> Dataset:
             if not any(row.values()):
                 continue
             label = row.get("label", "")
+            coords = [row.get(k, "") for k in ("x1", "y1", "x2", "y2")]
+            if not label and not any(coords) and row.get("path"):  # nobody there
+                split = row.get("split") or None
+                if split is not None and split not in SPLITS:
+                    skip(n, f"unknown split {split[:80]!r} (train, val, test)")
+                    continue
+                p = Path(row["path"])
+                empty.append(p if p.is_absolute() else base / p)
+                continue
             if label not in CANONICAL:
                 skip(n, f"unknown label {label[:80]!r}")
                 continue
@@ -224,7 +255,6 @@ def load_manifest(path: str | Path) -> Dataset:
             if not p.is_absolute():
                 p = base / p
             box = None
-            coords = [row.get(k, "") for k in ("x1", "y1", "x2", "y2")]
             if all(coords):
                 why = bad_box(coords)
                 if why:
@@ -235,14 +265,20 @@ def load_manifest(path: str | Path) -> Dataset:
             if split is not None and split not in SPLITS:
                 skip(n, f"unknown split {split[:80]!r} (train, val, test)")
                 continue
-            sample = Sample(p, label, split, row.get("source", ""), row.get("group", ""), box)
+            flag = row.get(DIFFICULT_COLUMN, "").lower()
+            if flag not in _FLAGS:
+                skip(n, f"difficult is {flag[:80]!r}, not 1 or 0")
+                continue
+            sample = Sample(p, label, split, row.get("source", ""), row.get("group", ""), box,
+                            _FLAGS[flag])
             if split in ("val", "test") and is_synthetic(sample):  # a data error, not a typo
                 raise LayoutError(f"{path}:{n}: synthetic sample in split {split!r}; made-up "
                                   "faces may only be in train")
             out.append(sample)
-    if not out and notes:  # nothing usable: the first reason is the error
+    if not out and not empty and notes:  # nothing usable: the first reason is the error
         raise LayoutError(notes[0])
-    return Dataset(base, "manifest", out, skipped, notes)
+    return Dataset(base, "manifest", out, skipped, notes,
+                   empty_images=list(dict.fromkeys(empty)))
 
 
 def read_manifest(path: str | Path) -> list[Sample]:

@@ -102,11 +102,37 @@ def split_dataset(
 ) -> tuple[list[Sample], dict]:
     """Split a dataset so groups and near-duplicate clusters stay on one side.
 
-    Returns the samples with ``split`` set (unreadable images left out) and a summary.
+    Returns the samples with ``split`` set (unreadable images left out) and a summary
+    (see :func:`split_with_empty` for the dataset's face-free images too).
     """
-    clusters, bad = _clusters(ds, max_distance, workers, progress)
-    samples = assign_splits(ds, clusters, ratios, seed)
-    kept = [s for s in samples if s.path not in bad]
+    kept, _, summary = split_with_empty(ds, ratios, seed, max_distance, workers, progress)
+    return kept, summary
+
+
+def split_with_empty(
+    ds: Dataset,
+    ratios=(0.8, 0.1, 0.1),
+    seed: int = 0,
+    max_distance: int = NEAR_DISTANCE,
+    workers: int = 2,
+    progress: bool = True,
+) -> tuple[list[Sample], list[tuple[Path, str]], dict]:
+    """As :func:`split_dataset`, and also split ``ds.empty_images`` (photos annotated as
+    holding no face, kept for detection metrics): each takes part in the clustering as an
+    image of its own (near-duplicates stay together) and is spread over the splits by the
+    ratios as a class of its own would be. Returns (samples, [(face-free image, split)],
+    summary); the summary gains ``images_without_faces`` per split when there are any. An
+    image that also has faces (annotated twice) is one of those scenes, not face-free.
+    With no face-free image the samples are exactly :func:`split_dataset`'s."""
+    with_faces = {s.path for s in ds.samples}
+    empty = [p for p in dict.fromkeys(ds.empty_images) if p not in with_faces]
+    work = ds
+    if empty:  # placeholders with no label: a class of their own for the stratification
+        work = replace(ds, samples=[*ds.samples, *(Sample(p, "") for p in empty)])
+    clusters, bad = _clusters(work, max_distance, workers, progress)
+    assigned = assign_splits(work, clusters, ratios, seed)
+    kept = [s for s in assigned[:len(ds.samples)] if s.path not in bad]
+    kept_empty = [(s.path, s.split) for s in assigned[len(ds.samples):] if s.path not in bad]
     summary = {
         "samples": len(kept),
         "clusters": len(clusters),
@@ -114,17 +140,22 @@ def split_dataset(
         "splits": {n: dict(sorted(Counter(s.label for s in kept if s.split == n).items()))
                    for n in SPLITS if any(s.split == n for s in kept)},
     }
-    return kept, summary
+    if kept_empty:
+        counts = Counter(split for _, split in kept_empty)
+        summary["images_without_faces"] = {n: counts[n] for n in SPLITS if counts[n]}
+    return kept, kept_empty, summary
 
 
 def write_split(ds: Dataset, out_dir: str | Path, ratios, seed: int, force: bool = False,
                 workers: int = 2, progress: bool = True) -> tuple[Path, dict]:
-    """Split ``ds`` and write ``out_dir/manifest.csv`` (never replaced unless ``force``)."""
+    """Split ``ds`` and write ``out_dir/manifest.csv`` (never replaced unless ``force``),
+    face-free images included (see :func:`split_with_empty`)."""
     manifest = Path(out_dir) / "manifest.csv"
     if manifest.exists() and not force:
         raise MaskwatchError(f"{manifest}: already exists (use --overwrite to replace it)")
-    samples, summary = split_dataset(ds, ratios, seed, workers=workers, progress=progress)
-    write_manifest(manifest, samples, force=force)
+    samples, empty, summary = split_with_empty(ds, ratios, seed, workers=workers,
+                                               progress=progress)
+    write_manifest(manifest, samples, force=force, empty_images=empty)
     summary["manifest"] = str(manifest)
     return manifest, summary
 
@@ -147,7 +178,9 @@ def crop_dataset(
     """Crop every box into ``out_dir/<split>/<label>/``, all faces of a scene in one split.
 
     Faces whose box is smaller than ``min_size`` px (width or height) are skipped. Writes
-    ``out_dir/manifest.csv`` (group = scene). Refuses a non-empty ``out_dir`` unless
+    ``out_dir/manifest.csv`` (group = scene). Difficult faces are real faces: they are
+    cropped like the others and keep their flag; images annotated as holding no face have
+    nothing to crop. Refuses a non-empty ``out_dir`` unless
     ``force``; never deletes anything.
     """
     from tqdm import tqdm
@@ -191,7 +224,8 @@ def crop_dataset(
                 continue
             dest = out / s.split / s.label / f"{_safe(s.group or path.stem)}_{k}.jpg"
             save_rgb(dest, face)
-            written.append(Sample(dest, s.label, s.split, s.source, s.group, None))
+            written.append(Sample(dest, s.label, s.split, s.source, s.group, None,
+                                  s.difficult))
     write_manifest(out / "manifest.csv", written, force=True)
     summary.update({
         "written": len(written), "too_small": small, "unreadable": failed, "out": str(out),

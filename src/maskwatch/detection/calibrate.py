@@ -16,6 +16,11 @@ threshold: balanced accuracy, without losing without_mask recall) on the fitting
 in at least 90% of bootstrap resamples of them, and the whole fit is dropped unless it
 beats the defaults there by ``margin`` in the same way. A seeded part of the scenes is
 held out and scored before and after.
+
+Truths are read as ``evaluate-detection`` reads them (Pascal VOC): a face annotated
+difficult is neither found nor missed, so it drives neither the box map, nor the smallest
+face, nor the mask threshold, and a detection matching it best is left out of each; a
+scene annotated as holding no face counts, every box there false, in every mAP.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from maskwatch.boxes import greedy_pairs, iou_matrix
+from maskwatch.boxes import iou_matrix
 from maskwatch.detection.evaluate import (
     Scene,
     detect_scenes,
+    difficult_flags,
+    one_to_one,
     scene_outcomes,
     score_detections,
     subset_map,
@@ -185,7 +192,8 @@ def fit_box_map(scenes, cache, face_threshold: float, rounds: int = 3) -> tuple[
     """Median (width scale, height scale, x shift, y shift) from the detector's boxes to
     the annotated ones, and the number of pairs behind it. Pairs are matched one to one at
     IoU >= 0.25, then at 0.4 with the boxes mapped by the previous round; boxes touching
-    the image edge (clipped) are left out."""
+    the image edge (clipped) are left out, and so are difficult faces and the detections
+    matching one best (:func:`one_to_one`)."""
     box_map, n = IDENTITY, 0
     for r in range(rounds):
         rows = []
@@ -196,7 +204,8 @@ def fit_box_map(scenes, cache, face_threshold: float, rounds: int = 3) -> tuple[
             gt = np.asarray(scene.boxes, np.float64)
             ious = iou_matrix(gt, mapped)
             w, h = c.size
-            for g, p in greedy_pairs(ious, 0.25 if r == 0 else 0.4):
+            pairs, _ = one_to_one(ious, difficult_flags(scene), 0.25 if r == 0 else 0.4)
+            for g, p in pairs:
                 a, d = gt[g], c.boxes[keep[p]]
                 if _touches_edge(a, w, h) or _touches_edge(d, w, h):
                     continue
@@ -217,21 +226,23 @@ def _touches_edge(b, w: int, h: int, px: float = 2.0) -> bool:
 
 
 def face_sides(scenes) -> np.ndarray:
-    """Shorter side of every annotated face."""
-    return np.asarray([min(b[2] - b[0], b[3] - b[1]) for sc in scenes for b in sc.boxes],
-                      np.float64)
+    """Shorter side of every annotated face that is not difficult."""
+    return np.asarray([min(b[2] - b[0], b[3] - b[1]) for sc in scenes
+                       for b, hard in zip(sc.boxes, difficult_flags(sc)) if not hard], np.float64)
 
 
 def mask_outcomes(scenes, cache, s: Settings, classes) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and truths (True: without_mask) of the annotated with_mask /
-    without_mask faces found at IoU >= 0.5 under settings ``s``."""
+    without_mask faces found at IoU >= 0.5 under settings ``s`` (one to one; difficult
+    faces, and detections matching one best, left out: :func:`one_to_one`)."""
     probs, truth = [], []
     for scene, c in zip(scenes, cache):
         if c is None:
             continue
         keep, boxes = _mapped(c, s)
         ious = iou_matrix(np.asarray(scene.boxes, np.float64).reshape(-1, 4), boxes)
-        for g, p in greedy_pairs(ious, 0.5):
+        pairs, _ = one_to_one(ious, difficult_flags(scene), 0.5)
+        for g, p in pairs:
             if scene.labels[g] in (WITH_MASK, WITHOUT_MASK):
                 probs.append(c.probs[keep[p]])
                 truth.append(scene.labels[g] == WITHOUT_MASK)

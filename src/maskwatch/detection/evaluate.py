@@ -58,7 +58,7 @@ def load_scenes(root: str | Path, limit: int | None = None) -> list[Scene]:
     return out[:limit] if limit else out
 
 
-def _hard(scene: Scene) -> list[bool]:
+def difficult_flags(scene: Scene) -> list[bool]:
     """The scene's difficult flags, one per box (missing ones: False)."""
     flags = [bool(d) for d in scene.difficult][:len(scene.boxes)]
     return flags + [False] * (len(scene.boxes) - len(flags))
@@ -227,7 +227,7 @@ def class_aps(
             continue
         for c in classes:
             truths[c][idx] = [b for b, lab in zip(scene.boxes, scene.labels) if lab == c]
-            hard[c][idx] = [d for d, lab in zip(_hard(scene), scene.labels) if lab == c]
+            hard[c][idx] = [d for d, lab in zip(difficult_flags(scene), scene.labels) if lab == c]
         for box, face_score, _label, scores in faces:
             for c in classes:
                 if c in scores:
@@ -261,7 +261,7 @@ def scene_outcomes(
                 continue
             dets = sorted(((f[1] * f[3][c], f[0]) for f in faces if c in f[3]),
                           key=lambda d: -d[0])
-            gts = [(b, d) for b, lab, d in zip(scene.boxes, scene.labels, _hard(scene))
+            gts = [(b, d) for b, lab, d in zip(scene.boxes, scene.labels, difficult_flags(scene))
                    if lab == c]
             hard = [d for _, d in gts]
             outcomes = match_image([d[1] for d in dets], [b for b, _ in gts], hard, iou)
@@ -294,7 +294,7 @@ def face_ap(scenes: Sequence[Scene], predictions: Sequence[list | None], iou: fl
         if faces is None:
             continue
         truths[idx] = list(scene.boxes)
-        hard[idx] = _hard(scene)
+        hard[idx] = difficult_flags(scene)
         dets += [(idx, f[1], f[0]) for f in faces]
     value, _, n_truth = average_precision(dets, truths, iou, hard)
     return round(value, 4) if n_truth else None
@@ -335,7 +335,7 @@ def score_detections(
             continue
         n_images += 1
         gt = np.asarray(scene.boxes, np.float64).reshape(-1, 4)
-        hard = _hard(scene)
+        hard = difficult_flags(scene)
         pred = np.asarray([f[0] for f in faces], np.float64).reshape(-1, 4)
         ious = iou_matrix(gt, pred)
         n_boxes += len(pred)
@@ -424,7 +424,7 @@ def score_counting(
         if found is None:
             continue
         kept = [f for f in found if f[1] >= count_threshold]
-        hard = _hard(scene)
+        hard = difficult_flags(scene)
         easy = [label for label, h in zip(scene.labels, hard) if not h]
         annotated.update(easy)
         labelled.update(f[2] for f in kept)
