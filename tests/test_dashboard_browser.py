@@ -39,10 +39,12 @@ def _history(tmp_path) -> SimpleNamespace:
         for i in range(4):
             t = now - 3 * 3600 + hour * 3600 - 60 * i - 300
             rows.append({"source": "front", "track_id": len(rows), "label": "with_mask",
-                         "first_seen": t, "last_seen": t + 4, "frames": 20, "score": 0.9})
+                         "first_seen": t, "last_seen": t + 4, "frames": 20, "score": 0.9,
+                         "with_mask_p": 0.9})
             rows.append({"source": "back", "track_id": len(rows),
                          "label": "without_mask" if i % 2 else "with_mask",
-                         "first_seen": t, "last_seen": t + 6, "frames": 30, "score": 0.8})
+                         "first_seen": t, "last_seen": t + 6, "frames": 30, "score": 0.8,
+                         "with_mask_p": 0.1 if i % 2 else 0.85})
     snap = snaps / "back" / "latest.jpg"
     save_rgb(snap, face_array(3, size=96))
     rows.append({"source": "back", "track_id": 99, "label": "without_mask",
@@ -89,6 +91,12 @@ def test_dashboard_draws_history_and_refreshes_itself(browser, tmp_path):
         with_mask = page.locator("#counts tr[data-label=with_mask] td.total").inner_text()
         without = page.locator("#counts tr[data-label=without_mask] td.total").inner_text()
         assert (int(with_mask), int(without)) == (24, 9)
+        # the share with a mask two ways: by label, and by mean P(with_mask) (#99 has none)
+        shares = {r.get_attribute("data-share"): r.locator("td.total").inner_text()
+                  for r in page.locator("#counts tr[data-share]").all()}
+        labelled = [r for r in history.rows if r.get("with_mask_p") is not None]
+        by_p = round(100 * sum(r["with_mask_p"] for r in labelled) / len(labelled))
+        assert shares == {"label": f"{round(100 * 24 / 33)}%", "probability": f"{by_p}%"}
         # latest events, the newest first, with its snapshot
         rows = page.locator("#events tbody tr")
         assert rows.count() == 25

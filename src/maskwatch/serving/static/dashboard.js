@@ -122,8 +122,12 @@
         const dot = svg("circle", { cx: px.toFixed(1), cy: py.toFixed(1), r: 3.5, fill: colour });
         const people = Object.entries(s.people).map(([k, v]) => `${NAMES[k] || k}: ${v}`);
         const title = svg("title");
+        const estimate = s.compliance_by_probability === null
+          || s.compliance_by_probability === undefined ? ""
+          : `, ${Math.round(s.compliance_by_probability * 100)}% by mean probability`;
         title.textContent = `${source}, ${new Date(Date.parse(s.start)).toLocaleString()}: `
-          + `${Math.round(s.compliance * 100)}% with a mask (${people.join(", ")})`;
+          + `${Math.round(s.compliance * 100)}% with a mask by label${estimate} `
+          + `(${people.join(", ")})`;
         dot.append(title);
         root.append(dot);
       }
@@ -161,8 +165,10 @@
       tr.append(el("td", stats.totals[c] || 0, "num total"));
       return tr;
     });
+    // labels follow the alarm threshold (few bare faces missed), so they call more people
+    // unmasked than are; the mean probability is the closer estimate of the share
     const share = el("tr");
-    share.append(el("th", "With a mask"));
+    share.append(el("th", "With a mask, by label"));
     const pct = (v) => (v === null || v === undefined ? "–" : `${Math.round(v * 100)}%`);
     for (const s of sources) {
       const counts = stats.per_source[s] || {};
@@ -170,8 +176,15 @@
         .reduce((n, [, v]) => n + v, 0);
       share.append(el("td", pct(labelled ? (counts.with_mask || 0) / labelled : null), "num"));
     }
-    share.append(el("td", pct(stats.compliance), "num"));
-    table.tBodies[0].replaceChildren(...rows, share);
+    share.append(el("td", pct(stats.compliance), "num total"));
+    share.dataset.share = "label";
+    const estimate = el("tr");
+    estimate.dataset.share = "probability";
+    estimate.append(el("th", "With a mask, by mean probability"));
+    const perSource = stats.compliance_by_probability_per_source || {};
+    for (const s of sources) estimate.append(el("td", pct(perSource[s]), "num"));
+    estimate.append(el("td", pct(stats.compliance_by_probability), "num total"));
+    table.tBodies[0].replaceChildren(...rows, share, estimate);
   }
 
   async function thumbnail(event) {
