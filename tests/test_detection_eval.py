@@ -127,6 +127,40 @@ def test_cli_evaluate_detection_json(voc_dir, capsys, monkeypatch):
     assert report["loose_match_share"] == 0.0 and report["precision30"] == 1.0
 
 
+def test_cli_evaluate_detection_says_what_it_left_out(voc_dir, capsys, monkeypatch):
+    """An annotation file refused and a class it does not know change the score: said on
+    stderr (as `data audit` says it), not silently dropped; --quiet keeps it quiet."""
+    monkeypatch.setattr(pipeline, "_load_classifier", lambda c, t, threshold=None: SkinClassifier())
+    (voc_dir / "annotations" / "scene9.xml").write_text(
+        "<!DOCTYPE x [<!ENTITY a 'b'>]><annotation>&a;</annotation>")
+    (voc_dir / "annotations" / "scene1.xml").write_text(voc_xml("scene1.jpg", [
+        ("with_mask", (200, 100, 360, 260)), ("dog", (10, 10, 50, 50))]))
+    assert main(["evaluate-detection", "--data", str(voc_dir), "--json", "--threads", "1"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(err) == 2 and "scene9.xml: XML refused" in err[0]
+    assert "left out while reading (" in err[1] and err[1].endswith(
+        "); `maskwatch data audit` shows the dataset as read")
+    assert "bad annotation file: 1" in err[1] and "class 'dog': 1" in err[1]
+    assert main(["evaluate-detection", "--data", str(voc_dir), "--json", "--threads", "1",
+                 "--quiet"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_loading_warnings_are_capped_and_count_what_was_skipped(tmp_path):
+    from collections import Counter
+
+    from maskwatch.data import Dataset
+
+    ds = Dataset(tmp_path, "voc", [], Counter({"class 'dog'": 3, "bad annotation file": 12}),
+                 [f"note {i}" for i in range(12)])
+    lines = ds.loading_warnings(limit=10)
+    assert lines[:10] == [f"note {i}" for i in range(10)] and lines[10] == "... 2 more"
+    assert lines[11] == (f"{tmp_path}: left out while reading (bad annotation file: 12, "
+                         "class 'dog': 3); `maskwatch data audit` shows the dataset as read")
+    assert ds.loading_warnings(hint=False)[-1].endswith("class 'dog': 3)")
+    assert Dataset(tmp_path, "voc", []).loading_warnings() == []
+
+
 def test_cli_evaluate_faces_only_text(voc_dir, capsys):
     assert main(["evaluate-detection", "--data", str(voc_dir), "--faces-only", "--quiet",
                  "--detector", "fast", "--threads", "1"]) == 0

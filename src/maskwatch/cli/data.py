@@ -127,10 +127,8 @@ def _load(args):
 
     ds = load_dataset(args.path, mapping=args.mapping, names=args.names, images=args.images)
     if not args.quiet:
-        for note in ds.notes[:10]:
-            print(f"maskwatch: warning: {note}", file=sys.stderr)
-        if len(ds.notes) > 10:
-            print(f"maskwatch: warning: ... {len(ds.notes) - 10} more", file=sys.stderr)
+        for line in ds.loading_warnings(hint=False):
+            print(f"maskwatch: warning: {line}", file=sys.stderr)
     return ds
 
 

@@ -196,7 +196,8 @@ def run_evaluate(args) -> int:
     from maskwatch.detection.evaluate import evaluate_detection, load_scenes
     from maskwatch.detection.pipeline import Detector
 
-    scenes = load_scenes(args.data, args.limit)
+    scenes = load_scenes(args.data, args.limit,
+                         warn=None if args.quiet else lambda m: note(f"warning: {m}"))
     detector = Detector(**detector_options(args))
     report = evaluate_detection(
         scenes, detector.detect, recall_iou=args.recall_iou, progress=not args.quiet,

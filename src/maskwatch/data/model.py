@@ -90,6 +90,20 @@ class Dataset:
         present = {s.split for s in self.samples}
         return [s for s in (*SPLITS, None) if s in present]
 
+    def loading_warnings(self, limit: int = 10, hint: bool = True) -> list[str]:
+        """What reading the dataset left out, as lines for a user: its notes (the first
+        ``limit``, then how many more) and a count of what was skipped, by reason (with
+        ``hint``, pointing to ``maskwatch data audit``)."""
+        lines = list(self.notes[:limit])
+        if len(self.notes) > limit:
+            lines.append(f"... {len(self.notes) - limit} more")
+        if self.skipped:
+            reasons = ", ".join(f"{k}: {v:,}" for k, v in self.skipped.most_common())
+            lines.append(f"{self.root}: left out while reading ({reasons})"
+                         + ("; `maskwatch data audit` shows the dataset as read" if hint
+                            else ""))
+        return lines
+
     def counts(self) -> dict[str, dict[str, int]]:
         """Samples per split ('-' for none) and label."""
         out: dict[str, dict[str, int]] = {}

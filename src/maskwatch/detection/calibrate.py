@@ -423,7 +423,7 @@ def calibrate(
     if out.exists() and not force:
         raise MaskwatchError(f"{out}: exists; choose another --out or pass --overwrite")
     info = ModelInfo.load_json(src.with_suffix(".json"))
-    scenes = load_scenes(data)
+    scenes = load_scenes(data, warn=lambda m: print(f"maskwatch: warning: {m}", file=sys.stderr))
     fit_idx, held_idx = split_scenes(len(scenes), holdout, seed)
     if len(fit_idx) < MIN_FIT_SCENES:
         raise MaskwatchError(f"{data}: {len(fit_idx)} scene(s) to fit on; calibrate needs at "

@@ -35,13 +35,18 @@ class Scene:
     difficult: list[bool] = field(default_factory=list)
 
 
-def load_scenes(root: str | Path, limit: int | None = None) -> list[Scene]:
+def load_scenes(root: str | Path, limit: int | None = None,
+                warn: Callable[[str], None] | None = None) -> list[Scene]:
     """Annotated scenes of a dataset with boxes, read with ``maskwatch.data.load_dataset``
     (any layout it knows: VOC, YOLO, CSV), with each box's difficult flag; images annotated
-    as holding no face (``Dataset.empty_images``) are scenes without boxes."""
+    as holding no face (``Dataset.empty_images``) are scenes without boxes. ``warn`` gets
+    each line of what reading left out (``Dataset.loading_warnings``)."""
     from maskwatch.data import load_dataset
 
     ds = load_dataset(root)
+    if warn is not None:
+        for line in ds.loading_warnings():
+            warn(line)
     scenes: dict[Path, Scene] = {}
     for s in ds.samples:
         if s.box is None:
