@@ -75,6 +75,19 @@ def test_class_folder_spellings_lowercase_splits(tmp_path, make_face, with_name,
                                                        ("without_mask", "train")}
 
 
+@pytest.mark.parametrize("root", ["good", "masks", "with_mask"])
+def test_a_dataset_named_like_a_class_keeps_its_class_folders(tmp_path, make_face, root):
+    """A dataset folder whose own name is a class spelling (`good`, `masks`) labels its
+    faces by their class folders; only a folder holding none is one class's folder."""
+    make_face(tmp_path / root / "with_mask" / "a.jpg", seed=1, masked=True)
+    make_face(tmp_path / root / "without_mask" / "b.jpg", seed=2)
+    ds = load_dataset(tmp_path / root)
+    assert sorted((s.path.name, s.label) for s in ds.samples) == [
+        ("a.jpg", "with_mask"), ("b.jpg", "without_mask")]
+    make_face(tmp_path / "no_mask" / "2024" / "c.jpg", seed=3)  # one class, in sub-folders
+    assert [s.label for s in load_dataset(tmp_path / "no_mask").samples] == ["without_mask"]
+
+
 def test_unknown_class_folder_is_noted(tmp_path, make_face):
     make_face(tmp_path / "with_mask" / "a.jpg", seed=1)
     make_face(tmp_path / "sunglasses" / "b.jpg", seed=2)

@@ -133,11 +133,10 @@ def _load_class_folders(root: Path, mapping) -> Dataset | None:
             elif depth < 3:
                 walk(child, split, depth + 1)
 
+    walk(root, normalise_split(root.name), 0)
     root_label = normalise_label(root.name, mapping)
-    if root_label:
-        add_class_dir(root, root_label, None)
-    else:
-        walk(root, normalise_split(root.name), 0)
+    if not samples and root_label:  # one class's folder; a dataset named `good` or
+        add_class_dir(root, root_label, None)  # `masks` holding class folders is not one
     if not samples:
         return None
     return Dataset(root, "class-folders", samples, skipped, notes)
