@@ -276,3 +276,38 @@ def test_evaluate_split_errors(tmp_path, checkpoint, capsys):
                      "--split", "val"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("maskwatch: error:") and "test" in err and err.count("\n") == 1
+
+
+def test_evaluate_says_what_it_skipped_and_that_it_cropped_boxes(tmp_path, checkpoint, capsys):
+    """An unknown class folder is warned about; a detection dataset (VOC) is scored on its
+    annotated boxes, and the output says so."""
+    from PIL import Image
+
+    data = _faces(tmp_path / "ds")
+    (data / "test" / "sunglasses").mkdir()
+    Image.new("RGB", (20, 20)).save(data / "test" / "sunglasses" / "s.png")
+    assert cli_main(["evaluate", "--data", str(data), "--model", str(checkpoint),
+                     "--no-save", "-j", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "unknown class folder: 1" in err and "sunglasses" in err
+
+    voc = tmp_path / "voc"
+    (voc / "images").mkdir(parents=True)
+    (voc / "annotations").mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 255, (80, 120, 3), dtype=np.uint8)).save(
+            voc / "images" / f"s{k}.png")
+        objects = "".join(
+            f"<object><name>{name}</name><bndbox><xmin>{x}</xmin><ymin>10</ymin>"
+            f"<xmax>{x + 40}</xmax><ymax>60</ymax></bndbox></object>"
+            for name, x in (("with_mask", 5), ("without_mask", 60)))
+        (voc / "annotations" / f"s{k}.xml").write_text(
+            f"<annotation><filename>s{k}.png</filename><size><width>120</width>"
+            f"<height>80</height></size>{objects}</annotation>")
+    assert cli_main(["evaluate", "--data", str(voc), "--model", str(checkpoint),
+                     "--no-save", "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "faces: 4" in captured.out
+    assert "annotated boxes of 2 image(s) of the voc dataset, cropped with margin 0" \
+        in captured.err

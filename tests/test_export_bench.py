@@ -82,6 +82,38 @@ def test_export_rejects_a_corrupt_checkpoint(tmp_path, capsys):
     assert err.startswith("maskwatch: error:") and len(err.strip().splitlines()) == 1
 
 
+def test_export_data_edges_are_clear(checkpoint, tmp_path, capsys, make_face):
+    """An .onnx given to export, --eval-data with a class the model lacks (left out, as
+    evaluate does, not counted wrong) and --check-data without one readable face."""
+    onnx_model = tmp_path / "m.onnx"
+    onnx_model.write_bytes(b"not a checkpoint")
+    assert main(["export", "--model", str(onnx_model)]) == 2
+    assert "is an ONNX model already" in capsys.readouterr().err
+
+    data = tmp_path / "data"
+    for i in range(3):
+        make_face(data / "with_mask" / f"m{i}.png", seed=i, masked=True)
+        make_face(data / "without_mask" / f"u{i}.png", seed=100 + i)
+        make_face(data / "incorrect_mask" / f"i{i}.png", seed=200 + i)
+    out = tmp_path / "e.onnx"
+    assert main(["export", "--model", str(checkpoint), "--out", str(out), "--json",
+                 "--eval-data", str(data)]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    assert report["eval_images"] == 6 and "left out 3 face(s)" in captured.err
+
+    broken = tmp_path / "broken" / "with_mask"
+    broken.mkdir(parents=True)
+    (broken / "a.png").write_bytes(b"")
+    (broken / "b.jpg").write_bytes(b"junk")
+    out = tmp_path / "c.onnx"
+    assert main(["export", "--model", str(checkpoint), "--out", str(out), "--int8",
+                 "--check-data", str(broken.parent)]) == 2
+    err = capsys.readouterr().err
+    assert "--check-data" in err and "no readable face" in err
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
 @pytest.mark.slow
 def test_bench_json_has_every_section(checkpoint, tmp_path):
     onnx_path = tmp_path / "m.onnx"

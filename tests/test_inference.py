@@ -93,3 +93,22 @@ def test_classifier_errors(tmp_path):
     ModelInfo("j", ["with_mask", "without_mask"], 16).save_json(tmp_path / "junk.json")
     with pytest.raises(ModelError, match="not a valid ONNX model"):
         Classifier(tmp_path / "junk.onnx")
+
+
+def test_onnx_graph_that_is_not_the_classifier_is_refused(tmp_path):
+    """A graph whose input or output does not fit the metadata (another input size, a face
+    detector) is one ModelError at load, not an ONNX Runtime traceback at the first face."""
+    from importlib import resources
+
+    model = write_tiny_onnx(tmp_path / "tiny.onnx", [[0, 8], [0, 0], [8, 0]], size=16)
+    info = ModelInfo.load_json(model.with_suffix(".json"))
+    info.input_size = 32
+    info.save_json(model.with_suffix(".json"))
+    with pytest.raises(ModelError, match="not a face classifier for its metadata"):
+        Classifier(model)
+    detector = tmp_path / "detector.onnx"
+    detector.write_bytes((resources.files("maskwatch") / "assets" / "centerface.onnx")
+                         .read_bytes())
+    ModelInfo("x", ["with_mask", "without_mask"], 32).save_json(detector.with_suffix(".json"))
+    with pytest.raises(ModelError, match=r"not a face classifier.*\[10, 3, 32, 32\]"):
+        Classifier(detector)

@@ -275,6 +275,117 @@ def test_train_errors_are_one_line(tmp_path, capsys):
         class_list(4)
 
 
+def test_unreadable_class_or_validation_stops_training(tmp_path, capsys):
+    """Decoding that leaves a class (or the validation set) empty is an error, not a model
+    trained on one class or a best checkpoint chosen by a loss of 0 over no face."""
+    data = make_dataset(tmp_path / "ds", per_class=6)
+    bad = tmp_path / "broken"  # (not "bad": a root folder named so is read as one class)
+    for i in range(4):
+        (bad / "train" / "without_mask").mkdir(parents=True, exist_ok=True)
+        (bad / "train" / "without_mask" / f"x{i}.png").write_bytes(b"" if i % 2 else b"junk")
+    for src in (data / "train" / "with_mask").iterdir():
+        (bad / "train" / "with_mask").mkdir(parents=True, exist_ok=True)
+        (bad / "train" / "with_mask" / src.name).write_bytes(src.read_bytes())
+    cache = tmp_path / "cache"
+    assert cli_main(train_argv(bad, tmp_path / "r1", cache, "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert "no readable training image of class without_mask" in err
+    assert "Traceback" not in err
+    assert cli_main(train_argv(data, tmp_path / "r2", cache, "--epochs", "1",
+                               "--val-data", str(bad / "train" / "without_mask"))) == 2
+    assert "validation image(s)" in capsys.readouterr().err
+    assert cli_main(train_argv(data, tmp_path / "r3", cache, "--epochs", "1",
+                               "--val-data", str(bad / "train"))) == 0
+
+
+def test_train_says_what_the_data_left_out(tmp_path, capsys):
+    """An unknown class folder, incorrect_mask faces of a 2-class run, an image under two
+    classes and a validation split without a class are all said on stderr."""
+    data = make_dataset(tmp_path / "ds", per_class=8)
+    make_dataset(tmp_path / "ds", per_class=3, split="val", seed=1)
+    for sub in ("sunglasses", "incorrect"):
+        (data / "train" / sub).mkdir()
+        for i in range(2):
+            src = data / "train" / "without_mask" / f"without_mask_{i}.png"
+            (data / "train" / sub / f"{sub}{i}.png").write_bytes(src.read_bytes())
+    twin = data / "train" / "with_mask" / "with_mask_0.png"
+    (data / "train" / "without_mask" / "twin.png").write_bytes(twin.read_bytes())
+    for f in (data / "val" / "without_mask").iterdir():
+        f.unlink()
+    assert cli_main(train_argv(data, tmp_path / "run", tmp_path / "cache",
+                               "--epochs", "1")) == 0
+    err = capsys.readouterr().err
+    assert "unknown class folder: 1" in err and "sunglasses" in err
+    assert "left out 2 face(s)" in err and "--merge-incorrect" in err
+    assert "1 face(s) are the same image" in err and "twin.png" in err
+    assert "have no without_mask" in err
+
+
+def test_resume_edge_cases_are_clear(tmp_path, capsys, monkeypatch):
+    """--resume from another folder, of a run stopped before its first epoch, of a broken
+    config or state, or with other options: it goes on, or one clear line."""
+    import shutil
+
+    make_dataset(tmp_path / "ds", per_class=6)
+    monkeypatch.chdir(tmp_path)
+    argv = train_argv(Path("ds"), Path("run"), tmp_path / "cache", "--epochs", "1")
+    assert cli_main(argv) == 0  # a relative --data
+    assert Path(json.loads(Path("run/config.json").read_text())["args"]["data"]).is_absolute()
+    assert cli_main([*argv[:3], *argv[5:], "--resume", "run"]) == 0  # the same options
+    resume = ["train", "--threads", "1", "--no-progress", "--cache-dir", str(tmp_path / "cache"),
+              "--resume"]
+    runs = {}
+    for name in ("started", "state", "config"):
+        runs[name] = tmp_path / name
+        shutil.copytree(tmp_path / "run", runs[name])
+    for f in runs["started"].iterdir():  # stopped while decoding or in epoch 1
+        if f.name != "config.json":
+            f.unlink()
+    shutil.copy(runs["state"] / "best.safetensors", runs["state"] / "last_state.safetensors")
+    (runs["config"] / "config.json").write_text('{"args": ')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert cli_main([*resume, str(runs["started"])]) == 0
+    assert "starting it again" in capsys.readouterr().err
+    assert (runs["started"] / "best.safetensors").is_file()
+    for name, msg in (("state", "not the training state of this run"),
+                      ("config", "not the config.json of a maskwatch train run")):
+        assert cli_main([*resume, str(runs[name])]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert cli_main([*resume, str(tmp_path / "run"), "--epochs", "3"]) == 2
+    assert "--epochs 3 (the run has 1)" in capsys.readouterr().err
+
+
+def test_interrupted_train_says_how_to_go_on(tmp_path, capsys, monkeypatch):
+    import maskwatch.training.train as train_module
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "last_state.safetensors").write_bytes(b"")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "main", interrupted)
+    assert cli_main(["train", "-d", str(tmp_path), "-o", str(run)]) == 130
+    err = capsys.readouterr().err
+    assert f"finished epochs are kept; go on with: maskwatch train --resume {run}" in err
+
+
+def test_training_state_given_as_a_model_says_so(tmp_path):
+    from maskwatch.training.checkpoint import save_training_state
+
+    model = create_model("seed_cnn128", 2, input_size=32)
+    state = tmp_path / "last_state.safetensors"
+    save_training_state(state, model, torch.optim.AdamW(model.parameters()), {"epoch": 1})
+    with pytest.raises(ModelError, match="resume state of a training run"):
+        load_checkpoint(state)
+
+
 def _weights(path: Path) -> dict:
     from safetensors.torch import load_file
 

@@ -113,7 +113,7 @@ def quantise_int8(fp32: Path, out: Path, info: ModelInfo, calibration: list[np.n
     """Static int8 quantisation (QDQ, per-channel weights) calibrated on face crops; the
     stem and the head stay float (see :data:`FLOAT_STEM_CONVS`)."""
     if not calibration:
-        raise MaskwatchError("int8 quantisation needs calibration images (--calibration-data)")
+        raise MaskwatchError("int8 quantisation needs calibration images (--check-data)")
     batches = [prepare(calibration[i:i + batch], info.input_size, info.mean, info.std)
                for i in range(0, len(calibration), batch)]
     _quantise_static(fp32, out, _Feed("input", batches), float_nodes)

@@ -181,6 +181,8 @@ def run_evaluate(args) -> int:
         raise MaskwatchError(f"{out}: folder is not empty; choose another -o or pass "
                              "--overwrite")
     ds = load_dataset(args.data, mapping=args.mapping)
+    for line in ds.loading_warnings():  # an unknown class folder, bad rows: said
+        note(f"warning: {line}")
     # chunks of faces side by side, one a thread, each with a one-thread model run
     workers = args.threads or os.cpu_count() or 1
     clf = Classifier(args.model, threads=1, batch_size=args.batch_size,
@@ -199,6 +201,11 @@ def run_evaluate(args) -> int:
     margin = args.margin
     if margin is None:
         margin = float(clf.info.extra.get("margin", 0.1))
+    scenes = {s.path for s in samples if s.box is not None}
+    if scenes:
+        note(f"the faces are the annotated boxes of {len(scenes)} image(s) of the {ds.layout} "
+             f"dataset, cropped with margin {margin:g} (detector metrics: maskwatch "
+             "evaluate-detection)")
     result = score_samples(clf, samples, labels, margin, args.batch_size,
                            progress=not args.json or sys.stderr.isatty(), classes=classes,
                            workers=workers)

@@ -49,25 +49,41 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _faces(path: str | None, limit: int, seed: int, margin: float = 0.0):
+def _faces(path: str | None, limit: int, seed: int, margin: float = 0.0,
+           classes: list[str] | None = None, option: str = "--check-data"):
     """Up to ``limit`` face crops and their labels from a dataset, picked at random
-    (boxes grown by ``margin``, as the model's training crops were)."""
+    (boxes grown by ``margin``, as the model's training crops were). With ``classes``,
+    faces of other classes are left out (and counted on stderr), as evaluate does; a
+    dataset without one readable face is an error naming ``option``."""
     import numpy as np
 
     if path is None:
         rng = np.random.default_rng(seed)
         return [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(32)], []
     from maskwatch.data import load_dataset, read_face
+    from maskwatch.errors import ImageError, MaskwatchError
 
     samples = list(load_dataset(path).samples)
+    if classes is not None:
+        kept = [s for s in samples if s.label in classes]
+        if len(kept) < len(samples):
+            print(f"maskwatch: {option} {path}: left out {len(samples) - len(kept)} face(s) "
+                  f"of classes the model lacks", file=sys.stderr)
+        samples = kept
     order = np.random.default_rng(seed).permutation(len(samples))[:limit]
     faces, labels = [], []
     for i in order:
         try:
             faces.append(read_face(samples[i], margin))
             labels.append(samples[i].label)
-        except Exception as exc:  # a bad file is reported and skipped
+        except ImageError as exc:  # a bad file is reported and skipped
+            print(f"maskwatch: skipping {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - reported and skipped too
             print(f"maskwatch: skipping {samples[i].path}: {exc}", file=sys.stderr)
+    if not faces:
+        raise MaskwatchError(f"{option} {path}: no readable face"
+                             + (f" of the model's classes {', '.join(classes)}" if classes
+                                else ""))
     return faces, labels
 
 
@@ -78,6 +94,9 @@ def run(args) -> int:
     from maskwatch.models.checkpoint import load_checkpoint
 
     src = Path(args.model)
+    if src.suffix.lower() == ".onnx":
+        raise MaskwatchError(f"{src}: is an ONNX model already; export takes a .safetensors "
+                             "checkpoint from maskwatch train")
     out = Path(args.out) if args.out else src.with_suffix(".onnx")
     int8_out = out.with_name(out.stem + ".int8.onnx")
     targets = [out, out.with_suffix(".json")] + ([int8_out] if args.int8 else [])
@@ -120,7 +139,8 @@ def _export_and_check(args, model, info, out, int8_out) -> dict:
         "check_data": args.check_data or "random noise images",
         "max_prob_diff": float(np.abs(ref - fp32).max()) if len(faces) else 0.0,
     }
-    eval_faces, eval_labels = _faces(args.eval_data, args.limit, args.seed + 1, margin)
+    eval_faces, eval_labels = _faces(args.eval_data, args.limit, args.seed + 1, margin,
+                                     info.classes, "--eval-data")
     if args.eval_data:
         report["eval_images"] = len(eval_faces)
         report["accuracy_torch"] = accuracy(torch_probabilities(model, info, eval_faces),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 ORDER = 20
 
@@ -43,7 +44,11 @@ def run(args) -> int:
         return 0
     from maskwatch.training.train import main
 
-    summary = main(args)
+    try:
+        summary = main(args)
+    except KeyboardInterrupt:
+        _resume_hint(args.resume or args.out)
+        raise
     if os.environ.get("RANK", "0") not in ("", "0"):
         return 0  # under torchrun only rank 0 reports
     loss = summary["best_val_loss"]
@@ -52,3 +57,19 @@ def run(args) -> int:
         f"loss {loss:.4f})" if loss is not None else f"run folder: {summary['run']}"
     )
     return 0
+
+
+def _resume_hint(run: str | None) -> None:
+    """After Ctrl+C: say what was kept and how to go on (rank 0 only)."""
+    from pathlib import Path
+
+    from maskwatch.training.options import STATE_FILE
+
+    if not run or os.environ.get("RANK", "0") not in ("", "0"):
+        return
+    if not (Path(run) / "config.json").is_file():
+        print("maskwatch: nothing was saved yet; run the command again", file=sys.stderr)
+        return
+    kept = ("the finished epochs are kept" if (Path(run) / STATE_FILE).is_file()
+            else "no epoch had finished")
+    print(f"maskwatch: {kept}; go on with: maskwatch train --resume {run}", file=sys.stderr)

@@ -67,15 +67,42 @@ def onnx_session(path: str | Path, threads: int = 0):
         raise ModelError(f"{path}: not a valid ONNX model ({first[:200]})") from None
 
 
+def check_classifier_graph(session, info: ModelInfo, path: str | Path) -> None:
+    """One ModelError when an ONNX graph cannot be the classifier its metadata describes
+    (e.g. a face detector): one N x 3 x S x S input, an N x C (or N x 1) first output.
+    Symbolic dimensions pass."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    shape = list(inputs[0].shape) if len(inputs) == 1 else []
+    size = info.input_size
+    want_in = [None, 3, size, size]
+    out_shape = list(outputs[0].shape) if outputs else []
+    fits = (len(shape) == 4 and all(not isinstance(d, int) or w is None or d == w
+                                    for d, w in zip(shape, want_in))
+            and len(out_shape) == 2
+            and (not isinstance(out_shape[1], int) or out_shape[1] in (len(info.classes), 1)))
+    if not fits:
+        got = ", ".join(str(i.shape) for i in inputs)
+        raise ModelError(
+            f"{path}: not a face classifier for its metadata ({len(info.classes)} classes, "
+            f"{size}x{size} input): the graph takes {got} and gives "
+            f"{', '.join(str(o.shape) for o in outputs)}")
+
+
 class _OnnxBackend:
     def __init__(self, path: Path, threads: int):
         meta = path.with_suffix(".json")
         self.info = ModelInfo.load_json(meta)
         self.session = onnx_session(path, threads)
+        check_classifier_graph(self.session, self.info, path)
         self.input_name = self.session.get_inputs()[0].name
+        self.path = path
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
+        try:
+            return self.session.run(None, {self.input_name: x})[0]
+        except Exception as exc:  # onnxruntime's own types: a graph that cannot take faces
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{self.path}: the model cannot score faces ({first[:200]})") from None
 
 
 class _TorchBackend:

@@ -96,6 +96,9 @@ def build_from_header(header: dict, source: str = "checkpoint"):
 def load_checkpoint(path: str | Path, device: str = "cpu"):
     """Load a checkpoint -> (model in eval mode on ``device``, ModelInfo)."""
     header = read_header(path)  # checked before the tensors are read
+    if "optimizer" in header and "arch" not in header:  # last_state.safetensors
+        raise ModelError(f"{path}: is the resume state of a training run, not a model; "
+                         "give best.safetensors or last.safetensors from its folder")
     try:
         info = ModelInfo.from_dict(header)
     except ModelError as exc:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from maskwatch.errors import ModelError
 from maskwatch.models import checkpoint as ckpt
 
 
@@ -31,20 +32,27 @@ def save_training_state(path: Path, model, optimizer, state: dict) -> None:
 
 
 def load_training_state(path: Path, model, optimizer) -> dict:
-    """Restore what :func:`save_training_state` wrote; returns the JSON state."""
+    """Restore what :func:`save_training_state` wrote; returns the JSON state. A file that
+    is not this run's state (a model checkpoint, another architecture) is one ModelError."""
     tensors, header = ckpt.read_state(path)
-    model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    model.load_state_dict(model_sd, strict=True)
-    opt_state: dict = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, pid, name = key.split(".", 2)
-            opt_state.setdefault(int(pid), {})[name] = value
-    for pid, values in header["optimizer"]["scalars"].items():
-        opt_state.setdefault(int(pid), {}).update(values)
-    optimizer.load_state_dict(
-        {"state": opt_state, "param_groups": header["optimizer"]["param_groups"]}
-    )
+    try:
+        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        model.load_state_dict(model_sd, strict=True)
+        opt_state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, pid, name = key.split(".", 2)
+                opt_state.setdefault(int(pid), {})[name] = value
+        for pid, values in header["optimizer"]["scalars"].items():
+            opt_state.setdefault(int(pid), {}).update(values)
+        optimizer.load_state_dict(
+            {"state": opt_state, "param_groups": header["optimizer"]["param_groups"]}
+        )
+        int(header["epoch"]), list(header["history"])
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        detail = " ".join(line.strip() for line in lines[:2])[:200]
+        raise ModelError(f"{path}: not the training state of this run ({detail})") from None
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
     if torch.cuda.is_available():

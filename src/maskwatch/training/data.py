@@ -240,10 +240,42 @@ class TrainData:
 
 
 def _load_split_samples(path: str, args):
+    """The dataset at ``path``; what its reader skipped (an unknown class folder, bad
+    rows...) is said, not dropped silently."""
     from maskwatch.data import load_dataset
 
     ds = load_dataset(path, mapping=args.mapping)
+    for line in ds.loading_warnings():
+        log(f"warning: {line}")
     return ds
+
+
+def _note_dropped(path: str, samples: Sequence, kept: Sequence, classes: list[str]) -> None:
+    """Say how many faces of a class the model does not learn were left out."""
+    if len(kept) < len(samples):
+        n = len(samples) - len(kept)
+        why = (" (--merge-incorrect counts incorrect_mask as without_mask)"
+               if INCORRECT_MASK not in classes else "")
+        log(f"note: {path}: left out {n} face(s) of classes other than "
+            f"{', '.join(classes)}{why}")
+
+
+def _note_conflicts(splits: list[Split], classes: list[str]) -> None:
+    """Warn about faces that decode to the same pixels under different labels."""
+    seen: dict[bytes, tuple[int, str]] = {}
+    conflicts: list[str] = []
+    for split in splits:
+        for i in range(len(split)):
+            key = hashlib.blake2b(np.ascontiguousarray(split.images[i]).tobytes(),
+                                  digest_size=16).digest()
+            label, path = int(split.labels[i]), split.paths[i]
+            first = seen.setdefault(key, (label, path))
+            if first[0] != label:
+                conflicts.append(f"{first[1]} ({classes[first[0]]}) and {path} "
+                                 f"({classes[label]})")
+    if conflicts:
+        log(f"warning: {len(conflicts)} face(s) are the same image as one of another class, "
+            f"e.g. {conflicts[0]}: check the labels (maskwatch data audit lists duplicates)")
 
 
 def _decode_split(samples, labels, size, args, desc) -> Split:
@@ -268,6 +300,7 @@ def load_data(args, input_size: int) -> TrainData:
         raise MaskwatchError("--loss sigmoid needs --classes 2")
     ds = _load_split_samples(args.data, args)
     samples, labels = relabel(ds.samples, classes, args.merge_incorrect)
+    _note_dropped(args.data, ds.samples, samples, classes)
     if not samples:
         raise MaskwatchError(f"{args.data}: no sample of the classes {', '.join(classes)}")
     splits = np.asarray([s.split or "" for s in samples])
@@ -279,7 +312,11 @@ def load_data(args, input_size: int) -> TrainData:
     if args.val_data:
         vds = _load_split_samples(args.val_data, args)
         vs, vl = relabel(vds.samples, classes, args.merge_incorrect)
+        _note_dropped(args.val_data, vds.samples, vs, classes)
         real = [i for i, s in enumerate(vs) if not is_synthetic(s)]  # never validate on them
+        if not real:
+            raise MaskwatchError(f"--val-data {args.val_data}: no real face of the classes "
+                                 f"{', '.join(classes)}")
         wanted = [i for i in real if vs[i].split in ("val", None)] or real
         val_samples, val_labels = [vs[i] for i in wanted], vl[wanted]
         val_source = f"--val-data {args.val_data}"
@@ -297,9 +334,21 @@ def load_data(args, input_size: int) -> TrainData:
     if missing:
         raise MaskwatchError(f"no training sample of class {', '.join(missing)}")
     train = _decode_split(train_samples, train_labels, input_size, args, "decoding train")
+    unread = [c for i, c in enumerate(classes) if not (train.labels == i).any()]
+    if unread:
+        raise MaskwatchError(f"no readable training image of class {', '.join(unread)} "
+                             "(each one failed to decode; see the skipped images above)")
     val = None
     if len(val_samples):
         val = _decode_split(val_samples, val_labels, input_size, args, "decoding val")
+        if not len(val):
+            raise MaskwatchError(f"none of the {len(val_samples)} validation image(s) "
+                                 f"({val_source}) could be read")
+        absent = [c for i, c in enumerate(classes) if not (val.labels == i).any()]
+        if absent:
+            log(f"note: the validation faces ({val_source}) have no {', '.join(absent)}: "
+                "their accuracy says nothing about that class")
+    _note_conflicts([train] + ([val] if val is not None else []), classes)
     summary = {
         "classes": classes,
         "train_counts": {c: int((train.labels == i).sum()) for i, c in enumerate(classes)},

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from maskwatch.argtypes import margin, non_negative_int, number, positive_int
 from maskwatch.errors import MaskwatchError
+from maskwatch.training.logs import log
 
 #: Options that may differ when a run is resumed (they do not change the results).
 RUNTIME_OPTIONS = ("device", "threads", "workers", "cache_dir", "no_progress", "resume")
@@ -94,9 +95,45 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+#: Options naming files that ``--resume`` reads again: kept as absolute paths, so that a
+#: run resumes from any working folder.
+PATH_OPTIONS = ("data", "val_data")
+
+
 def args_dict(args) -> dict:
-    """The options as a JSON-ready dict (config.json)."""
-    return {k: v for k, v in vars(args).items() if k != "func"}
+    """The options as a JSON-ready dict (config.json); dataset paths made absolute."""
+    out = {k: v for k, v in vars(args).items() if k != "func"}
+    for key in PATH_OPTIONS:
+        if out.get(key):
+            out[key] = str(Path(out[key]).resolve())
+    return out
+
+
+def _saved_args(out: Path) -> dict:
+    """The options a run folder's config.json records; one clear error when unreadable."""
+    cfg_path = out / "config.json"
+    try:
+        saved = json.loads(cfg_path.read_text())["args"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        saved = None
+    if not isinstance(saved, dict) or not saved.get("data"):
+        raise MaskwatchError(f"{cfg_path}: not the config.json of a maskwatch train run")
+    return saved
+
+
+def _changed_options(args, saved: dict) -> list[str]:
+    """Options given with --resume whose value is neither the default nor the run's."""
+    defaults = vars(add_train_arguments(argparse.ArgumentParser()).parse_args([]))
+    changed = []
+    for key, value in vars(args).items():
+        if key in RUNTIME_OPTIONS or key in ("out", "func") or key not in saved:
+            continue
+        was = saved[key]
+        if key in PATH_OPTIONS and value and was:  # relative to here in older runs
+            value, was = str(Path(value).resolve()), str(Path(was).resolve())
+        if value != defaults.get(key) and value != was:
+            changed.append(f"--{key.replace('_', '-')} {value} (the run has {saved[key]})")
+    return changed
 
 
 def prepare_run_dir(args, create: bool = True) -> tuple[argparse.Namespace, Path, bool]:
@@ -107,14 +144,26 @@ def prepare_run_dir(args, create: bool = True) -> tuple[argparse.Namespace, Path
     """
     if args.resume:
         out = Path(args.resume)
-        cfg_path = out / "config.json"
-        if not cfg_path.is_file() or not (out / STATE_FILE).is_file():
+        if not (out / "config.json").is_file():
             raise MaskwatchError(f"{out}: no run to resume (needs config.json and {STATE_FILE})")
-        saved = json.loads(cfg_path.read_text())["args"]
+        saved = _saved_args(out)
+        changed = _changed_options(args, saved)
+        if changed:
+            raise MaskwatchError(
+                f"--resume continues {out} with its own options, not {'; '.join(changed)}; "
+                "to train on, start a new run with --init-from "
+                f"{out / 'last.safetensors'}")
         for key in RUNTIME_OPTIONS:
             saved[key] = getattr(args, key, saved.get(key))
         merged = argparse.Namespace(**{**args_dict(args), **saved})
         merged.out = str(out)
+        if not (out / STATE_FILE).is_file():
+            if any((out / name).exists() for name in ("best.safetensors", "last.safetensors")):
+                raise MaskwatchError(f"{out}: {STATE_FILE} is missing; the run cannot go on "
+                                     "(start a new one, --init-from its last.safetensors)")
+            log(f"{out}: stopped before its first epoch ended; starting it again")
+            merged.resume = None
+            return merged, out, False
         return merged, out, True
     if not args.data or not args.out:
         raise MaskwatchError("--data and --out are required (or --resume RUN_DIR)")
