@@ -165,7 +165,7 @@
       tr.append(el("td", stats.totals[c] || 0, "num total"));
       return tr;
     });
-    // labels follow the alarm threshold (few bare faces missed), so they call more people
+    // labels follow the alarm threshold (few bare faces missed), so they can call more people
     // unmasked than are; the mean probability is the closer estimate of the share
     const share = el("tr");
     share.append(el("th", "With a mask, by label"));
