@@ -284,13 +284,30 @@ def test_files_under_lists_what_rglob_lists(tmp_path):
     (outside / "o.jpg").write_bytes(b"x")
     (root / "linked").symlink_to(outside, target_is_directory=True)  # not entered
     (root / "link.jpg").symlink_to(outside / "o.jpg")  # a link to a file counts
-    (root / "broken.jpg").symlink_to(tmp_path / "gone.jpg")  # not a file
-    expected = sorted(p for p in Path(root).rglob("*") if p.is_file())
+    (root / "broken.jpg").symlink_to(tmp_path / "gone.jpg")  # listed, to be reported
+    expected = sorted(p for p in Path(root).rglob("*") if p.is_file() or p.name == "broken.jpg")
     assert files_under(root) == expected
     assert [p.name for p in expected] == [".hidden.jpg", "x.png", "z.jpg", "y.jpg", "b.jpg",
-                                          "link.jpg", "notes.txt"]
-    assert [p.name for p in list_images([str(root)])] == [".hidden.jpg", "x.png", "z.jpg",
-                                                          "y.jpg", "b.jpg", "link.jpg"]
+                                          "broken.jpg", "link.jpg", "notes.txt"]
+    assert [p.name for p in list_images([str(root)])] == [
+        ".hidden.jpg", "x.png", "z.jpg", "y.jpg", "b.jpg", "broken.jpg", "link.jpg"]
+
+
+def test_a_broken_link_among_faces_is_reported_not_lost(tmp_path, make_face, capsys):
+    """A class folder's broken link is counted and named by the data layer, and `classify`
+    on the folder reports it as a failed input (rc 1) instead of skipping it unsaid."""
+    from maskwatch.cli import main
+    from maskwatch.data import load_dataset
+
+    make_face(tmp_path / "d" / "with_mask" / "a.jpg", seed=1, masked=True)
+    make_face(tmp_path / "d" / "without_mask" / "b.jpg", seed=2)
+    (tmp_path / "d" / "with_mask" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    ds = load_dataset(tmp_path / "d")
+    assert len(ds.samples) == 2 and ds.skipped["broken link"] == 1
+    assert any("gone.jpg: broken link" in n for n in ds.notes)
+    assert main(["classify", str(tmp_path / "d"), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 2 and "gone.jpg" in captured.err
 
 
 def test_heic_photos_are_read_and_missing_support_is_said(tmp_path, monkeypatch):

@@ -90,7 +90,8 @@ def list_uri(uri: str, suffixes: set[str]) -> list[str]:
 def files_under(folder: Path) -> list[Path]:
     """The files in ``folder`` and its subfolders, sorted as paths sort; like
     ``sorted(p for p in folder.rglob("*") if p.is_file())`` (links to files count, linked
-    folders are not entered, unreadable folders are skipped) without a stat of every file."""
+    folders are not entered, unreadable folders are skipped) without a stat of every file.
+    A broken link is listed too, so that the caller reports it instead of losing it."""
     found: list[str] = []
     pending = [os.fspath(folder)]
     while pending:
@@ -100,7 +101,8 @@ def files_under(folder: Path) -> list[Path]:
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             pending.append(entry.path)
-                        elif entry.is_file():
+                        elif entry.is_file() or (entry.is_symlink()
+                                                 and not os.path.exists(entry.path)):
                             found.append(entry.path)
                     except OSError:
                         continue

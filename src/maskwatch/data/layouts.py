@@ -104,6 +104,9 @@ def _load_class_folders(root: Path, mapping) -> Dataset | None:
     def add_class_dir(folder: Path, label: str, split: str | None) -> None:
         for f in sorted(folder.rglob("*")):
             if not f.is_file():
+                if f.is_symlink() and not f.exists():
+                    skipped["broken link"] += 1
+                    notes.append(f"{f}: broken link (what it points to is missing)")
                 continue
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped["not an image file"] += 1
