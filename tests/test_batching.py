@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def test_ordered_map_hands_over_work_finished_after_the_caller_stopped(stop):
     lock = threading.Lock()
 
     def work(x: int) -> int:
-        time.sleep(0.05 if x == 0 else 0.15)
+        time.sleep(0.05 if x == 0 else 0.6)
         with lock:
             ran.append(x)
         return x
@@ -65,7 +66,10 @@ def test_ordered_map_hands_over_work_finished_after_the_caller_stopped(stop):
                                    max_in_flight=4, leftover=left.append)
     got.append(next(results))  # task 0
     if stop == "interrupt":
-        timer = threading.Timer(0.03, lambda: __import__("_thread").interrupt_main())
+        # a real SIGINT to the main thread wakes it from its wait, as Ctrl+C does
+        # (_thread.interrupt_main only takes effect once the wait is over)
+        main = threading.main_thread().ident
+        timer = threading.Timer(0.05, lambda: signal.pthread_kill(main, signal.SIGINT))
         timer.start()
         with pytest.raises(KeyboardInterrupt):
             got.append(next(results))  # interrupted while waiting on task 1

@@ -279,7 +279,7 @@ def test_unreadable_class_or_validation_stops_training(tmp_path, capsys):
     """Decoding that leaves a class (or the validation set) empty is an error, not a model
     trained on one class or a best checkpoint chosen by a loss of 0 over no face."""
     data = make_dataset(tmp_path / "ds", per_class=6)
-    bad = tmp_path / "broken"  # (not "bad": a root folder named so is read as one class)
+    bad = tmp_path / "broken"
     for i in range(4):
         (bad / "train" / "without_mask").mkdir(parents=True, exist_ok=True)
         (bad / "train" / "without_mask" / f"x{i}.png").write_bytes(b"" if i % 2 else b"junk")
