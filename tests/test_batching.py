@@ -68,12 +68,17 @@ def test_ordered_map_hands_over_work_finished_after_the_caller_stopped(stop):
     if stop == "interrupt":
         # a real SIGINT to the main thread wakes it from its wait, as Ctrl+C does
         # (_thread.interrupt_main only takes effect once the wait is over)
+        # (Python's own handler: a shell starts background jobs with SIGINT ignored)
         main = threading.main_thread().ident
         timer = threading.Timer(0.05, lambda: signal.pthread_kill(main, signal.SIGINT))
-        timer.start()
-        with pytest.raises(KeyboardInterrupt):
-            got.append(next(results))  # interrupted while waiting on task 1
-        timer.join()
+        before = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            timer.start()
+            with pytest.raises(KeyboardInterrupt):
+                got.append(next(results))  # interrupted while waiting on task 1
+            timer.join()
+        finally:
+            signal.signal(signal.SIGINT, before)
     else:
         results.close()
     assert sorted(got + left) == sorted(ran) and len(ran) < 20
