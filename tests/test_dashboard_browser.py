@@ -77,9 +77,18 @@ def test_dashboard_draws_history_and_refreshes_itself(browser, tmp_path):
         page.wait_for_function("() => +document.getElementById('dash').dataset.updates >= 1",
                                timeout=15000)
         # the chart: one line per source, drawn in the page (no external script)
-        series = page.locator("#chart svg path.series")
+        series = page.locator("#chart svg path.series:not(.estimate)")
         assert sorted(series.evaluate_all("ps => ps.map(p => p.dataset.source)")) == [
             "back", "front"]
+        # and dashed, the mean probability: the front door's 0.9 a flat line under 100 %
+        estimates = page.locator("#chart svg path.series.estimate")
+        assert sorted(estimates.evaluate_all("ps => ps.map(p => p.dataset.source)")) == [
+            "back", "front"]
+        front_d = page.get_attribute("#chart path.estimate[data-source=front]", "d")
+        ys = {float(pt.split(",")[1]) for pt in front_d.replace("M", " ").replace("L", " ")
+              .split()}
+        top, bottom = 14, 280 - 34  # the chart's T and H - B: y of 100 % and of 0 %
+        assert len(ys) == 1 and ys.pop() == pytest.approx(top + (bottom - top) * 0.1, abs=0.1)
         assert page.locator("#chart svg circle").count() >= 8
         front_y = page.evaluate("() => [...document.querySelectorAll('#chart circle')]"
                                 ".filter(c => c.getAttribute('fill') === "
@@ -117,7 +126,7 @@ def test_dashboard_draws_history_and_refreshes_itself(browser, tmp_path):
         page.wait_for_function(
             "() => { const d = document.getElementById('dash').dataset;"
             " return d.source === 'back' && d.period === 'hour'; }", timeout=10000)
-        assert page.locator("#chart svg path.series").count() == 1
+        assert page.locator("#chart svg path.series:not(.estimate)").count() == 1
         # per minute over the last hour: four people in the last 10 minutes, and #99
         assert page.locator("#chart svg circle").count() == 5
         assert page.locator("#counts tr[data-label=without_mask] td.total").inner_text() == "3"

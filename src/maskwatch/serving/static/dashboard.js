@@ -112,10 +112,19 @@
         .map((s) => [x(Date.parse(s.start) + half), y(s.compliance), s]);
       if (!points.length) continue;
       const colour = colourOf(source, sources);
+      const line = (pts) => pts.map(([px, py], i) => `${i ? "L" : "M"}${px.toFixed(1)},`
+        + py.toFixed(1)).join(" ");
+      // dashed: the mean probability of a mask, the closer estimate of the share
+      const estimate = stats.series
+        .filter((s) => s.source === source && s.compliance_by_probability !== null
+          && s.compliance_by_probability !== undefined)
+        .map((s) => [x(Date.parse(s.start) + half), y(s.compliance_by_probability)]);
+      if (estimate.length) {
+        root.append(svg("path", { class: "series estimate", stroke: colour,
+          "data-source": source, d: line(estimate) }));
+      }
       const path = svg("path", {
-        class: "series", stroke: colour, "data-source": source,
-        d: points.map(([px, py], i) => `${i ? "L" : "M"}${px.toFixed(1)},${py.toFixed(1)}`)
-          .join(" "),
+        class: "series", stroke: colour, "data-source": source, d: line(points),
       });
       root.append(path);
       for (const [px, py, s] of points) {
