@@ -223,3 +223,38 @@ def test_the_summary_of_a_resumed_video_counts_the_frames_it_recorded(clip, tmp_
     assert "also detected again, not counted: 8 video frame(s)" in out
     frames = [json.loads(line)["frame"] for line in results.read_text().splitlines()]
     assert frames == list(range(N))
+
+
+class _TwoWalkers(pipeline.FaceDetector):
+    """One person in frames 0-5 (left), another in frames 12-19 (right), by call order."""
+
+    def __init__(self):
+        super().__init__(threshold=0.5)
+        self.calls = 0
+
+    def detect(self, rgb, min_side: float = 0.0):
+        i, self.calls = self.calls, self.calls + 1
+        if i <= 5:
+            return [(10, 30, 50, 80, 0.9)]
+        return [(100, 30, 140, 80, 0.9)] if i >= 12 else []
+
+
+def test_a_resumed_videos_people_are_those_of_the_frames_it_recorded(clip, tmp_path, capsys):
+    """The first person left before frame 8: the resumed run (frames 8-19) counts only the
+    second one; the whole run counts both."""
+    results = tmp_path / "r.jsonl"
+
+    def run(**kw) -> str:
+        options = dict(face_detector=_TwoWalkers(), classifier=SkinClassifier(), threads=1)
+        assert run_detect([str(clip)], options, results=results, quiet=True, **kw) == 0
+        return capsys.readouterr().out
+
+    def people(out: str) -> int:
+        line = next(x for x in out.splitlines() if "people" in x)
+        return sum(int(n) for n in line.split("people", 1)[1].replace(",", " ").split()
+                   if n.isdigit())
+
+    assert people(run(max_frames=8)) == 1
+    assert people(run(resume=True)) == 1  # the first person is not counted again
+    results.unlink()
+    assert people(run()) == 2

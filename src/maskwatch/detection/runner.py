@@ -263,8 +263,11 @@ class Run:
         write_failed: VideoWriteError | None = None
         bar = tqdm(total=self.max_frames or src.frame_count, desc=src.name, unit="frame",
                    disable=self.quiet, file=sys.stderr, dynamic_ncols=True)
+        seen_before: dict[int, int] = {}  # --resume: each track's hits in recorded frames
         try:
             for index, _rgb, faces in video:
+                if index == last:
+                    seen_before = {t.track_id: t.hits for t in video.tracker.all_tracks()}
                 if self.alert and index > last:
                     event = self.alert.update(faces, spec, index)
                     if event:
@@ -281,7 +284,10 @@ class Run:
         finally:
             bar.close()
             src.close()
-            self.people[spec] = video.people()
+            # the people of the frames recorded now: tracks not seen since are left out
+            self.people[spec] = video.people(leaving_out={
+                t.track_id for t in video.tracker.all_tracks()
+                if t.hits <= seen_before.get(t.track_id, -1)})
             if video.written is not None:
                 self.outputs.append(video.written)
         if 0 <= last and 0 < video.frames <= last + 1 and write_failed is None:

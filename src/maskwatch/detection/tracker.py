@@ -172,12 +172,13 @@ class IoUTracker:
     def all_tracks(self) -> list[Track]:
         return self.finished + list(self.tracks.values())
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, leaving_out: set[int] = frozenset()) -> dict[str, int]:
         """People per class: each track that lived ``min_hits`` frames counts once, under the
-        label it carried most often."""
+        label it carried most often (tracks whose ids are in ``leaving_out`` do not)."""
         per = Counter()
         for t in self.all_tracks():
-            if t.hits >= self.min_hits and t.counted and t.labels_seen:
+            if (t.hits >= self.min_hits and t.counted and t.labels_seen
+                    and t.track_id not in leaving_out):
                 per[t.labels_seen.most_common(1)[0][0]] += 1
         return {k: per[k] for k in sort_classes(per)}
 

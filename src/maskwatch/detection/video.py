@@ -443,6 +443,7 @@ class TrackedVideo:
 
         return (width // k, height // k), render
 
-    def people(self) -> dict[str, int]:
-        """People per label: each track seen long enough counts once (see IoUTracker)."""
-        return self.tracker.counts()
+    def people(self, leaving_out: set[int] = frozenset()) -> dict[str, int]:
+        """People per label: each track seen long enough counts once (see IoUTracker),
+        but those whose track ids are in ``leaving_out``."""
+        return self.tracker.counts(leaving_out)
