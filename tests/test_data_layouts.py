@@ -297,3 +297,29 @@ def test_manifest_difficult_column_is_optional_and_checked(tmp_path):
     assert ds.empty_images == []
     assert [n.split(":", 2)[1:] for n in ds.notes] == [
         ["4", " difficult is 'maybe', not 1 or 0"], ["5", " unknown label ''"]]
+
+
+def test_audit_reads_photos_annotated_as_holding_no_face(tmp_path, capsys):
+    """Face-free photos are audited too: unreadable ones are listed, and one that is the
+    same photo as a scene with annotated faces is flagged (one annotation is wrong)."""
+    from maskwatch.cli import main
+    from maskwatch.data import audit_dataset
+
+    root = tmp_path / "voc"
+    scene(root / "images" / "a.png", seed=1)
+    write_voc(root / "annotations" / "a.xml", "a.png", [("with_mask", (2, 2, 30, 30))])
+    (root / "images" / "b.png").write_bytes((root / "images" / "a.png").read_bytes())
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(
+        root / "images" / "c.png")
+    (root / "images" / "d.png").write_bytes(b"not a png")
+    for name in "bcd":
+        write_voc(root / "annotations" / f"{name}.xml", f"{name}.png", [])
+    report = audit_dataset(load_dataset(root), workers=1, progress=False)
+    assert report["images"] == 1 and report["images_without_faces"] == 3
+    assert report["faceless_duplicates"] == [[str(root / "images" / "b.png"),
+                                              str(root / "images" / "a.png")]]
+    assert [u["path"] for u in report["unreadable"]] == [str(root / "images" / "d.png")]
+    assert main(["data", "audit", str(root), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "Photos annotated as holding no face: 3" in out and "images/b.png ~ images/a.png" in out

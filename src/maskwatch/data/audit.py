@@ -126,6 +126,10 @@ def audit_dataset(
     datasets only: a scene with boxes legitimately holds several labels),
     cross_split_groups (groups such as an image and its augmentations found in more than
     one split) with cross_split_group_samples (their samples per split), skipped and notes.
+    Photos annotated as holding no face (``ds.empty_images``) are read too:
+    images_without_faces counts them, their unreadable ones join ``unreadable``, and
+    faceless_duplicates lists those that are the same or a near-same photo as one with
+    annotated faces (one of the two annotations is wrong).
     """
     paths = ds.images()
     facts = inspect_all(paths, workers=workers, progress=progress)
@@ -181,6 +185,16 @@ def audit_dataset(
     spanning = {g for g, sp in group_splits.items() if len(sp) > 1}
     group_leak = Counter(s.split or "-" for s in ds.samples if s.group in spanning)
 
+    empty = [p for p in dict.fromkeys(ds.empty_images) if p not in index]
+    empty_facts = inspect_all(empty, workers=workers, progress=False) if empty else []
+    faceless = []  # a photo annotated as empty that is a photo annotated with faces
+    if empty:
+        both = near_pairs([f.phash for f in facts] + [f.phash for f in empty_facts],
+                          max_distance)
+        n = len(paths)
+        faceless = sorted({(str(empty[max(a, b) - n]), str(paths[min(a, b)]))
+                           for a, b, _ in both if (a < n) != (b < n)})
+
     return {
         "root": str(ds.root),
         "layout": ds.layout,
@@ -192,7 +206,8 @@ def audit_dataset(
         "sizes": {"width": _stats([f.width for f in ok]), "height": _stats([f.height for f in ok])},
         "formats": dict(Counter(f.format for f in ok).most_common()),
         "modes": dict(Counter(f.mode for f in ok).most_common()),
-        "unreadable": [{"path": f.path, "error": f.error} for f in facts if f.error],
+        "unreadable": [{"path": f.path, "error": f.error}
+                       for f in (*facts, *empty_facts) if f.error],
         "misnamed": [{"path": f.path, "format": f.format} for f in ok if f.misnamed],
         "duplicate_groups": [[str(paths[i]) for i in g] for g in dup_groups],
         "duplicate_groups_cross_split": len(exact_cross_split),
@@ -208,6 +223,8 @@ def audit_dataset(
         "skipped": dict(ds.skipped),
         "clipped_boxes": ds.clipped,
         "notes": ds.notes[:50],
+        "images_without_faces": len(empty),
+        "faceless_duplicates": [list(pair) for pair in faceless],
     }
 
 
@@ -277,4 +294,8 @@ def format_report(r: dict, examples: int = 5) -> str:
                 + ", ".join(f"{k} {v:,}" for k, v in r["cross_split_group_samples"].items())]
     listing("Near-duplicate clusters under more than one label",
             [fmt_group(g) for g in r["cross_label_duplicates"]])
+    if r.get("images_without_faces"):
+        out += ["", f"Photos annotated as holding no face: {r['images_without_faces']:,}"]
+        listing("Of them the same or a near-same photo as one with annotated faces",
+                [f"{rel(a)} ~ {rel(b)}" for a, b in r["faceless_duplicates"]])
     return "\n".join(out)
