@@ -323,3 +323,20 @@ def test_audit_reads_photos_annotated_as_holding_no_face(tmp_path, capsys):
     assert main(["data", "audit", str(root), "-q"]) == 0
     out = capsys.readouterr().out
     assert "Photos annotated as holding no face: 3" in out and "images/b.png ~ images/a.png" in out
+
+
+def test_yolo_label_without_its_image_is_named(tmp_path):
+    scene(tmp_path / "images" / "a.jpg")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.4\n")
+    (tmp_path / "labels" / "gone.txt").write_text("0 0.5 0.5 0.2 0.4\n")
+    ds = load_dataset(tmp_path, names="mask")
+    assert ds.skipped["image not found"] == 1
+    assert any("gone.txt" in n for n in ds.notes)
+
+
+def test_manifest_with_only_a_header_is_refused(tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,split,source,group,x1,y1,x2,y2\n")
+    with pytest.raises(LayoutError, match="no rows"):
+        load_dataset(manifest)

@@ -190,3 +190,64 @@ def test_split_and_crop_carry_difficult_faces_and_face_free_photos(voc, tmp_path
         rows = read_rows(crops / "manifest.csv")
         assert len(rows) == 18 and all(r["label"] for r in rows)
         assert sum(r["difficult"] == "1" for r in rows) == 1
+
+
+def _voc_scenes(root, n, box, size=96):
+    """``n`` VOC scenes of one with_mask face each, at ``box``."""
+    from conftest import write_face
+
+    (root / "annotations").mkdir(parents=True)
+    for i in range(n):
+        write_face(root / "images" / f"s{i}.jpg", seed=i, size=size)
+        (root / "annotations" / f"s{i}.xml").write_text(
+            f"<annotation><filename>s{i}.jpg</filename><object><name>with_mask</name>"
+            f"<bndbox><xmin>{box[0]}</xmin><ymin>{box[1]}</ymin><xmax>{box[2]}</xmax>"
+            f"<ymax>{box[3]}</ymax></bndbox></object></annotation>")
+    return root
+
+
+def test_split_says_when_a_split_is_left_empty(tmp_path, make_face, capsys):
+    for i in range(3):
+        make_face(tmp_path / "few" / "with_mask" / f"{i}.jpg", seed=i)
+    assert main(["data", "split", str(tmp_path / "few"), "-o", str(tmp_path / "out"),
+                 "-q", "-j"]) == 0
+    captured = capsys.readouterr()
+    assert "split test is empty" in captured.err
+    assert json.loads(captured.out)["empty_splits"] == ["test"]
+
+
+def test_split_into_a_file_is_one_clear_error(tmp_path, make_face, capsys):
+    make_face(tmp_path / "d" / "with_mask" / "a.jpg")
+    (tmp_path / "afile").write_text("x")
+    assert main(["data", "split", str(tmp_path / "d"), "-o", str(tmp_path / "afile"),
+                 "-q"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_crop_with_every_face_too_small_writes_nothing(tmp_path, capsys):
+    voc = _voc_scenes(tmp_path / "voc", 3, (1, 1, 9, 9))
+    out = tmp_path / "crops"
+    assert main(["data", "crop", str(voc), "-o", str(out), "-q"]) == 2
+    assert "smaller than --min-size 16" in capsys.readouterr().err
+    assert not out.exists()  # no header-only manifest for a later command to accept
+
+
+def test_interrupted_crop_leaves_no_partial_set(tmp_path, monkeypatch):
+    import maskwatch.imaging
+
+    voc = _voc_scenes(tmp_path / "voc", 12, (8, 8, 80, 80))
+    out = tmp_path / "crops"
+    real, calls = maskwatch.imaging.save_rgb, []
+
+    def save_then_stop(path, rgb, *a, **k):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(path, rgb, *a, **k)
+
+    monkeypatch.setattr(maskwatch.imaging, "save_rgb", save_then_stop)
+    assert main(["data", "crop", str(voc), "-o", str(out), "-q"]) == 130
+    assert not out.exists() or not any(out.rglob("*"))
+    monkeypatch.setattr(maskwatch.imaging, "save_rgb", real)
+    assert main(["data", "crop", str(voc), "-o", str(out), "-q"]) == 0  # no --overwrite
+    assert len(load_dataset(out / "manifest.csv")) == 12

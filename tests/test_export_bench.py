@@ -164,6 +164,15 @@ def test_bench_scenes_says_why_it_skips_without_the_datasets(tmp_path, capsys, m
     assert "MASKWATCH_DATASETS" in report["scenes"]["skipped"]
 
 
+def test_bench_section_with_unreadable_data_fails_alone(tmp_path, capsys, monkeypatch):
+    (tmp_path / "face-mask-detection-853").mkdir()  # there, but empty
+    monkeypatch.setenv("MASKWATCH_DATASETS", str(tmp_path))
+    assert main(["bench", "--json", "--sections", "scenes", "phone_size"]) == 1
+    report = json.loads(capsys.readouterr().out)  # the report is still printed
+    assert "folder is empty" in report["scenes"]["error"]
+    assert "folder is empty" in report["phone_size"]["error"]
+
+
 def test_bench_batch_times_a_real_run(tmp_path):
     from maskwatch.bench import bench_batch
     from maskwatch.inference.classifier import bundled_model_path

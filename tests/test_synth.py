@@ -223,3 +223,30 @@ def test_synthetic_faces_never_reach_val_or_test(tmp_path, capsys):
     assert main(["evaluate", "--data", str(tmp_path / "m" / "manifest.csv"), "--split", "all",
                  "--json", "--threads", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 1
+
+
+def test_cli_refuses_to_make_nothing(tmp_path, capsys):
+    noise = tmp_path / "noise"
+    for i in range(2):  # no face: YuNet finds no landmarks
+        rgb = np.random.default_rng(i).integers(0, 256, (80, 80, 3), dtype=np.uint8)
+        write_image(noise / "without_mask" / f"{i}.png", rgb)
+    out = tmp_path / "synth"
+    assert main(["data", "synth-incorrect", str(noise), "--out", str(out), "--quiet"]) == 2
+    assert "no landmarks 4" in capsys.readouterr().err
+    assert not (out / "manifest.csv").exists()  # no empty manifest taken as a whole one
+    masked = tmp_path / "masked"
+    write_image(masked / "with_mask" / "0.png", _face(masked_head()))
+    assert main(["data", "synth-incorrect", str(masked), "--out", str(out), "--quiet",
+                 "--kinds", "nose,chin"]) == 2
+    assert "without_mask faces for nose, chin" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("inside", [".", "synth"])
+def test_cli_refuses_output_inside_a_class_folder_dataset(tmp_path, capsys, inside):
+    data = tmp_path / "data"
+    write_image(data / "without_mask" / "0.png", _face(head()))
+    write_image(data / "with_mask" / "0.png", _face(masked_head()))
+    assert main(["data", "synth-incorrect", str(data), "--out", str(data / inside),
+                 "--quiet"]) == 2
+    assert "inside the dataset folder" in capsys.readouterr().err
+    assert len(load_dataset(data)) == 2  # a later run reads no made-up face as a real one

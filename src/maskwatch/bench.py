@@ -955,7 +955,8 @@ def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
               soak_seconds: float = 30.0, soak_clients: int = 16,
               watch_events: int = 1_000_000, watch_frames: int = 250,
               log: Callable[[str], None] = lambda m: None) -> dict:
-    """Run the chosen sections and return one dict of results."""
+    """Run the chosen sections and return one dict of results; a section that fails with a
+    MaskwatchError (its data unreadable) reports ``{"error": message}`` and the rest run."""
     import onnxruntime
 
     from maskwatch.inference.classifier import Classifier, bundled_model_path
@@ -990,7 +991,11 @@ def run_bench(sections=SECTIONS, model: str | None = None, threads: int = 2,
             if name in jobs:
                 log(f"bench: {name}")
                 start = time.perf_counter()
-                report[name] = jobs[name]()
+                try:
+                    report[name] = jobs[name]()
+                except MaskwatchError as exc:  # bad data for one section: keep the others
+                    log(f"bench: {name} failed: {exc}")
+                    report[name] = {"error": str(exc)}
                 report[name]["bench_seconds"] = round(time.perf_counter() - start, 1)
     report["memory"] = {"peak_rss_mb": peak_memory_mb()}
     return report

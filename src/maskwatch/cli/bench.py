@@ -78,4 +78,4 @@ def run(args) -> int:
         print_json(report)
     else:
         _print_table(report)
-    return 0
+    return 1 if any(isinstance(v, dict) and "error" in v for v in report.values()) else 0

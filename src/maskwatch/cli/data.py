@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from maskwatch.cli.common import (
     add_command,
@@ -150,6 +151,9 @@ def run_audit(args) -> int:
 
 
 def _print_summary(summary: dict, args) -> None:
+    for name in summary.get("empty_splits", ()):
+        print(f"maskwatch: warning: split {name} is empty: too few faces or groups for "
+              f"--ratios {' '.join(map(str, args.ratios))}", file=sys.stderr)
     if args.json:
         print_json(summary)
         return
@@ -198,6 +202,11 @@ def run_synth(args) -> int:
     from maskwatch.errors import MaskwatchError
 
     ds = _load(args)
+    out, root = Path(args.out).resolve(), ds.root.resolve()
+    if ds.layout == "class-folders" and (out == root or root in out.parents):
+        raise MaskwatchError(f"-o {args.out}: inside the dataset folder {ds.root}, where a "
+                             "later run would read the made-up faces as real ones; choose a "
+                             "folder outside it")
     if args.split == "all":
         samples = ds.samples
     else:

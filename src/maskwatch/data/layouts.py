@@ -426,6 +426,7 @@ def _load_yolo(root: Path, labels: Path, img_dir: Path, mapping, names) -> Datas
                     if p.suffix.lower() in IMAGE_SUFFIXES), None)
         if img is None:
             skipped["image not found"] += 1
+            notes.append(f"{txt}: no image {rel.stem}.* in {img_dir / rel.parent}")
             continue
         split = normalise_split(rel.parts[0]) if len(rel.parts) > 1 else None
         size = _image_size(img)

@@ -225,7 +225,7 @@ def load_manifest(path: str | Path) -> Dataset:
     difficult). A bad row (unknown label or split, a box that is not numbers, NaN,
     infinite or huge, a difficult flag other than 1/0/true/false/yes/no/empty, a field the
     csv module refuses) is skipped and noted in one line; the rest is read. LayoutError
-    when no row is usable.
+    when no row is usable (or there is none).
     """
     path = Path(path)
     if not path.is_file():
@@ -289,8 +289,9 @@ def load_manifest(path: str | Path) -> Dataset:
                 raise LayoutError(f"{path}:{n}: synthetic sample in split {split!r}; made-up "
                                   "faces may only be in train")
             out.append(sample)
-    if not out and not empty and notes:  # nothing usable: the first reason is the error
-        raise LayoutError(notes[0])
+    if not out and not empty:  # nothing usable: the first reason is the error
+        raise LayoutError(notes[0] if notes else f"{path}: manifest has no rows (only a "
+                          "header): no face to read")
     return Dataset(base, "manifest", out, skipped, notes,
                    empty_images=list(dict.fromkeys(empty)))
 

@@ -140,10 +140,16 @@ def split_with_empty(
         "splits": {n: dict(sorted(Counter(s.label for s in kept if s.split == n).items()))
                    for n in SPLITS if any(s.split == n for s in kept)},
     }
+    summary["empty_splits"] = empty_splits(summary["splits"], ratios)
     if kept_empty:
         counts = Counter(split for _, split in kept_empty)
         summary["images_without_faces"] = {n: counts[n] for n in SPLITS if counts[n]}
     return kept, kept_empty, summary
+
+
+def empty_splits(splits: dict, ratios) -> list[str]:
+    """The splits given a positive ratio that got no face (too few groups for the ratios)."""
+    return [n for n, r in zip(SPLITS, parse_ratios(ratios)) if r > 0 and not splits.get(n)]
 
 
 def write_split(ds: Dataset, out_dir: str | Path, ratios, seed: int, force: bool = False,
@@ -151,6 +157,8 @@ def write_split(ds: Dataset, out_dir: str | Path, ratios, seed: int, force: bool
     """Split ``ds`` and write ``out_dir/manifest.csv`` (never replaced unless ``force``),
     face-free images included (see :func:`split_with_empty`)."""
     manifest = Path(out_dir) / "manifest.csv"
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise MaskwatchError(f"{out_dir}: exists and is not a folder")
     if manifest.exists() and not force:
         raise MaskwatchError(f"{manifest}: already exists (use --overwrite to replace it)")
     samples, empty, summary = split_with_empty(ds, ratios, seed, workers=workers,
@@ -162,6 +170,18 @@ def write_split(ds: Dataset, out_dir: str | Path, ratios, seed: int, force: bool
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "face"
+
+
+def _remove_new(files: list[Path], out: Path) -> None:
+    """Delete ``files`` and the folders under ``out`` that this leaves empty."""
+    for f in files:
+        f.unlink(missing_ok=True)
+    for folder in sorted({p for f in files for p in f.parents if out in p.parents},
+                         key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (other files), or gone
+            pass
 
 
 def crop_dataset(
@@ -180,8 +200,9 @@ def crop_dataset(
     Faces whose box is smaller than ``min_size`` px (width or height) are skipped. Writes
     ``out_dir/manifest.csv`` (group = scene). Difficult faces are real faces: they are
     cropped like the others and keep their flag; images annotated as holding no face have
-    nothing to crop. Refuses a non-empty ``out_dir`` unless
-    ``force``; never deletes anything.
+    nothing to crop. Refuses a non-empty ``out_dir`` unless ``force``; never deletes
+    anything but the crops of a run that stops early (Ctrl-C), which it removes, so no
+    partial set is taken for a whole one. MaskwatchError when no face can be cropped.
     """
     from tqdm import tqdm
 
@@ -199,37 +220,52 @@ def crop_dataset(
         raise MaskwatchError(f"{out}: folder is not empty (use --overwrite to write into it)")
     if margin < 0:
         raise MaskwatchError(f"--margin {margin}: must be >= 0")
+    if not any(s.box and min(s.box[2] - s.box[0], s.box[3] - s.box[1]) >= min_size
+               for s in ds.samples):
+        raise MaskwatchError(f"{ds.root}: all {len(ds.samples):,} faces are smaller than "
+                             f"--min-size {min_size} px; nothing to crop")
     samples, summary = split_dataset(ds, ratios, seed, workers=workers, progress=progress)
     by_image: dict[Path, list[Sample]] = defaultdict(list)
     for s in samples:
         by_image[s.path].append(s)
     written: list[Sample] = []
+    new_files: list[Path] = []  # written by this run over nothing: removed if it stops
     small, failed = 0, []
-    for path, faces in tqdm(by_image.items(), desc="crop", unit="scene", disable=not progress,
-                            leave=False):
-        try:
-            rgb = load_rgb(path)
-        except ImageError as exc:
-            failed.append(str(exc))
-            continue
-        for k, s in enumerate(faces):
-            x1, y1, x2, y2 = s.box
-            if min(x2 - x1, y2 - y1) < min_size:
-                small += 1
-                continue
+    try:
+        for path, faces in tqdm(by_image.items(), desc="crop", unit="scene",
+                                disable=not progress, leave=False):
             try:
-                face = crop(rgb, s.box, margin)
-            except ImageError:
-                small += 1
+                rgb = load_rgb(path)
+            except ImageError as exc:
+                failed.append(str(exc))
                 continue
-            dest = out / s.split / s.label / f"{_safe(s.group or path.stem)}_{k}.jpg"
-            save_rgb(dest, face)
-            written.append(Sample(dest, s.label, s.split, s.source, s.group, None,
-                                  s.difficult))
-    write_manifest(out / "manifest.csv", written, force=True)
+            for k, s in enumerate(faces):
+                x1, y1, x2, y2 = s.box
+                if min(x2 - x1, y2 - y1) < min_size:
+                    small += 1
+                    continue
+                try:
+                    face = crop(rgb, s.box, margin)
+                except ImageError:
+                    small += 1
+                    continue
+                dest = out / s.split / s.label / f"{_safe(s.group or path.stem)}_{k}.jpg"
+                if not dest.exists():
+                    new_files.append(dest)
+                save_rgb(dest, face)
+                written.append(Sample(dest, s.label, s.split, s.source, s.group, None,
+                                      s.difficult))
+        if not written:
+            raise MaskwatchError(f"{ds.root}: no face cropped ({small:,} too small, "
+                                 f"{len(failed):,} unreadable image(s)); nothing written")
+        write_manifest(out / "manifest.csv", written, force=True)
+    except BaseException:  # Ctrl-C, a full disk: no partial set of crops left behind
+        _remove_new(new_files, out)
+        raise
     summary.update({
         "written": len(written), "too_small": small, "unreadable": failed, "out": str(out),
         "splits": {n: dict(sorted(Counter(s.label for s in written if s.split == n).items()))
                    for n in SPLITS if any(s.split == n for s in written)},
     })
+    summary["empty_splits"] = empty_splits(summary["splits"], ratios)
     return summary

@@ -331,7 +331,8 @@ def synthesise(
     Bare faces (without_mask) give ``nose``/``chin``/``worn`` faces and, with masks taken
     from the masked faces among ``samples``, ``swap-nose``/``swap-chin`` ones; masked faces
     give ``moved`` ones; ``per_face`` variants of each chosen kind; faces YuNet finds no
-    landmarks on are skipped for the drawn kinds. Returns a summary."""
+    landmarks on are skipped for the drawn kinds. Returns a summary; MaskwatchError (and
+    no manifest) when no face has the label a kind needs or none could be made."""
     from tqdm import tqdm
 
     from maskwatch.data.model import read_face
@@ -350,6 +351,10 @@ def synthesise(
     wanted = {WITHOUT_MASK: [k for k in kinds if k in DRAWN or k in SWAPPED],
               WITH_MASK: [k for k in kinds if k == "moved"]}
     chosen = [s for s in samples if wanted.get(s.label)]
+    if not chosen:
+        need = [f"{label} faces for {', '.join(ks)}" for label, ks in wanted.items() if ks]
+        raise MaskwatchError(f"no face to make synthetic ones from: {' and '.join(need)} "
+                             "are needed")
     rng = np.random.default_rng(seed)
     rng.shuffle(chosen)
     if limit is not None:
@@ -393,6 +398,10 @@ def synthesise(
                                       f"{SYNTHETIC_SOURCE}:{kind}:{s.path}",
                                       s.group or str(s.path), None))
                 made[kind] += 1
+    if not written:
+        why = ", ".join(f"{k} {v:,}" for k, v in skipped.items()) or "none"
+        raise MaskwatchError(f"no synthetic face made from {len(chosen):,} faces (skipped: "
+                             f"{why}); nothing written")
     write_manifest(manifest, written, force=True)
     return {"manifest": str(manifest), "written": len(written), "from_faces": len(chosen),
             "kinds": dict(made), "skipped": dict(skipped)}
