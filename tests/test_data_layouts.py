@@ -184,11 +184,16 @@ def test_yolo_labels(tmp_path, names_source):
         (tmp_path / "data.yaml").write_text("names:\n  0: mask\n  1: no-mask\nnc: 2\n")
     else:
         names = "mask,no-mask"
+    scene(tmp_path / "images" / "val" / "nobody.jpg", size=(100, 50))  # an empty label file
+    (tmp_path / "labels" / "val").mkdir()
+    (tmp_path / "labels" / "val" / "nobody.txt").write_text("")
     ds = load_dataset(tmp_path, names=names)
     assert ds.layout == "yolo"
     assert [(s.label, s.split, s.box) for s in ds.samples] == [
         ("with_mask", "train", (40, 15, 60, 35)), ("without_mask", "train", (0, 0, 15, 10))]
     assert ds.skipped["bad label line"] == 1
+    nobody = tmp_path / "images" / "val" / "nobody.jpg"
+    assert ds.empty_images == [nobody] and ds.empty_splits == {nobody: "val"}
 
 
 def test_yolo_without_names_is_a_clear_error(tmp_path):

@@ -331,3 +331,33 @@ def test_evaluate_detection_same_on_voc_and_its_manifest(tmp_path, capsys, monke
     assert (r["images"], r["faces"], r["difficult_faces"], r["images_without_faces"]) == (
         4, 2, 1, 2)
     assert r["false_boxes_per_image"] >= 0.25  # the face on c.jpg
+
+
+def test_scenes_of_one_split(tmp_path, capsys):
+    """--split keeps the scenes `data split` put in a split, face-free photos included (a
+    manifest keeps their split); data without splits is read whole; a split the data lacks
+    is one line naming those it has."""
+    from maskwatch.data import Sample, write_manifest
+
+    def img(name: str):
+        return tmp_path / f"{name}.jpg"
+
+    samples = [Sample(img("a"), "with_mask", "train", "s", "a", (0, 0, 10, 10)),
+               Sample(img("b"), "without_mask", "test", "s", "b", (0, 0, 10, 10)),
+               Sample(img("b"), "with_mask", "test", "s", "b", (20, 0, 30, 10))]
+    m = write_manifest(tmp_path / "m.csv", samples,
+                       empty_images=[(img("e"), "test"), (img("f"), "train"), img("g")])
+
+    def names(split: str) -> list[str]:
+        return [s.path.name for s in load_scenes(m, split=split)]
+
+    assert names("all") == ["a.jpg", "b.jpg", "e.jpg", "f.jpg", "g.jpg"]
+    assert names("test") == ["b.jpg", "e.jpg"] and names("train") == ["a.jpg", "f.jpg"]
+    with pytest.raises(LayoutError, match=r"no scene in split 'val' \(the data has: none, "
+                                          r"test, train\)"):
+        load_scenes(m, split="val")
+    assert main(["evaluate-detection", "--data", str(m), "--split", "val", "-q"]) == 2
+    assert "no scene in split 'val'" in capsys.readouterr().err
+    whole = write_manifest(tmp_path / "n.csv", [Sample(img("a"), "with_mask", None, "s", "a",
+                                                       (0, 0, 10, 10))])
+    assert [s.path.name for s in load_scenes(whole, split="test")] == ["a.jpg"]

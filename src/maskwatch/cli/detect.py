@@ -124,12 +124,16 @@ def register(subparsers) -> None:
         examples=[
             "maskwatch evaluate-detection -d face-mask-detection/",
             "maskwatch evaluate-detection -d scenes.csv --upscale --face-threshold 0.2 -j",
+            "maskwatch evaluate-detection -d split/manifest.csv --split test",
         ],
     )
     e.add_argument("-d", "--data", required=True, metavar="DIR",
                    help="dataset with boxes, e.g. annotations/*.xml + images/")
     e.add_argument("-j", "--json", action="store_true", help="print one JSON object on stdout")
     e.add_argument("--limit", type=positive_int, default=None, help="only the first N scenes")
+    e.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                   help="only the scenes of this split, as `data split` assigned them "
+                   "(data without splits is read whole) (default: all)")
     add_model_argument(e)
     e.add_argument("--faces-only", action="store_true",
                    help="score the face detector alone (no classifier, no AP)")
@@ -197,13 +201,15 @@ def run_evaluate(args) -> int:
     from maskwatch.detection.pipeline import Detector
 
     scenes = load_scenes(args.data, args.limit,
-                         warn=None if args.quiet else lambda m: note(f"warning: {m}"))
+                         warn=None if args.quiet else lambda m: note(f"warning: {m}"),
+                         split=args.split)
     detector = Detector(**detector_options(args))
     report = evaluate_detection(
         scenes, detector.detect, recall_iou=args.recall_iou, progress=not args.quiet,
         on_error=lambda msg: note(f"error: {msg}"),
         count_threshold=detector.count_threshold, read=detector.read,  # as detect reads
     )
+    report["split"] = args.split
     report["detector"] = detector.face_detector.name
     report["face_threshold"] = detector.face_detector.threshold
     report["min_face"] = detector.min_face
@@ -222,7 +228,8 @@ LOOSE_HINT = 0.3
 
 def _print_report(r: dict) -> None:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    print(f"{r['images']} scenes, {r['faces']} faces; detector {r['detector']} "
+    split = "" if r.get("split", "all") == "all" else f" of split {r['split']}"
+    print(f"{r['images']} scenes{split}, {r['faces']} faces; detector {r['detector']} "
           f"(threshold {r['face_threshold']}), {r['ms_per_image']:.1f} ms per image")
     if r.get("difficult_faces") or r.get("images_without_faces"):
         print(f"  also {r.get('difficult_faces', 0)} difficult faces (neither found nor "

@@ -36,27 +36,39 @@ class Scene:
 
 
 def load_scenes(root: str | Path, limit: int | None = None,
-                warn: Callable[[str], None] | None = None) -> list[Scene]:
+                warn: Callable[[str], None] | None = None, split: str = "all") -> list[Scene]:
     """Annotated scenes of a dataset with boxes, read with ``maskwatch.data.load_dataset``
     (any layout it knows: VOC, YOLO, CSV), with each box's difficult flag; images annotated
     as holding no face (``Dataset.empty_images``) are scenes without boxes. ``warn`` gets
-    each line of what reading left out (``Dataset.loading_warnings``)."""
-    from maskwatch.data import load_dataset
+    each line of what reading left out (``Dataset.loading_warnings``). ``split``: only the
+    scenes of that split (train, val, test; ``all``: every one); data without splits is
+    read whole, and a split the data lacks is an error naming those it has."""
+    from maskwatch.data import load_dataset, normalise_split
 
     ds = load_dataset(root)
     if warn is not None:
         for line in ds.loading_warnings():
             warn(line)
+    wanted = None if split == "all" else normalise_split(split) or split
+    present = ({s.split for s in ds.samples if s.box is not None}
+               | {ds.empty_splits.get(p) for p in ds.empty_images})
+    if wanted is not None and present - {None}:
+        if wanted not in present:
+            names = ", ".join(sorted(p or "none" for p in present))
+            raise LayoutError(f"{root}: no scene in split {split!r} (the data has: {names})")
+    else:
+        wanted = None
     scenes: dict[Path, Scene] = {}
     for s in ds.samples:
-        if s.box is None:
+        if s.box is None or (wanted is not None and s.split != wanted):
             continue
         scene = scenes.setdefault(Path(s.path), Scene(path=Path(s.path)))
         scene.boxes.append(tuple(int(round(v)) for v in s.box))
         scene.labels.append(s.label)
         scene.difficult.append(bool(s.difficult))
     for path in ds.empty_images:  # an image annotated in two places keeps its boxes
-        scenes.setdefault(Path(path), Scene(path=Path(path)))
+        if wanted is None or ds.empty_splits.get(path) == wanted:
+            scenes.setdefault(Path(path), Scene(path=Path(path)))
     if not scenes:
         raise LayoutError(f"{root}: no face boxes found (need a dataset of scenes with boxes)")
     out = sorted(scenes.values(), key=lambda sc: _natural(sc.path.name))
