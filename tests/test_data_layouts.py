@@ -193,7 +193,7 @@ def test_yolo_labels(tmp_path, names_source):
         ("with_mask", "train", (40, 15, 60, 35)), ("without_mask", "train", (0, 0, 15, 10))]
     assert ds.skipped["bad label line"] == 1
     nobody = tmp_path / "images" / "val" / "nobody.jpg"
-    assert ds.empty_images == [nobody] and ds.empty_splits == {nobody: "val"}
+    assert ds.empty_images == [nobody] and ds.empty_image_splits == {nobody: "val"}
 
 
 def test_yolo_without_names_is_a_clear_error(tmp_path):

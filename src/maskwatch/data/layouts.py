@@ -418,7 +418,7 @@ def _load_yolo(root: Path, labels: Path, img_dir: Path, mapping, names) -> Datas
     skipped: Counter = Counter()
     notes: list[str] = []
     empty: list[Path] = []  # an empty label file: annotated as holding no face
-    empty_splits: dict[Path, str] = {}
+    empty_image_splits: dict[Path, str] = {}
     for txt in sorted(labels.rglob("*.txt")):
         if txt.name == "classes.txt":
             continue
@@ -441,7 +441,7 @@ def _load_yolo(root: Path, labels: Path, img_dir: Path, mapping, names) -> Datas
         if not text.strip():
             empty.append(img)
             if split is not None:
-                empty_splits[img] = split
+                empty_image_splits[img] = split
             continue
         for n, line in enumerate(text.splitlines(), start=1):
             parts = line.split()
@@ -465,7 +465,7 @@ def _load_yolo(root: Path, labels: Path, img_dir: Path, mapping, names) -> Datas
             _add_box(samples, skipped, notes, img, name, box, size, mapping, root.name, group,
                      split, where=f"{txt}:{n}")
     return Dataset(root, "yolo", samples, skipped, notes,
-                   empty_images=list(dict.fromkeys(empty)), empty_splits=empty_splits)
+                   empty_images=list(dict.fromkeys(empty)), empty_image_splits=empty_image_splits)
 
 
 # ---------------------------------------------------------------- entry point

@@ -68,8 +68,9 @@ class Dataset:
     ``empty_images``: images annotated as holding no face (a Pascal VOC file without
     ``<object>``, an empty YOLO label file); they have no samples, but a detector's boxes
     there are false ones (see ``maskwatch.detection.evaluate.load_scenes``). Manifests keep
-    them as rows without label and box. ``empty_splits``: the split of such an image where
-    the data says it (a manifest row's split, a YOLO ``labels/<split>/`` folder).
+    them as rows without label and box. ``empty_image_splits``: the split of such an
+    image where the data says it (a manifest row's split, a YOLO ``labels/<split>/``
+    folder).
     """
 
     root: Path
@@ -79,7 +80,7 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
     clipped: int = 0
     empty_images: list[Path] = field(default_factory=list)
-    empty_splits: dict[Path, str] = field(default_factory=dict)
+    empty_image_splits: dict[Path, str] = field(default_factory=dict)
 
     @property
     def classes(self) -> list[str]:
@@ -235,7 +236,7 @@ def load_manifest(path: str | Path) -> Dataset:
     base = path.parent
     out: list[Sample] = []
     empty: list[Path] = []
-    empty_splits: dict[Path, str] = {}
+    empty_image_splits: dict[Path, str] = {}
     skipped: Counter = Counter()
     notes: list[str] = []
 
@@ -263,7 +264,7 @@ def load_manifest(path: str | Path) -> Dataset:
                 p = p if p.is_absolute() else base / p
                 empty.append(p)
                 if split is not None:
-                    empty_splits[p] = split
+                    empty_image_splits[p] = split
                 continue
             if label not in CANONICAL:
                 skip(n, f"unknown label {label[:80]!r}")
@@ -299,7 +300,7 @@ def load_manifest(path: str | Path) -> Dataset:
         raise LayoutError(notes[0] if notes else f"{path}: manifest has no rows (only a "
                           "header): no face to read")
     return Dataset(base, "manifest", out, skipped, notes,
-                   empty_images=list(dict.fromkeys(empty)), empty_splits=empty_splits)
+                   empty_images=list(dict.fromkeys(empty)), empty_image_splits=empty_image_splits)
 
 
 def read_manifest(path: str | Path) -> list[Sample]:

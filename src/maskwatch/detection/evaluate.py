@@ -51,7 +51,7 @@ def load_scenes(root: str | Path, limit: int | None = None,
             warn(line)
     wanted = None if split == "all" else normalise_split(split) or split
     present = ({s.split for s in ds.samples if s.box is not None}
-               | {ds.empty_splits.get(p) for p in ds.empty_images})
+               | {ds.empty_image_splits.get(p) for p in ds.empty_images})
     if wanted is not None and present - {None}:
         if wanted not in present:
             names = ", ".join(sorted(p or "none" for p in present))
@@ -67,7 +67,7 @@ def load_scenes(root: str | Path, limit: int | None = None,
         scene.labels.append(s.label)
         scene.difficult.append(bool(s.difficult))
     for path in ds.empty_images:  # an image annotated in two places keeps its boxes
-        if wanted is None or ds.empty_splits.get(path) == wanted:
+        if wanted is None or ds.empty_image_splits.get(path) == wanted:
             scenes.setdefault(Path(path), Scene(path=Path(path)))
     if not scenes:
         raise LayoutError(f"{root}: no face boxes found (need a dataset of scenes with boxes)")
