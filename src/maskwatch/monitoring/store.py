@@ -380,9 +380,9 @@ class Store:
         and label, with totals and compliance two ways: ``compliance``, the with_mask share
         of labelled people, and ``compliance_by_probability``, their mean P(with_mask).
         Labels follow the alarm threshold, tuned to miss few bare faces, so they can call
-        more people unmasked than are (``detect`` on the 853 test scenes: 27.9% of faces by
-        label, 17.6% annotated, 22.3% by mean probability). People stored before schema 3
-        have no probability and count only in ``compliance``."""
+        more people unmasked than are (the pipeline on the 853 test scenes, evaluate-detection's
+        ``counting.shares``: 27.9% of counted faces by label, 17.6% annotated, 22.3% by mean
+        probability). People stored before schema 3 count only in ``compliance``."""
         if bucket not in BUCKETS:
             raise MaskwatchError(f"bucket must be one of {', '.join(BUCKETS)}, got {bucket!r}")
         size = BUCKETS[bucket]
