@@ -39,12 +39,10 @@ def _history(tmp_path) -> SimpleNamespace:
         for i in range(4):
             t = now - 3 * 3600 + hour * 3600 - 60 * i - 300
             rows.append({"source": "front", "track_id": len(rows), "label": "with_mask",
-                         "first_seen": t, "last_seen": t + 4, "frames": 20, "score": 0.9,
-                         "with_mask_p": 0.9})
+                         "first_seen": t, "last_seen": t + 4, "frames": 20, "score": 0.9})
             rows.append({"source": "back", "track_id": len(rows),
                          "label": "without_mask" if i % 2 else "with_mask",
-                         "first_seen": t, "last_seen": t + 6, "frames": 30, "score": 0.8,
-                         "with_mask_p": 0.1 if i % 2 else 0.85})
+                         "first_seen": t, "last_seen": t + 6, "frames": 30, "score": 0.8})
     snap = snaps / "back" / "latest.jpg"
     save_rgb(snap, face_array(3, size=96))
     rows.append({"source": "back", "track_id": 99, "label": "without_mask",
@@ -77,18 +75,9 @@ def test_dashboard_draws_history_and_refreshes_itself(browser, tmp_path):
         page.wait_for_function("() => +document.getElementById('dash').dataset.updates >= 1",
                                timeout=15000)
         # the chart: one line per source, drawn in the page (no external script)
-        series = page.locator("#chart svg path.series:not(.estimate)")
+        series = page.locator("#chart svg path.series")
         assert sorted(series.evaluate_all("ps => ps.map(p => p.dataset.source)")) == [
             "back", "front"]
-        # and dashed, the mean probability: the front door's 0.9 a flat line under 100 %
-        estimates = page.locator("#chart svg path.series.estimate")
-        assert sorted(estimates.evaluate_all("ps => ps.map(p => p.dataset.source)")) == [
-            "back", "front"]
-        front_d = page.get_attribute("#chart path.estimate[data-source=front]", "d")
-        ys = {float(pt.split(",")[1]) for pt in front_d.replace("M", " ").replace("L", " ")
-              .split()}
-        top, bottom = 14, 280 - 34  # the chart's T and H - B: y of 100 % and of 0 %
-        assert len(ys) == 1 and ys.pop() == pytest.approx(top + (bottom - top) * 0.1, abs=0.1)
         assert page.locator("#chart svg circle").count() >= 8
         front_y = page.evaluate("() => [...document.querySelectorAll('#chart circle')]"
                                 ".filter(c => c.getAttribute('fill') === "
@@ -100,12 +89,6 @@ def test_dashboard_draws_history_and_refreshes_itself(browser, tmp_path):
         with_mask = page.locator("#counts tr[data-label=with_mask] td.total").inner_text()
         without = page.locator("#counts tr[data-label=without_mask] td.total").inner_text()
         assert (int(with_mask), int(without)) == (24, 9)
-        # the share with a mask two ways: by label, and by mean P(with_mask) (#99 has none)
-        shares = {r.get_attribute("data-share"): r.locator("td.total").inner_text()
-                  for r in page.locator("#counts tr[data-share]").all()}
-        labelled = [r for r in history.rows if r.get("with_mask_p") is not None]
-        by_p = round(100 * sum(r["with_mask_p"] for r in labelled) / len(labelled))
-        assert shares == {"label": f"{round(100 * 24 / 33)}%", "probability": f"{by_p}%"}
         # latest events, the newest first, with its snapshot
         rows = page.locator("#events tbody tr")
         assert rows.count() == 25
@@ -126,7 +109,7 @@ def test_dashboard_draws_history_and_refreshes_itself(browser, tmp_path):
         page.wait_for_function(
             "() => { const d = document.getElementById('dash').dataset;"
             " return d.source === 'back' && d.period === 'hour'; }", timeout=10000)
-        assert page.locator("#chart svg path.series:not(.estimate)").count() == 1
+        assert page.locator("#chart svg path.series").count() == 1
         # per minute over the last hour: four people in the last 10 minutes, and #99
         assert page.locator("#chart svg circle").count() == 5
         assert page.locator("#counts tr[data-label=without_mask] td.total").inner_text() == "3"

@@ -39,7 +39,7 @@ def clip(tmp_path_factory) -> Path:
 def _event(source="door", track_id=1, label="with_mask", first=1000.0, last=1001.0, **kw):
     return {"source": source, "track_id": track_id, "label": label, "first_seen": first,
             "last_seen": last, "frames": kw.get("frames", 10), "score": kw.get("score", 0.9),
-            "snapshot": kw.get("snapshot"), "with_mask_p": kw.get("with_mask_p")}
+            "snapshot": kw.get("snapshot")}
 
 
 # ---------------------------------------------------------------- the store
@@ -67,21 +67,12 @@ def test_store_migrates_step_by_step_and_refuses_a_newer_schema(db_url):
     assert old.version() == 0
     assert old.migrate(target=1) == 1
     assert _indexes(old) == set()
-    with old.engine.begin() as conn:  # a version-1 database already holds events
-        conn.exec_driver_sql(
-            "INSERT INTO events (source, track_id, label, first_seen, last_seen, frames, score)"
-            " VALUES ('door', 1, 'with_mask', 1000.0, 1001.0, 10, 0.9)")
+    old.add_events([_event()])  # a version-1 database already holds events
     old.close()
     store = Store(db_url)  # opening migrates the rest, keeping the data
-    assert store.version() == SCHEMA_VERSION == 3
-    assert {"ix_events_last_seen", "ix_events_first_seen_p"} <= _indexes(store)
-    assert "ix_events_first_seen" not in _indexes(store)  # the covering index grew
-    assert [(e["track_id"], e["with_mask_p"]) for e in store.events()] == [(1, None)]
-    store.add_events([_event(track_id=2, first=1002.0, last=1003.0, with_mask_p=0.25)])
-    assert [(e["track_id"], e["with_mask_p"]) for e in store.events()] == [(2, 0.25), (1, None)]
-    # an event stored before the column counts by label only
-    stats = store.stats("day", since=0, until=2000)
-    assert stats["compliance"] == 1.0 and stats["compliance_by_probability"] == 0.25
+    assert store.version() == SCHEMA_VERSION == 2
+    assert "ix_events_last_seen" in _indexes(store)
+    assert [e["track_id"] for e in store.events()] == [1]
     if store.dialect == "sqlite":
         assert sqlite3.connect(db_url).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.set_meta("schema_version", "99")
@@ -103,10 +94,10 @@ def test_store_queries_filter_and_bucket(db_url):
     store = Store(db_url)
     t0 = 1_800_000_000.0  # 08:00 UTC, on an hour: buckets are easy to tell
     store.add_events([
-        _event("door", 1, "with_mask", t0 + 10, t0 + 20, with_mask_p=0.9),
-        _event("door", 2, "without_mask", t0 + 70, t0 + 80, with_mask_p=0.2),
-        _event("door", 3, "with_mask", t0 + 3700, t0 + 3710, with_mask_p=0.7),
-        _event("hall", 1, "incorrect_mask", t0 + 30, t0 + 3605),  # no probability stored
+        _event("door", 1, "with_mask", t0 + 10, t0 + 20),
+        _event("door", 2, "without_mask", t0 + 70, t0 + 80),
+        _event("door", 3, "with_mask", t0 + 3700, t0 + 3710),
+        _event("hall", 1, "incorrect_mask", t0 + 30, t0 + 3605),
     ])
     store.add_counts([{"source": "door", "minute": t0, "label": "with_mask", "faces": 5,
                        "people": 1}])
@@ -125,18 +116,14 @@ def test_store_queries_filter_and_bucket(db_url):
     assert stats["series"] == [
         {"start": "2027-01-15T08:00:00.000+00:00", "source": "door",
          "people": {"with_mask": 1, "without_mask": 1}, "faces": {"with_mask": 7},
-         "compliance": 0.5, "compliance_by_probability": 0.55},
+         "compliance": 0.5},
         {"start": "2027-01-15T08:00:00.000+00:00", "source": "hall",
-         "people": {"incorrect_mask": 1}, "faces": {}, "compliance": 0.0,
-         "compliance_by_probability": None},
+         "people": {"incorrect_mask": 1}, "faces": {}, "compliance": 0.0},
         {"start": "2027-01-15T09:00:00.000+00:00", "source": "door",
-         "people": {"with_mask": 1}, "faces": {}, "compliance": 1.0,
-         "compliance_by_probability": 0.7},
+         "people": {"with_mask": 1}, "faces": {}, "compliance": 1.0},
     ]
     assert stats["totals"] == {"with_mask": 2, "without_mask": 1, "incorrect_mask": 1}
     assert stats["compliance"] == 0.5
-    assert stats["compliance_by_probability"] == 0.6  # (0.9 + 0.2 + 0.7) / 3
-    assert stats["compliance_by_probability_per_source"] == {"door": 0.6, "hall": None}
     assert stats["classes"] == ["with_mask", "without_mask", "incorrect_mask"]
     minute = store.stats("minute", since=t0, until=t0 + 120, source="door")
     assert [(s["start"][11:16], s["people"]) for s in minute["series"]] == [
@@ -249,10 +236,8 @@ def test_watcher_writes_one_event_per_person(tmp_path):
     assert (a["track_id"], a["label"], a["frames"]) == (1, "without_mask", 10)
     assert (a["first_seen"], a["last_seen"]) == (1000.0, pytest.approx(1000.9))
     assert a["score"] == pytest.approx((8 * 0.8 + 2 * 0.4) / 10)  # raw scores, majority label
-    # the mean P(with_mask) over the person's frames, whatever the label
-    assert a["with_mask_p"] == pytest.approx((8 * 0.2 + 2 * 0.6) / 10)
     assert (b["label"], b["frames"], b["first_seen"]) == ("with_mask", 8, pytest.approx(1001.2))
-    assert b["last_seen"] == pytest.approx(1001.9) and b["with_mask_p"] == pytest.approx(0.9)
+    assert b["last_seen"] == pytest.approx(1001.9)
     counts = {c["label"]: (c["faces"], c["people"], c["minute"]) for c in out.counts}
     assert counts == {"without_mask": (10, 1, 960.0), "with_mask": (9, 2, 960.0)}  # smoothed labels
     snap = Path(a["snapshot"])

@@ -50,12 +50,11 @@ def synthetic_events(n: int, sources: int = 4, days: float = 30.0, seed: int = 0
     for i in range(n):
         first = start + i * step + float(rng.uniform(0, step))
         frames = int(rng.integers(5, 200))
-        label = int(rng.choice(3, p=(0.7, 0.25, 0.05)))
         yield {
             "source": f"door{i % sources}", "track_id": i // sources + 1,
-            "label": LABELS[label], "first_seen": first, "last_seen": first + frames / 25.0,
-            "frames": frames, "score": float(rng.uniform(0.5, 1.0)), "snapshot": None,
-            "with_mask_p": float(rng.uniform(*((0.6, 1.0), (0.0, 0.4), (0.1, 0.6))[label])),
+            "label": LABELS[int(rng.choice(3, p=(0.7, 0.25, 0.05)))],
+            "first_seen": first, "last_seen": first + frames / 25.0, "frames": frames,
+            "score": float(rng.uniform(0.5, 1.0)), "snapshot": None,
         }
 
 

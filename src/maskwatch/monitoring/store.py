@@ -2,9 +2,7 @@
 
 Tables:
 - ``events``: one row per tracked person: source, track id, label (the track's majority
-  vote), first/last seen (UTC epoch seconds), frames, mean score, optional snapshot path,
-  and the mean P(with_mask) over the person's frames (``with_mask_p``; null for events
-  stored before schema 3 or by a model without that class).
+  vote), first/last seen (UTC epoch seconds), frames, mean score, optional snapshot path.
 - ``minute_counts``: per source, minute and label: faces seen (face-frames) and people
   (distinct tracks) in that minute.
 - ``maskwatch_meta``: key/value pairs, among them ``schema_version``.
@@ -29,7 +27,7 @@ from pathlib import Path
 
 from maskwatch.errors import MaskwatchError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 2
 DEFAULT_DB = "maskwatch.db"
 #: Seconds per bucket of ``/api/stats``.
 BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -46,9 +44,15 @@ except ImportError:  # pragma: no cover - reported by open_store
     sa = None
 
 
-def _event_columns(version: int) -> list:
-    """The ``events`` table's columns at schema ``version``."""
-    columns = [
+def _tables():
+    md = sa.MetaData()
+    meta = sa.Table(
+        "maskwatch_meta", md,
+        sa.Column("key", sa.String(64), primary_key=True),
+        sa.Column("value", sa.Text, nullable=False),
+    )
+    events = sa.Table(
+        "events", md,
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
                   autoincrement=True),
         sa.Column("source", sa.String(200), nullable=False),
@@ -59,20 +63,7 @@ def _event_columns(version: int) -> list:
         sa.Column("frames", sa.Integer, nullable=False),
         sa.Column("score", sa.Float),
         sa.Column("snapshot", sa.Text),
-    ]
-    if version >= 3:
-        columns.append(sa.Column("with_mask_p", sa.Float))
-    return columns
-
-
-def _tables():
-    md = sa.MetaData()
-    meta = sa.Table(
-        "maskwatch_meta", md,
-        sa.Column("key", sa.String(64), primary_key=True),
-        sa.Column("value", sa.Text, nullable=False),
     )
-    events = sa.Table("events", md, *_event_columns(SCHEMA_VERSION))
     counts = sa.Table(
         "minute_counts", md,
         sa.Column("source", sa.String(200), primary_key=True),
@@ -89,9 +80,9 @@ if sa is not None:
 
 
 def _v1(conn) -> None:
-    """Tables (``events`` as version 1 had it; later columns come with their migrations)."""
-    sa.Table("events", sa.MetaData(), *_event_columns(1)).create(conn, checkfirst=True)
-    COUNTS.create(conn, checkfirst=True)
+    """Tables."""
+    for table in (EVENTS, COUNTS):
+        table.create(conn, checkfirst=True)
 
 
 def _v2(conn) -> None:
@@ -107,19 +98,8 @@ def _v2(conn) -> None:
         conn.exec_driver_sql(sql)
 
 
-def _v3(conn) -> None:
-    """``events.with_mask_p``: the mean P(with_mask) of each person, for the compliance
-    that labels understate (see :meth:`Store.stats`)."""
-    if "with_mask_p" not in {c["name"] for c in sa.inspect(conn).get_columns("events")}:
-        conn.exec_driver_sql("ALTER TABLE events ADD COLUMN with_mask_p FLOAT")
-    # /api/stats reads the column too: the index that covered it grows by it
-    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_events_first_seen_p "
-                         "ON events (first_seen, source, label, with_mask_p)")
-    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_events_first_seen")
-
-
 #: Migration to version ``i + 1`` is ``MIGRATIONS[i]``.
-MIGRATIONS: list[Callable] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable] = [_v1, _v2]
 
 
 def iso(t: float | None) -> str | None:
@@ -377,12 +357,7 @@ class Store:
     def stats(self, bucket: str = "hour", since: float | None = None,
               until: float | None = None, source: str | None = None) -> dict:
         """People (events, by first_seen) and face-frames (minute counts) per bucket, source
-        and label, with totals and compliance two ways: ``compliance``, the with_mask share
-        of labelled people, and ``compliance_by_probability``, their mean P(with_mask).
-        Labels follow the alarm threshold, tuned to miss few bare faces, so they can call
-        more people unmasked than are (the pipeline on the 853 test scenes, evaluate-detection's
-        ``counting.shares``: 27.9% of counted faces by label, 17.6% annotated, 22.3% by mean
-        probability). People stored before schema 3 count only in ``compliance``."""
+        and label, with totals and compliance (with_mask share of labelled people)."""
         if bucket not in BUCKETS:
             raise MaskwatchError(f"bucket must be one of {', '.join(BUCKETS)}, got {bucket!r}")
         size = BUCKETS[bucket]
@@ -395,12 +370,10 @@ class Store:
         people_q = sa.select(
             self._bucket(EVENTS.c.first_seen, size).label("start"), EVENTS.c.source,
             EVENTS.c.label, sa.func.count().label("n"),
-            sa.func.sum(EVENTS.c.with_mask_p), sa.func.count(EVENTS.c.with_mask_p),
         ).where(EVENTS.c.first_seen >= since, EVENTS.c.first_seen < until)
         faces_q = sa.select(
             self._bucket(COUNTS.c.minute, size).label("start"), COUNTS.c.source,
             COUNTS.c.label, sa.func.sum(COUNTS.c.faces).label("n"),
-            sa.literal(0.0), sa.literal(0),
         ).where(COUNTS.c.minute >= since, COUNTS.c.minute < until)
         if source:
             people_q = people_q.where(EVENTS.c.source == source)
@@ -409,20 +382,13 @@ class Store:
         with self._connect() as conn:
             for kind, q, table in (("people", people_q, EVENTS), ("faces", faces_q, COUNTS)):
                 q = q.group_by("start", table.c.source, table.c.label)
-                for start, src, label, n, p_sum, p_n in conn.execute(q):
+                for start, src, label, n in conn.execute(q):
                     key = (float(start), src)
-                    entry = series.setdefault(key, {"people": {}, "faces": {}, "p": [0.0, 0]})
+                    entry = series.setdefault(key, {"people": {}, "faces": {}})
                     entry[kind][label or "face"] = int(n)
-                    if kind == "people" and label and p_n:
-                        entry["p"][0] += float(p_sum)
-                        entry["p"][1] += int(p_n)
         from maskwatch.labels import WITH_MASK, sort_classes
 
-        def mean(p_sum: float, p_n: int) -> float | None:
-            return round(p_sum / p_n, 4) if p_n else None
-
         out, totals, per_source = [], {}, {}
-        probability, probability_per_source = [0.0, 0], {}
         for (start, src), entry in sorted(series.items()):
             labelled = sum(v for k, v in entry["people"].items() if k != "face")
             out.append({
@@ -430,12 +396,7 @@ class Store:
                 "faces": entry["faces"],
                 "compliance": round(entry["people"].get(WITH_MASK, 0) / labelled, 4)
                 if labelled else None,
-                "compliance_by_probability": mean(*entry["p"]),
             })
-            mine = probability_per_source.setdefault(src, [0.0, 0])
-            for acc in (probability, mine):
-                acc[0] += entry["p"][0]
-                acc[1] += entry["p"][1]
             for k, v in entry["people"].items():
                 totals[k] = totals.get(k, 0) + v
                 per_source.setdefault(src, {})
@@ -447,9 +408,6 @@ class Store:
             "sources": sorted({e["source"] for e in out}),
             "series": out, "totals": totals, "per_source": per_source,
             "compliance": round(totals.get(WITH_MASK, 0) / labelled, 4) if labelled else None,
-            "compliance_by_probability": mean(*probability),
-            "compliance_by_probability_per_source": {
-                src: mean(*acc) for src, acc in sorted(probability_per_source.items())},
         }
 
     def size_bytes(self) -> int | None:
@@ -474,7 +432,6 @@ def event_record(row) -> dict:
         "score": None if row["score"] is None else round(float(row["score"]), 4),
         "duration_s": round(float(row["last_seen"]) - float(row["first_seen"]), 3),
         "snapshot": row["snapshot"],
-        "with_mask_p": None if row["with_mask_p"] is None else round(float(row["with_mask_p"]), 4),
     }
 
 

@@ -33,7 +33,7 @@ from maskwatch.detection.video import (
     source_name,
 )
 from maskwatch.errors import MaskwatchError
-from maskwatch.labels import WITH_MASK, is_counted
+from maskwatch.labels import is_counted
 
 #: Longest side of a snapshot, in pixels.
 SNAPSHOT_SIZE = 640
@@ -261,8 +261,6 @@ class SourceWatcher:
                 "source": self.name, "track_id": int(track.track_id), "label": label,
                 "first_seen": person.first_seen, "last_seen": person.last_seen,
                 "frames": person.frames, "score": round(float(score), 6), "snapshot": None,
-                "with_mask_p": None if WITH_MASK not in person.scores
-                else round(person.scores[WITH_MASK] / person.frames, 6),
             }
             if person.frame is not None:
                 row["snapshot"] = self._snapshot(person, track, label, score)

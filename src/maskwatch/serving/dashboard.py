@@ -32,8 +32,6 @@ class EventRecord(BaseModel):
     last_seen: str = Field(description="ISO 8601 UTC")
     frames: int = Field(description="frames the person was seen in")
     score: float | None = Field(description="mean classifier probability of the label")
-    with_mask_p: float | None = Field(
-        None, description="mean P(with_mask) over the person's frames (null: not stored)")
     duration_s: float
     snapshot_url: str | None = Field(description="the event's snapshot (when kept)")
 
@@ -51,18 +49,10 @@ class StatsResponse(BaseModel):
     sources: list[str]
     series: list[dict] = Field(description="per bucket start and source: people per label "
                                "(events by first_seen), faces per label (face-frames from the "
-                               "minute counts), compliance (with_mask share of labelled "
-                               "people) and compliance_by_probability (their mean "
-                               "P(with_mask))")
+                               "minute counts) and compliance (with_mask share of people)")
     totals: dict[str, int] = Field(description="people per label over the period")
     per_source: dict[str, dict[str, int]]
-    compliance: float | None = Field(
-        description="with_mask share of labelled people: labels follow the alarm threshold, "
-        "so it can understate compliance")
-    compliance_by_probability: float | None = Field(
-        None, description="mean P(with_mask) of the people: a closer estimate of the share "
-        "wearing a mask (people stored before schema 3 are left out)")
-    compliance_by_probability_per_source: dict[str, float | None] = Field(default_factory=dict)
+    compliance: float | None
 
 
 class Dashboard:

@@ -112,31 +112,18 @@
         .map((s) => [x(Date.parse(s.start) + half), y(s.compliance), s]);
       if (!points.length) continue;
       const colour = colourOf(source, sources);
-      const line = (pts) => pts.map(([px, py], i) => `${i ? "L" : "M"}${px.toFixed(1)},`
-        + py.toFixed(1)).join(" ");
-      // dashed: the mean probability of a mask, the closer estimate of the share
-      const estimate = stats.series
-        .filter((s) => s.source === source && s.compliance_by_probability !== null
-          && s.compliance_by_probability !== undefined)
-        .map((s) => [x(Date.parse(s.start) + half), y(s.compliance_by_probability)]);
-      if (estimate.length) {
-        root.append(svg("path", { class: "series estimate", stroke: colour,
-          "data-source": source, d: line(estimate) }));
-      }
       const path = svg("path", {
-        class: "series", stroke: colour, "data-source": source, d: line(points),
+        class: "series", stroke: colour, "data-source": source,
+        d: points.map(([px, py], i) => `${i ? "L" : "M"}${px.toFixed(1)},${py.toFixed(1)}`)
+          .join(" "),
       });
       root.append(path);
       for (const [px, py, s] of points) {
         const dot = svg("circle", { cx: px.toFixed(1), cy: py.toFixed(1), r: 3.5, fill: colour });
         const people = Object.entries(s.people).map(([k, v]) => `${NAMES[k] || k}: ${v}`);
         const title = svg("title");
-        const estimate = s.compliance_by_probability === null
-          || s.compliance_by_probability === undefined ? ""
-          : `, ${Math.round(s.compliance_by_probability * 100)}% by mean probability`;
         title.textContent = `${source}, ${new Date(Date.parse(s.start)).toLocaleString()}: `
-          + `${Math.round(s.compliance * 100)}% with a mask by label${estimate} `
-          + `(${people.join(", ")})`;
+          + `${Math.round(s.compliance * 100)}% with a mask (${people.join(", ")})`;
         dot.append(title);
         root.append(dot);
       }
@@ -174,10 +161,8 @@
       tr.append(el("td", stats.totals[c] || 0, "num total"));
       return tr;
     });
-    // labels follow the alarm threshold (few bare faces missed), so they can call more people
-    // unmasked than are; the mean probability is the closer estimate of the share
     const share = el("tr");
-    share.append(el("th", "With a mask, by label"));
+    share.append(el("th", "With a mask"));
     const pct = (v) => (v === null || v === undefined ? "–" : `${Math.round(v * 100)}%`);
     for (const s of sources) {
       const counts = stats.per_source[s] || {};
@@ -185,15 +170,8 @@
         .reduce((n, [, v]) => n + v, 0);
       share.append(el("td", pct(labelled ? (counts.with_mask || 0) / labelled : null), "num"));
     }
-    share.append(el("td", pct(stats.compliance), "num total"));
-    share.dataset.share = "label";
-    const estimate = el("tr");
-    estimate.dataset.share = "probability";
-    estimate.append(el("th", "With a mask, by mean probability"));
-    const perSource = stats.compliance_by_probability_per_source || {};
-    for (const s of sources) estimate.append(el("td", pct(perSource[s]), "num"));
-    estimate.append(el("td", pct(stats.compliance_by_probability), "num total"));
-    table.tBodies[0].replaceChildren(...rows, share, estimate);
+    share.append(el("td", pct(stats.compliance), "num"));
+    table.tBodies[0].replaceChildren(...rows, share);
   }
 
   async function thumbnail(event) {
