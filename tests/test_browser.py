@@ -263,17 +263,21 @@ def test_image_upload_draws_boxes(server, browser, tmp_path):
     page.close()
 
 
-def test_video_upload_shows_annotated_video(server, browser, tmp_path):
+def write_walk(path: Path, n: int = 10) -> Path:
+    """An H.264 MP4 of ``n`` frames (160 x 120, 10 fps) of the moving face."""
     import imageio_ffmpeg
 
-    frames = face_frames(n=10, w=160, h=120)
-    path = tmp_path / "walk.mp4"
     writer = imageio_ffmpeg.write_frames(str(path), (160, 120), fps=10, codec="libx264",
                                          macro_block_size=1, ffmpeg_log_level="error")
     writer.send(None)
-    for frame in frames:
+    for frame in face_frames(n=n, w=160, h=120):
         writer.send(frame)
     writer.close()
+    return path
+
+
+def test_video_upload_shows_annotated_video(server, browser, tmp_path):
+    path = write_walk(tmp_path / "walk.mp4")
     page = browser.new_page()
     page.goto(server.url)
     page.set_input_files("#video-input", str(path))
@@ -475,3 +479,104 @@ def test_drop_paste_example_and_blur(server, browser, tmp_path):
         page.screenshot(path=os.environ["MASKWATCH_SCREENSHOT"] + ".blur.png", full_page=True)
     assert blurred < sharp / 3, (sharp, blurred)
     page.close()
+
+
+# ---------------------------------------------------------------- what a new user runs into
+
+
+def test_a_slow_older_image_check_does_not_replace_the_newer(server, browser, tmp_path):
+    import cv2
+
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((120, 160, 3), 128, np.uint8))
+    page = browser.new_page()
+    # the first image's answer arrives late, after the second image was chosen and checked
+    page.add_init_script("""(() => { const real = window.fetch; let n = 0;
+        window.fetch = async (...args) => { const r = await real(...args);
+            if (String(args[0]).includes('/api/detect') && ++n === 1) {
+                await new Promise((ok) => setTimeout(ok, 2000)); window.slowDone = true; }
+            return r; }; })();""")
+    page.goto(server.url)
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), face_frames(n=4)[0][..., ::-1])
+    page.set_input_files("#image-input", str(face))
+    page.wait_for_timeout(200)
+    assert page.is_hidden("#image-canvas")
+    page.set_input_files("#image-input", str(blank))
+    page.wait_for_function("() => window.slowDone", timeout=15000)
+    page.wait_for_timeout(500)
+    # what shows is the chosen file's result, not the late one of the file before
+    assert page.get_attribute("#image-canvas", "data-faces") == "0"
+    assert page.get_attribute("#image-download", "download") == "blank-maskwatch.jpg"
+    assert page.inner_text("#image-message") == "No face was found in this image."
+    page.close()
+
+
+def test_transparent_png_is_shown_on_white(server, browser, tmp_path):
+    from PIL import Image
+
+    rgba = np.dstack([face_frames(n=4)[0], np.full((240, 320), 255, np.uint8)])
+    rgba[:, :40, 3] = 0  # a transparent strip on the left
+    path = tmp_path / "cut-out.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    page = browser.new_page()
+    page.goto(server.url)
+    page.set_input_files("#image-input", str(path))
+    page.wait_for_selector("#image-download:not([hidden])", timeout=10000)
+    # white, as the server reads it, not see-through (black in the downloaded JPEG)
+    pixel = page.evaluate("""() => [...document.getElementById('image-canvas')
+        .getContext('2d').getImageData(5, 100, 1, 1).data]""")
+    assert pixel == [255, 255, 255, 255]
+    page.close()
+
+
+def test_video_job_is_picked_up_again_after_a_reload(server, browser, tmp_path):
+    path = write_walk(tmp_path / "walk.mp4")
+    page = browser.new_page()
+    # on the first load the page never hears back about the job: it is still "running"
+    # when the page is reloaded
+    page.add_init_script("""(() => { if (sessionStorage.getItem('hang-polls')) return;
+        sessionStorage.setItem('hang-polls', '1');
+        const real = window.fetch;
+        window.fetch = (...args) => String(args[0]).includes('/api/jobs/')
+            ? new Promise(() => {}) : real(...args); })();""")
+    page.goto(server.url)
+    page.set_input_files("#video-input", str(path))
+    page.wait_for_function("() => sessionStorage.getItem('maskwatch-video-job')",
+                           timeout=15000)
+    page.reload()
+    page.wait_for_selector("#video-result:not([hidden])", timeout=20000)
+    assert "Done: 10 frames" in page.inner_text("#video-status")
+    assert page.get_attribute("#video-download", "download") == "walk-maskwatch.mp4"
+    assert page.evaluate("() => sessionStorage.getItem('maskwatch-video-job')") is None
+    page.reload()  # a finished job is not picked up again
+    page.wait_for_timeout(500)
+    assert page.is_hidden("#video-progress-row") and page.is_enabled("#video-input")
+    page.close()
+
+
+def test_api_key_form_says_when_the_key_is_wrong(browser):
+    from maskwatch.serving.app import Settings, create_app
+
+    app = create_app(detector=make_detector()[0], settings=Settings(api_key="s3cret"))
+    with running_server(app) as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#key-form:not([hidden])", timeout=5000)
+        assert page.is_hidden("#key-message")  # no key given yet: nothing was refused
+        assert page.evaluate("() => document.activeElement.id") == "key-input"
+        page.fill("#key-input", "wrong")
+        page.press("#key-input", "Enter")
+        page.wait_for_selector("#key-message:not([hidden])", timeout=5000)
+        assert "refused" in page.inner_text("#key-message")
+        assert page.is_visible("#key-form")
+        page.fill("#key-input", "s3cret")
+        page.press("#key-input", "Enter")
+        page.wait_for_function("() => document.getElementById('model-line').textContent"
+                               ".startsWith('Model:')", timeout=5000)
+        assert page.is_hidden("#key-form")
+        page.reload()  # kept for the tab
+        page.wait_for_function("() => document.getElementById('model-line').textContent"
+                               ".startsWith('Model:')", timeout=5000)
+        assert page.is_hidden("#key-form")
+        page.close()

@@ -266,7 +266,8 @@ PARAMETER_RULES = {("query", "threshold"): "must be a number from 0 to 1"}
 
 
 def _too_large(limit: int) -> HTTPException:
-    return _problem(413, f"upload is larger than the limit of {limit / MB:g} MB")
+    # rounded: a limit of 0.05 MB is int(0.05 * MB) bytes, which would read 0.0499992 MB
+    return _problem(413, f"upload is larger than the limit of {round(limit / MB, 3):g} MB")
 
 
 def _face_records(faces: list) -> list[dict]:

@@ -41,6 +41,7 @@
     threshold: null, // null: the server's; set once the user moves the slider
     blur: false,
     lastImage: null, // the last checked image file, re-checked when the threshold changes
+    imageCheck: 0, // number of the latest image check: an older one's answer is dropped
   };
 
   // ------------------------------------------------------------------ API
@@ -74,9 +75,13 @@
 
   function showKeyForm() {
     const form = $("key-form");
+    if (state.apiKey) {
+      message("key-message", "The server refused this key. Check it and enter it again.");
+    }
     if (!form.hidden) return;
     form.hidden = false;
     $("key-input").focus();
+    $("key-input").select();
   }
 
   $("key-form").addEventListener("submit", (event) => {
@@ -443,6 +448,11 @@
   // Check one image file: boxes drawn over the photo at the card's width (at least the
   // photo's own resolution), counts, and a download of the annotated image.
   async function checkImage(file) {
+    const run = ++state.imageCheck;
+    if (file !== state.lastImage) { // another image: the last one's result goes
+      $("image-canvas").hidden = true;
+      $("image-download").hidden = true;
+    }
     state.lastImage = file;
     message("image-message", "Checking the image…", true);
     $("image-counts").hidden = true;
@@ -450,11 +460,13 @@
     form.append("file", file, file.name || "pasted.png");
     try {
       const result = await api(detectUrl(), { method: "POST", body: form });
+      if (run !== state.imageCheck) return; // a newer check took over
       if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
       state.imageUrl = URL.createObjectURL(file);
       const img = new Image();
       img.src = state.imageUrl;
       await img.decode();
+      if (run !== state.imageCheck) return;
       const canvas = $("image-canvas");
       canvas.hidden = false;
       // shown as wide as the card allows (and at most 80% of the window's height)
@@ -467,6 +479,8 @@
       canvas.height = Math.round(result.height * scale);
       canvas.style.width = `${cssWidth}px`;
       const ctx = canvas.getContext("2d");
+      ctx.fillStyle = "#fff"; // transparent parts on white, as the server reads them
+      ctx.fillRect(0, 0, canvas.width, canvas.height);
       ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
       if (state.blur) blurFaces(ctx, img, result.faces, result.width, result.height, BLUR_MARGIN);
       drawFaces(ctx, result.faces, result.width, result.height, canvas.width / cssWidth);
@@ -480,6 +494,7 @@
       message("image-message", result.faces.length ? "" : "No face was found in this image.",
         true);
       canvas.toBlob((blob) => {
+        if (run !== state.imageCheck) return;
         if (state.downloadUrl) URL.revokeObjectURL(state.downloadUrl);
         state.downloadUrl = URL.createObjectURL(blob);
         const link = $("image-download");
@@ -488,6 +503,7 @@
         link.hidden = false;
       }, "image/jpeg", 0.92);
     } catch (err) {
+      if (run !== state.imageCheck) return;
       $("image-canvas").hidden = true;
       $("image-download").hidden = true;
       message("image-message", err.message);
@@ -560,8 +576,11 @@
   // ------------------------------------------------------------------ video upload
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const VIDEO_JOB_KEY = "maskwatch-video-job"; // the running job, picked up after a reload
 
-  async function checkVideo(file) {
+  // Upload a video and follow its job; or, with `resumed` ({url, name}), follow a job this
+  // tab started before the page was reloaded.
+  async function checkVideo(file, resumed = null) {
     const input = $("video-input");
     input.disabled = true;
     message("video-message", "");
@@ -571,11 +590,17 @@
     $("video-people").hidden = true;
     $("video-progress-row").hidden = false;
     $("video-progress").value = 0;
-    $("video-status").textContent = "Uploading…";
+    $("video-status").textContent = resumed ? `${resumed.name}: picking up the job…`
+      : "Uploading…";
+    const name = resumed ? resumed.name : file.name;
     try {
-      const form = new FormData();
-      form.append("file", file, file.name);
-      const job = await api(videoUrl(), { method: "POST", body: form });
+      let job = resumed;
+      if (!job) {
+        const form = new FormData();
+        form.append("file", file, file.name);
+        job = await api(videoUrl(), { method: "POST", body: form });
+        sessionStorage.setItem(VIDEO_JOB_KEY, JSON.stringify({ url: job.url, name }));
+      }
       let status;
       for (;;) {
         status = await api(job.url);
@@ -603,7 +628,7 @@
       player.hidden = false;
       const link = $("video-download");
       link.href = src;
-      link.download = `${file.name.replace(/\.[^.]+$/, "")}-maskwatch.mp4`;
+      link.download = `${name.replace(/\.[^.]+$/, "")}-maskwatch.mp4`;
       link.hidden = false;
       // people (tracked faces, as `maskwatch detect` counts them), not face-frames
       renderCounts($("video-counts"), [], { ...countFaces([]), ...(status.people || {}) });
@@ -617,6 +642,7 @@
       $("video-progress-row").hidden = true;
       message("video-message", err.message);
     } finally {
+      sessionStorage.removeItem(VIDEO_JOB_KEY);
       input.disabled = false;
     }
   }
@@ -633,4 +659,6 @@
   });
 
   loadModel();
+  const runningJob = sessionStorage.getItem(VIDEO_JOB_KEY);
+  if (runningJob) checkVideo(null, JSON.parse(runningJob));
 })();
