@@ -130,6 +130,11 @@ def test_dashboard_asks_for_the_api_key(browser, tmp_path):
         page.goto(url + "dashboard")
         page.wait_for_selector("#key-form:not([hidden])", timeout=10000)
         assert _updates(page) == 0
+        assert page.is_hidden("#key-message")  # no key given yet: nothing was refused
+        page.fill("#key-input", "wrong-key")
+        page.get_by_role("button", name="Use key").click()
+        page.wait_for_selector("#key-message:not([hidden])", timeout=10000)
+        assert "refused" in page.inner_text("#key-message") and page.is_visible("#key-form")
         page.fill("#key-input", "door-key")
         page.get_by_role("button", name="Use key").click()
         page.wait_for_function("() => +document.getElementById('dash').dataset.updates >= 1",

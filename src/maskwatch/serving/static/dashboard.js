@@ -27,8 +27,12 @@
   };
 
   function showKeyForm() {
+    const refused = $("key-message");
+    refused.hidden = !state.apiKey; // a key was given and the server refused it
+    if (!$("key-form").hidden) return;
     $("key-form").hidden = false;
     $("key-input").focus();
+    $("key-input").select();
   }
 
   $("key-form").addEventListener("submit", (event) => {
