@@ -94,3 +94,16 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], what: str = "f
                         ) from None
         raise
     return path
+
+
+def remove_created(files: list[Path], root: Path) -> None:
+    """Delete ``files`` (those a run created before it stopped early) and the folders under
+    ``root`` that this leaves empty, so no partial set of outputs passes for a whole one."""
+    for f in files:
+        f.unlink(missing_ok=True)
+    for folder in sorted({p for f in files for p in f.parents if root in p.parents},
+                         key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (other files), or gone
+            pass

@@ -13,6 +13,7 @@ from maskwatch.data.audit import inspect_all
 from maskwatch.data.hashing import NEAR_DISTANCE, connected_groups, near_pairs
 from maskwatch.data.model import SPLITS, Dataset, Sample, is_synthetic, write_manifest
 from maskwatch.errors import MaskwatchError
+from maskwatch.files import remove_created
 
 
 def parse_ratios(ratios) -> tuple[float, ...]:
@@ -172,18 +173,6 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "face"
 
 
-def _remove_new(files: list[Path], out: Path) -> None:
-    """Delete ``files`` and the folders under ``out`` that this leaves empty."""
-    for f in files:
-        f.unlink(missing_ok=True)
-    for folder in sorted({p for f in files for p in f.parents if out in p.parents},
-                         key=lambda p: len(p.parts), reverse=True):
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (other files), or gone
-            pass
-
-
 def crop_dataset(
     ds: Dataset,
     out_dir: str | Path,
@@ -260,7 +249,7 @@ def crop_dataset(
                                  f"{len(failed):,} unreadable image(s)); nothing written")
         write_manifest(out / "manifest.csv", written, force=True)
     except BaseException:  # Ctrl-C, a full disk: no partial set of crops left behind
-        _remove_new(new_files, out)
+        remove_created(new_files, out)
         raise
     summary.update({
         "written": len(written), "too_small": small, "unreadable": failed, "out": str(out),

@@ -32,6 +32,7 @@ import numpy as np
 
 from maskwatch.data.model import SYNTHETIC_SOURCE, Sample, write_manifest
 from maskwatch.errors import ImageError, MaskwatchError
+from maskwatch.files import remove_created
 from maskwatch.labels import INCORRECT_MASK, WITH_MASK, WITHOUT_MASK
 
 #: The faces ``synthesise`` makes: masks worn wrongly, and ``worn`` ones worn right.
@@ -332,12 +333,8 @@ def synthesise(
     from the masked faces among ``samples``, ``swap-nose``/``swap-chin`` ones; masked faces
     give ``moved`` ones; ``per_face`` variants of each chosen kind; faces YuNet finds no
     landmarks on are skipped for the drawn kinds. Returns a summary; MaskwatchError (and
-    no manifest) when no face has the label a kind needs or none could be made."""
-    from tqdm import tqdm
-
-    from maskwatch.data.model import read_face
-    from maskwatch.imaging import save_rgb
-
+    no manifest) when no face has the label a kind needs or none could be made; a run that
+    stops early (Ctrl+C) removes the faces it wrote."""
     kinds = tuple(kinds)
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
@@ -364,6 +361,31 @@ def synthesise(
         raise MaskwatchError("swap-nose, swap-chin and swap-worn need masked (with_mask) faces "
                              "to take masks from")
     written: list[Sample] = []
+    created: list[Path] = []  # removed if the run stops early (Ctrl+C): without their
+    try:  # manifest the faces would read as a real incorrect_mask class folder
+        made, skipped = _synthesise_all(chosen, wanted, out, margin, per_face, rng, donors,
+                                        progress, written, created)
+        if not written:
+            why = ", ".join(f"{k} {v:,}" for k, v in skipped.items()) or "none"
+            raise MaskwatchError(f"no synthetic face made from {len(chosen):,} faces "
+                                 f"(skipped: {why}); nothing written")
+        write_manifest(manifest, written, force=True)
+    except BaseException:
+        remove_created(created, out)
+        raise
+    return {"manifest": str(manifest), "written": len(written), "from_faces": len(chosen),
+            "kinds": dict(made), "skipped": dict(skipped)}
+
+
+def _synthesise_all(chosen, wanted, out: Path, margin: float, per_face: int, rng, donors,
+                    progress: bool, written: list, created: list) -> tuple[Counter, Counter]:
+    """The loop of :func:`synthesise`: each face read once, its kinds made and saved
+    (``written`` gets their samples, ``created`` the files that did not exist before)."""
+    from tqdm import tqdm
+
+    from maskwatch.data.model import read_face
+    from maskwatch.imaging import save_rgb
+
     made, skipped = Counter(), Counter()
     for n, s in enumerate(tqdm(chosen, desc="synthesise", unit="face", disable=not progress)):
         try:
@@ -393,15 +415,11 @@ def synthesise(
                     skipped["no donor with landmarks"] += 1
                     continue
                 dest = out / KIND_LABELS[kind] / f"{n:06d}_{kind}_{v}.jpg"
+                if not dest.exists():
+                    created.append(dest)
                 save_rgb(dest, img)
                 written.append(Sample(dest, KIND_LABELS[kind], "train",
                                       f"{SYNTHETIC_SOURCE}:{kind}:{s.path}",
                                       s.group or str(s.path), None))
                 made[kind] += 1
-    if not written:
-        why = ", ".join(f"{k} {v:,}" for k, v in skipped.items()) or "none"
-        raise MaskwatchError(f"no synthetic face made from {len(chosen):,} faces (skipped: "
-                             f"{why}); nothing written")
-    write_manifest(manifest, written, force=True)
-    return {"manifest": str(manifest), "written": len(written), "from_faces": len(chosen),
-            "kinds": dict(made), "skipped": dict(skipped)}
+    return made, skipped
