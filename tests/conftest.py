@@ -123,3 +123,26 @@ def read_jsonl(path: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@pytest.fixture
+def interrupt_saves(monkeypatch):
+    """``interrupt_saves(n)``: ``maskwatch.imaging.save_rgb`` raises KeyboardInterrupt
+    (Ctrl+C) at its n-th call; ``interrupt_saves(None)`` saves normally again."""
+    import maskwatch.imaging
+
+    real = maskwatch.imaging.save_rgb
+
+    def arm(after: int | None) -> None:
+        calls = []
+
+        def save_then_stop(path, rgb, *args, **kwargs):
+            calls.append(path)
+            if len(calls) == after:
+                raise KeyboardInterrupt
+            return real(path, rgb, *args, **kwargs)
+
+        monkeypatch.setattr(maskwatch.imaging, "save_rgb", real if after is None
+                            else save_then_stop)
+
+    return arm

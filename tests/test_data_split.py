@@ -232,22 +232,12 @@ def test_crop_with_every_face_too_small_writes_nothing(tmp_path, capsys):
     assert not out.exists()  # no header-only manifest for a later command to accept
 
 
-def test_interrupted_crop_leaves_no_partial_set(tmp_path, monkeypatch):
-    import maskwatch.imaging
-
+def test_interrupted_crop_leaves_no_partial_set(tmp_path, interrupt_saves):
     voc = _voc_scenes(tmp_path / "voc", 12, (8, 8, 80, 80))
     out = tmp_path / "crops"
-    real, calls = maskwatch.imaging.save_rgb, []
-
-    def save_then_stop(path, rgb, *a, **k):
-        calls.append(path)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(path, rgb, *a, **k)
-
-    monkeypatch.setattr(maskwatch.imaging, "save_rgb", save_then_stop)
+    interrupt_saves(5)
     assert main(["data", "crop", str(voc), "-o", str(out), "-q"]) == 130
     assert not out.exists() or not any(out.rglob("*"))
-    monkeypatch.setattr(maskwatch.imaging, "save_rgb", real)
+    interrupt_saves(None)
     assert main(["data", "crop", str(voc), "-o", str(out), "-q"]) == 0  # no --overwrite
     assert len(load_dataset(out / "manifest.csv")) == 12

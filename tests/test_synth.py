@@ -252,26 +252,17 @@ def test_cli_refuses_output_inside_a_class_folder_dataset(tmp_path, capsys, insi
     assert len(load_dataset(data)) == 2  # a later run reads no made-up face as a real one
 
 
-def test_interrupted_synthesis_leaves_no_faces_without_their_manifest(tmp_path, monkeypatch):
+def test_interrupted_synthesis_leaves_no_faces_without_their_manifest(tmp_path,
+                                                                      interrupt_saves):
     """Ctrl+C mid-way: the faces written so far go (without their manifest they would read
     as a real incorrect_mask class folder), and a rerun needs no --overwrite."""
-    import maskwatch.imaging
-
     data = tmp_path / "data"
     for i in range(3):
         write_image(data / "Train" / "without_mask" / f"{i}.png", _face(head()))
     out = tmp_path / "synth"
-    real, calls = maskwatch.imaging.save_rgb, []
-
-    def save_then_stop(path, rgb, *a, **k):
-        calls.append(path)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(path, rgb, *a, **k)
-
-    monkeypatch.setattr(maskwatch.imaging, "save_rgb", save_then_stop)
     argv = ["data", "synth-incorrect", str(data), "--out", str(out), "--quiet"]
+    interrupt_saves(3)
     assert main(argv) == 130
     assert not out.exists() or not any(out.rglob("*"))
-    monkeypatch.setattr(maskwatch.imaging, "save_rgb", real)
+    interrupt_saves(None)
     assert main(argv) == 0 and len(read_manifest(out / "manifest.csv")) == 6
