@@ -555,6 +555,121 @@ def test_video_job_is_picked_up_again_after_a_reload(server, browser, tmp_path):
     page.close()
 
 
+# the page's waits, shortened (app.js reads window.maskwatchTiming); %d: retryForMs
+FAST_TIMING = ("window.maskwatchTiming = {pollMs: 200, retryMs: 100, retryMaxMs: 200, "
+               "retryForMs: %d, healthMs: 200};")
+JOB_KEY = "() => sessionStorage.getItem('maskwatch-video-job')"
+
+
+def test_video_polling_rides_out_a_short_outage(server, browser, tmp_path):
+    path = write_walk(tmp_path / "walk.mp4")
+    page = browser.new_page()
+    page.add_init_script(FAST_TIMING % 60000)
+    outage = {"on": True, "failed": 0}
+
+    def flaky(route):
+        if not outage["on"]:
+            route.continue_()
+            return
+        outage["failed"] += 1
+        # no answer at all, then a proxy's bad gateway, then unavailable, in turn
+        if outage["failed"] % 3 == 1:
+            route.abort()
+        else:
+            route.fulfill(status=502 if outage["failed"] % 3 == 2 else 503, body="down")
+
+    page.route("**/api/jobs/**", flaky)
+    page.goto(server.url)
+    page.set_input_files("#video-input", str(path))
+    page.wait_for_function("() => document.getElementById('video-status').textContent"
+                           ".includes('not answering, retrying')", timeout=15000)
+    while outage["failed"] < 6:
+        page.wait_for_timeout(100)
+    # still following the job, and still remembered for the tab
+    assert page.is_hidden("#video-message") and page.is_visible("#video-progress-row")
+    assert page.evaluate(JOB_KEY)
+    outage["on"] = False
+    page.wait_for_selector("#video-result:not([hidden])", timeout=20000)
+    assert "Done: 10 frames" in page.inner_text("#video-status")
+    assert page.is_hidden("#video-message")
+    assert page.evaluate(JOB_KEY) is None
+    page.close()
+
+
+def test_video_polling_gives_up_then_picks_the_job_up_again(server, browser, tmp_path):
+    path = write_walk(tmp_path / "walk.mp4")
+    page = browser.new_page()
+    page.add_init_script(FAST_TIMING % 1500)
+    page.goto(server.url)
+    page.route("**/api/jobs/**", lambda route: route.abort())
+    page.route("**/healthz", lambda route: route.abort())
+    page.set_input_files("#video-input", str(path))
+    message = page.locator("#video-message")
+    message.wait_for(state="visible", timeout=15000)
+    text = message.inner_text()
+    assert "cannot be reached" in text and "stopped following the video" in text
+    assert page.evaluate(JOB_KEY)  # kept: the job goes on in the server
+    assert page.is_hidden("#video-progress-row") and page.is_enabled("#video-input")
+    page.wait_for_timeout(600)
+    assert message.is_visible()  # the server is still away
+    # the server is back: the page notices by itself and follows the job to its end
+    page.unroute("**/api/jobs/**")
+    page.unroute("**/healthz")
+    page.wait_for_selector("#video-result:not([hidden])", timeout=20000)
+    assert "Done: 10 frames" in page.inner_text("#video-status")
+    assert page.is_hidden("#video-message")
+    assert page.evaluate(JOB_KEY) is None
+    page.close()
+
+
+def test_a_job_the_server_forgot_ends_at_once(server, browser):
+    page = browser.new_page()
+    # a job this tab started before the server restarted (and forgot it)
+    page.add_init_script(FAST_TIMING % 60000 + """
+        sessionStorage.setItem('maskwatch-video-job',
+                               JSON.stringify({url: '/api/jobs/forgotten', name: 'walk.mp4'}));""")
+    page.goto(server.url)
+    message = page.locator("#video-message")
+    message.wait_for(state="visible", timeout=5000)
+    assert "no longer knows this video job" in message.inner_text()
+    assert "retrying" not in page.inner_text("#video-status")
+    assert page.is_hidden("#video-progress-row") and page.is_enabled("#video-input")
+    assert page.evaluate(JOB_KEY) is None  # forgotten here too: a reload does not retry it
+    page.close()
+
+
+def test_unreachable_message_goes_when_the_server_is_back(server, browser, tmp_path):
+    import cv2
+
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), face_frames(n=4)[0][..., ::-1])
+    page = browser.new_page()
+    page.add_init_script(FAST_TIMING % 60000)
+    checks: list[str] = []
+    page.on("request", lambda r: checks.append(r.url) if r.url.endswith("/healthz") else None)
+    # the page loads, then its API and health check get no answer
+    page.route("**/api/**", lambda route: route.abort())
+    page.route("**/healthz", lambda route: route.abort())
+    page.goto(server.url)
+    page.set_input_files("#image-input", str(face))
+    message = page.locator("#image-message")
+    page.wait_for_function("() => document.getElementById('image-message').textContent"
+                           ".includes('cannot be reached')", timeout=5000)
+    assert "cannot be reached" in page.inner_text("#model-line")
+    page.wait_for_timeout(800)
+    assert len(checks) >= 2 and message.is_visible()  # watched; shown while it is away
+    page.unroute("**/api/**")
+    page.unroute("**/healthz")
+    message.wait_for(state="hidden", timeout=5000)
+    page.wait_for_function("() => document.getElementById('model-line').textContent"
+                           ".startsWith('Model:')", timeout=5000)
+    # the watch stops once the server answers
+    seen = len(checks)
+    page.wait_for_timeout(800)
+    assert len(checks) == seen
+    page.close()
+
+
 def test_api_key_form_says_when_the_key_is_wrong(browser):
     from maskwatch.serving.app import Settings, create_app
 

@@ -6,7 +6,17 @@
   const FRAME_INTERVAL_MS = 200; // steady send rate: at most 5 frames a second
   const MAX_SEND_SIDE = 640; // camera frames are scaled down to this long side before sending
   const JPEG_QUALITY = 0.8;
-  const POLL_MS = 700;
+  // Waits of the video polling and of the server watch; tests shorten them by setting
+  // window.maskwatchTiming before the page loads.
+  const TIMING = {
+    pollMs: 700, // between two status requests of a running video job
+    retryMs: 1000, // first pause after a failed status request; doubles up to retryMaxMs
+    retryMaxMs: 5000,
+    retryForMs: 30000, // failed status requests in a row for this long: stop following
+    healthMs: 3000, // between two /healthz checks while the server cannot be reached
+    ...(window.maskwatchTiming || {}),
+  };
+  const UNREACHABLE = "The server cannot be reached. Is `maskwatch serve` still running?";
   const COLOURS = {
     with_mask: "#00c846",
     without_mask: "#e61e1e",
@@ -60,7 +70,7 @@
     try {
       response = await fetch(path, { ...options, headers });
     } catch (err) {
-      throw new ApiError("The server cannot be reached. Is `maskwatch serve` still running?", 0);
+      throw new ApiError(UNREACHABLE, 0);
     }
     if (response.status === 401) showKeyForm();
     const type = response.headers.get("content-type") || "";
@@ -109,7 +119,44 @@
       renderCounts($("live-counts"), []);
     } catch (err) {
       $("model-line").textContent = `Model information unavailable: ${err.message}`;
+      noticeUnreachable(err.message);
     }
+  }
+
+  // ------------------------------------------------------------------ server watch
+
+  // Where UNREACHABLE may show. While it shows, /healthz is asked every few seconds, so the
+  // message goes by itself once the server is back, not only at the user's next action.
+  const UNREACHABLE_IN = ["model-line", "cam-message", "image-message", "video-message"];
+  let serverWatch = null; // the timer of the next /healthz check, while one is due
+
+  function unreachableShown() {
+    return UNREACHABLE_IN.map($).filter((el) => !el.hidden && el.textContent.includes(UNREACHABLE));
+  }
+
+  // Called with each message shown: starts the watch when the message says UNREACHABLE.
+  function noticeUnreachable(text) {
+    if (serverWatch || !text || !text.includes(UNREACHABLE)) return;
+    serverWatch = setTimeout(checkServerBack, TIMING.healthMs);
+  }
+
+  async function checkServerBack() {
+    serverWatch = null;
+    if (!unreachableShown().length) return; // another message replaced it: nothing to clear
+    let up = false;
+    try {
+      up = (await fetch("/healthz", { cache: "no-store" })).ok; // 503 while it starts
+    } catch (err) {
+      up = false;
+    }
+    if (!up) {
+      serverWatch = setTimeout(checkServerBack, TIMING.healthMs);
+      return;
+    }
+    for (const el of unreachableShown()) if (el.id !== "model-line") message(el.id, "");
+    // as on start: the model line, and the video job this tab was following
+    loadModel();
+    resumeVideoJob();
   }
 
   // ------------------------------------------------------------------ drawing
@@ -278,6 +325,7 @@
     const el = $("cam-message");
     el.textContent = text;
     el.hidden = !text;
+    noticeUnreachable(text);
   }
 
   function explainCameraError(err) {
@@ -443,6 +491,7 @@
     el.textContent = text || "";
     el.hidden = !text;
     el.classList.toggle("info", info);
+    noticeUnreachable(text);
   }
 
   // Check one image file: boxes drawn over the photo at the card's width (at least the
@@ -517,7 +566,9 @@
 
   $("example").addEventListener("click", async () => {
     try {
-      const response = await fetch("/example.jpg");
+      const response = await fetch("/example.jpg").catch(() => {
+        throw new ApiError(UNREACHABLE, 0);
+      });
       if (!response.ok) throw new ApiError(`example photo unavailable (${response.status})`, 0);
       const blob = await response.blob();
       checkImage(new File([blob], "example.jpg", { type: "image/jpeg" }));
@@ -577,6 +628,37 @@
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const VIDEO_JOB_KEY = "maskwatch-video-job"; // the running job, picked up after a reload
+  // Answers of a server that is restarting or briefly away (no answer at all, or a proxy's
+  // bad gateway / unavailable / timeout): the job goes on there, so its polling retries.
+  const PASSING = [0, 502, 503, 504];
+
+  // The status of the job at `url`. Passing failures are retried, the pause doubling from
+  // retryMs to retryMaxMs, until they have lasted retryForMs; the status line says so
+  // meanwhile. A 404 ends at once: the server no longer knows the job.
+  async function jobStatus(url) {
+    const started = performance.now();
+    for (let pause = TIMING.retryMs; ; pause = Math.min(2 * pause, TIMING.retryMaxMs)) {
+      try {
+        return await api(url);
+      } catch (err) {
+        if (err.status === 404) {
+          throw new ApiError("The server no longer knows this video job (it was restarted, " +
+            "or the finished job expired). Choose the video again to check it.", 404);
+        }
+        if (!PASSING.includes(err.status)) throw err;
+        if (performance.now() - started >= TIMING.retryForMs) {
+          // the job is kept for the tab: a reload, or the server watch, picks it up again
+          const lost = new ApiError(`${UNREACHABLE} The page stopped following the video ` +
+            `after ${Math.round(TIMING.retryForMs / 1000)} s without an answer; it picks ` +
+            "the job up again when the server is back.", err.status);
+          lost.keepJob = true;
+          throw lost;
+        }
+        $("video-status").textContent = "Server not answering, retrying…";
+        await sleep(Math.min(pause, Math.max(0, started + TIMING.retryForMs - performance.now())));
+      }
+    }
+  }
 
   // Upload a video and follow its job; or, with `resumed` ({url, name}), follow a job this
   // tab started before the page was reloaded.
@@ -593,6 +675,7 @@
     $("video-status").textContent = resumed ? `${resumed.name}: picking up the job…`
       : "Uploading…";
     const name = resumed ? resumed.name : file.name;
+    let keepJob = false;
     try {
       let job = resumed;
       if (!job) {
@@ -603,14 +686,14 @@
       }
       let status;
       for (;;) {
-        status = await api(job.url);
+        status = await jobStatus(job.url);
         $("video-progress").value = status.progress;
         const total = status.frames_total ? ` of ${status.frames_total}` : "";
         $("video-status").textContent = status.status === "queued"
           ? "Waiting for a free worker…"
           : `${status.frames_done}${total} frames`;
         if (!["queued", "running"].includes(status.status)) break;
-        await sleep(POLL_MS);
+        await sleep(TIMING.pollMs);
       }
       if (status.status !== "done") throw new ApiError(status.error || `job ${status.status}`, 0);
       $("video-status").textContent = `Done: ${status.frames_done} frames` +
@@ -639,12 +722,19 @@
       $("video-counts").append(most);
       $("video-counts").hidden = false;
     } catch (err) {
+      keepJob = Boolean(err.keepJob);
       $("video-progress-row").hidden = true;
       message("video-message", err.message);
     } finally {
-      sessionStorage.removeItem(VIDEO_JOB_KEY);
+      if (!keepJob) sessionStorage.removeItem(VIDEO_JOB_KEY);
       input.disabled = false;
     }
+  }
+
+  // Follow the video job this tab started, if one is remembered and none is followed now.
+  function resumeVideoJob() {
+    const job = sessionStorage.getItem(VIDEO_JOB_KEY);
+    if (job && !$("video-input").disabled) checkVideo(null, JSON.parse(job));
   }
 
   // The video route, with the page's blur choice. (Tracked video labels follow the
@@ -659,6 +749,5 @@
   });
 
   loadModel();
-  const runningJob = sessionStorage.getItem(VIDEO_JOB_KEY);
-  if (runningJob) checkVideo(null, JSON.parse(runningJob));
+  resumeVideoJob();
 })();
