@@ -248,6 +248,20 @@ def test_cli_demo(tmp_path, capsys, fake_classifier):
     assert any("without_mask" in s for s in lines) and any("with_mask (" in s for s in lines)
 
 
+def test_demo_into_a_folder_it_cannot_make_fails_before_detecting(tmp_path, capsys,
+                                                                   monkeypatch):
+    import maskwatch.detection.pipeline as pipeline_module
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("the models were loaded before the folder was checked")
+
+    monkeypatch.setattr(pipeline_module, "Detector", no_models)
+    (tmp_path / "a-file").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "a-file" / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot make this folder" in err and len(err.strip().splitlines()) == 1
+
+
 def test_head_fixture_is_the_sample_photo():
     assert head().shape == (300, 270, 3)
 

@@ -71,6 +71,12 @@ def run_demo(out: str | Path | None = ".", face_detector: str = "centerface",
     from maskwatch.detection.pipeline import Detector
     from maskwatch.imaging import save_rgb
 
+    if out is not None:  # before the models load: a folder that cannot be made fails first
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MaskwatchError(f"{out}: cannot make this folder ({exc.strerror or exc})"
+                                 ) from None
     detector = Detector(face_detector=face_detector, classifier=model, threads=threads)
     scene = make_demo_image(detector.face_detector)
     faces = detector.detect(scene, check_bgr=False)  # made here, RGB (the mask is blue)
