@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -302,9 +303,11 @@ def test_a_broken_link_among_faces_is_reported_not_lost(tmp_path, make_face, cap
     make_face(tmp_path / "d" / "with_mask" / "a.jpg", seed=1, masked=True)
     make_face(tmp_path / "d" / "without_mask" / "b.jpg", seed=2)
     (tmp_path / "d" / "with_mask" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    os.mkfifo(tmp_path / "d" / "without_mask" / "pipe.jpg")  # never opened: it would block
     ds = load_dataset(tmp_path / "d")
     assert len(ds.samples) == 2 and ds.skipped["broken link"] == 1
     assert any("gone.jpg: broken link" in n for n in ds.notes)
+    assert ds.skipped["not a regular file"] == 1 and any("pipe.jpg" in n for n in ds.notes)
     assert main(["classify", str(tmp_path / "d"), "--json"]) == 1
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 2 and "gone.jpg" in captured.err

@@ -107,6 +107,9 @@ def _load_class_folders(root: Path, mapping) -> Dataset | None:
                 if f.is_symlink() and not f.exists():
                     skipped["broken link"] += 1
                     notes.append(f"{f}: broken link (what it points to is missing)")
+                elif f.exists() and not f.is_dir():  # a pipe or a device: never read
+                    skipped["not a regular file"] += 1
+                    notes.append(f"{f}: not a regular file (a pipe or a device), not read")
                 continue
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped["not an image file"] += 1
