@@ -319,3 +319,119 @@ def test_difficult_faces_drive_neither_the_mask_threshold_nor_the_box_map():
     found = [_found(((55, 50, 95, 100), 0.1), ((200, 50, 250, 100), 0.1))] * 9
     box_map, pairs = cal.fit_box_map(many, found, 0.4)
     assert pairs == 9 and box_map == pytest.approx((1.5, 1.0, 0.0, 0.0))
+
+
+# ---------------------------------------------------------------- odd data and outputs
+
+
+def _blank_scenes(root, n=12):
+    """Grey photos whose CSV annotates two faces each: the detector finds none."""
+    from detection_helpers import write_image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["name,x1,y1,x2,y2,classname"]
+    for k in range(n):
+        write_image(root / f"b{k}.png", np.full((360, 480, 3), 120, np.uint8))
+        rows += [f"b{k}.png,40,40,100,110,with_mask", f"b{k}.png,200,40,260,110,without_mask"]
+    (root / "boxes.csv").write_text("\n".join(rows) + "\n")
+    return root / "boxes.csv"
+
+
+def test_scenes_whose_faces_are_never_found_are_refused(tmp_path, tiny_model, capsys):
+    """No annotated face found at all: nothing can be fitted, so no 'site model' of
+    defaults is written with before/after mAP of None."""
+    csv = _blank_scenes(tmp_path / "blank")
+    with pytest.raises(cal.MaskwatchError, match="found none of the 24 annotated faces"):
+        cal.calibrate(csv, tmp_path / "site.onnx", model=tiny_model, progress=False,
+                      face_detector=BlobDetector(), classifier=SkinClassifier())
+    assert not (tmp_path / "site.onnx").exists()
+
+
+def test_one_class_sites_say_the_mask_threshold_was_kept(tmp_path, tiny_model, capsys):
+    csv = site_scenes(tmp_path / "site", 30, HEAD_BOXES)
+    csv.write_text(csv.read_text().replace(",with_mask", ",without_mask"))
+    r = cal.calibrate(csv, tmp_path / "site.onnx", model=tiny_model, progress=False,
+                      face_detector=BlobDetector(), classifier=SkinClassifier())
+    assert r["mask_threshold"] == 0.5
+    assert r["fit"]["mask_faces_by_class"]["with_mask"] == 0
+    assert "kept the model's (0.5)" in r["fit"]["mask_fit"]
+    assert "0 with_mask" in capsys.readouterr().err
+
+
+def test_out_is_checked_before_the_detector_runs(tmp_path, tiny_model):
+    csv = site_scenes(tmp_path / "site", 8, HEAD_BOXES)
+    (tmp_path / "taken.json").write_text("{}")
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "dir.onnx").mkdir()
+    for out, force, why in (("taken.onnx", False, "taken.json: exists"),
+                            ("folder.onnx", True, "folder.json: is a folder"),
+                            ("dir.onnx", True, "dir.onnx: is a folder"),
+                            ("base.onnx", True, "is the source model")):
+        finder = BlobDetector()
+        with pytest.raises(cal.MaskwatchError, match=why):
+            cal.calibrate(csv, tmp_path / out, model=tiny_model, progress=False, force=force,
+                          face_detector=finder, classifier=SkinClassifier())
+        assert finder.calls == 0
+    assert not (tmp_path / "folder.onnx").exists()
+
+
+def test_unreadable_scenes_are_counted_and_exit_1(tmp_path, tiny_model, capsys, monkeypatch):
+    monkeypatch.setattr(pipeline, "make_face_detector",
+                        lambda name, threshold=None, **kw: BlobDetector(threshold))
+    csv = site_scenes(tmp_path / "site", 24, HEAD_BOXES)
+    (tmp_path / "site" / "s3.png").write_bytes(b"not an image")
+    assert main(["calibrate", str(csv), "--out", str(tmp_path / "site.onnx"), "--model",
+                 str(tiny_model), "--quiet", "--threads", "1"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["unreadable_scenes"] == 1
+    assert "s3.png" in captured.err
+
+
+def test_calibrating_a_site_model_starts_again_from_the_defaults(tmp_path, tiny_model, capsys):
+    csv = site_scenes(tmp_path / "site", 30, HEAD_BOXES)
+    first = cal.calibrate(csv, tmp_path / "site.onnx", model=tiny_model, progress=False,
+                          face_detector=BlobDetector())
+    assert first["mask_threshold"] < 0.41  # the weak model's threshold is refitted
+    capsys.readouterr()
+    again = cal.calibrate(csv, tmp_path / "again.onnx", model=tmp_path / "site.onnx",
+                          progress=False, face_detector=BlobDetector())
+    assert "replaced, not built on" in capsys.readouterr().err
+    # the defaults are the base model's, not the first fit's; box maps do not stack
+    assert again["defaults"]["mask_threshold"] == 0.5
+    assert again["replaced_site"]["box_map"] == first["box_map"]
+    assert again["box_map"] == pytest.approx(first["box_map"], abs=0.01)
+    fitted = ModelInfo.load_json(tmp_path / "again.json").site.fitted
+    assert fitted["source_model"] == "base.onnx" and fitted["model_threshold"] == 0.5
+
+
+def test_a_tiny_held_out_part_is_flagged(tmp_path, tiny_model, capsys):
+    r = _calibrate(tmp_path, tiny_model, HEAD_BOXES, n=25, holdout=0.2)
+    assert r["held_out_scenes"] == 5
+    assert "rough guide" in r["held_out"]["note"] and "5 held-out" in capsys.readouterr().err
+    r = cal.calibrate(tmp_path / "site" / "boxes.csv", tmp_path / "all.onnx",
+                      model=tiny_model, progress=False, holdout=0, face_detector=BlobDetector(),
+                      classifier=SkinClassifier())
+    assert "held_out" not in r and r["held_out_scenes"] == 0
+
+
+def test_evaluate_detection_says_a_site_model_is_used_or_not(tmp_path, tiny_model, capsys,
+                                                             monkeypatch):
+    csv = site_scenes(tmp_path / "site", 24, HEAD_BOXES)
+    site = tmp_path / "site.onnx"
+    r = cal.calibrate(csv, site, model=tiny_model, progress=False, face_detector=BlobDetector())
+    monkeypatch.setattr(pipeline, "make_face_detector",
+                        lambda name, threshold=None, **kw: BlobDetector(threshold))
+    argv = ["evaluate-detection", "--data", str(csv), "--model", str(site), "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert (f"site model's settings: box map {r['box_map']}, smallest face {r['min_face']} px, "
+            f"face threshold {r['face_threshold']}, without_mask threshold "
+            f"{r['mask_threshold']}") in out
+    # fitted for another detector: not applied, and said so
+    yunet = type("YuNet", (BlobDetector,), {"name": "yunet"})
+    monkeypatch.setattr(pipeline, "make_face_detector",
+                        lambda name, threshold=None, **kw: yunet(threshold))
+    assert main(argv + ["--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["site"] is False
+    assert "fitted for centerface, not applied with yunet" in captured.err

@@ -361,3 +361,28 @@ def test_scenes_of_one_split(tmp_path, capsys):
     whole = write_manifest(tmp_path / "n.csv", [Sample(img("a"), "with_mask", None, "s", "a",
                                                        (0, 0, 10, 10))])
     assert [s.path.name for s in load_scenes(whole, split="test")] == ["a.jpg"]
+
+
+def test_no_face_found_scores_zero_map_and_unread_photos_are_said(tmp_path, capsys,
+                                                                  monkeypatch):
+    """A classifier that gets no face scores mAP 0, not no mAP at all; the text report
+    says how many photos could not be read."""
+    monkeypatch.setattr(pipeline, "_load_classifier", lambda c, t, threshold=None: SkinClassifier())
+    root = tmp_path / "blank"
+    (root / "annotations").mkdir(parents=True)
+    (root / "images").mkdir()
+    write_image(root / "images" / "b0.png", np.full((240, 320, 3), 120, np.uint8))
+    (root / "images" / "b1.png").write_bytes(b"not an image")
+    for name in ("b0", "b1"):
+        (root / "annotations" / f"{name}.xml").write_text(voc_xml(f"{name}.png", [
+            ("with_mask", (20, 20, 80, 90)), ("without_mask", (150, 20, 210, 90))]))
+    argv = ["evaluate-detection", "--data", str(root), "--quiet", "--threads", "1"]
+    assert main(argv + ["--json"]) == 1
+    r = json.loads(capsys.readouterr().out)
+    assert r["recall"] == 0.0 and r["failed"] == 1
+    assert r["ap50"] == {"with_mask": 0.0, "without_mask": 0.0} and r["map50"] == 0.0
+    assert r["threshold"] == 0.5
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "1 scenes (1 could not be read), 2 faces" in out
+    assert "mAP (with_mask, without_mask): at IoU 0.5 0.0%" in out

@@ -31,8 +31,10 @@ def register(subparsers) -> None:
         "default only when it scores better on the fitting scenes, and the whole fit only\n"
         "when it beats the defaults there by --margin (mAP@0.5). Faces marked difficult\n"
         "count neither way and photos annotated as holding no face count, as in\n"
-        "evaluate-detection. Prints one JSON object, with mAP before and after on a\n"
-        "held-out part of the scenes.",
+        "evaluate-detection. A site model given as --model is fitted again from the\n"
+        "defaults: its settings are replaced, not built on. Prints one JSON object, with\n"
+        "mAP before and after on a held-out part of the scenes; exit status 1 when some\n"
+        "photos could not be read.",
         examples=["maskwatch calibrate site-photos/ -o site.onnx",
                   "maskwatch detect camera1/ -m site.onnx -j"],
     )
@@ -73,4 +75,4 @@ def run(args) -> int:
         on_error=lambda msg: note(f"error: {msg}"),
     )
     print_json(report)
-    return 0
+    return 1 if report["unreadable_scenes"] else 0  # as detect and evaluate-detection

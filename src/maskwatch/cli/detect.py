@@ -203,17 +203,24 @@ def run_evaluate(args) -> int:
     scenes = load_scenes(args.data, args.limit,
                          warn=None if args.quiet else lambda m: note(f"warning: {m}"),
                          split=args.split)
-    detector = Detector(**detector_options(args))
+    options = detector_options(args)
+    detector = Detector(**options)
+    site = options["site"] or getattr(getattr(detector.classifier, "info", None), "site", None)
+    if site is not None and detector.site is None:
+        note(f"warning: {args.model}: its site settings were fitted for {site.detector}, "
+             f"not applied with {detector.face_detector.name}")
     report = evaluate_detection(
         scenes, detector.detect, recall_iou=args.recall_iou, progress=not args.quiet,
         on_error=lambda msg: note(f"error: {msg}"),
         count_threshold=detector.count_threshold, read=detector.read,  # as detect reads
+        classified=not args.faces_only,
     )
     report["split"] = args.split
     report["detector"] = detector.face_detector.name
     report["face_threshold"] = detector.face_detector.threshold
     report["min_face"] = detector.min_face
     report["box_map"] = list(detector.box_map) if detector.box_map else None
+    report["threshold"] = detector.threshold
     report["site"] = detector.site is not None
     if args.json:
         print_json(report)
@@ -229,14 +236,18 @@ LOOSE_HINT = 0.3
 def _print_report(r: dict) -> None:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     split = "" if r.get("split", "all") == "all" else f" of split {r['split']}"
-    print(f"{r['images']} scenes{split}, {r['faces']} faces; detector {r['detector']} "
+    failed = f" ({r['failed']} could not be read)" if r.get("failed") else ""
+    print(f"{r['images']} scenes{split}{failed}, {r['faces']} faces; detector {r['detector']} "
           f"(threshold {r['face_threshold']}), {r['ms_per_image']:.1f} ms per image")
     if r.get("difficult_faces") or r.get("images_without_faces"):
         print(f"  also {r.get('difficult_faces', 0)} difficult faces (neither found nor "
               f"missed) and {r.get('images_without_faces', 0)} scenes without a face (every "
               "box there is false)")
     if r.get("site") or r.get("min_face"):
-        print(f"site settings: box map {r.get('box_map')}, smallest face {r['min_face']} px")
+        site = "site model's settings" if r.get("site") else "settings"
+        mask = "" if r.get("threshold") is None else f", without_mask threshold {r['threshold']}"
+        print(f"{site}: box map {r.get('box_map')}, smallest face {r['min_face']} px, face "
+              f"threshold {r['face_threshold']}{mask}")
     print(f"face recall (IoU >= {r['recall_iou']}): {pct(r['recall'])} "
           f"(faces >= 32 px: {pct(r['recall_32px'])})")
     for c, v in r["recall_by_class"].items():

@@ -26,7 +26,7 @@ scene annotated as holding no face counts, every box there false, in every mAP.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -343,9 +343,27 @@ def fit_site(scenes, cache, classes, defaults: Settings, margin: float = 0.01) -
     # 4. mask decision on the faces found
     probs, truth = mask_outcomes(scenes, cache, s, classes)
     report["mask_faces"] = int(len(truth))
+    report["mask_faces_by_class"] = {WITH_MASK: int((~truth).sum()),
+                                     WITHOUT_MASK: int(truth.sum())}
     s = replace(s, mask_threshold=fit_mask_threshold(probs, truth, classes,
                                                      defaults.mask_threshold))
+    report["mask_fit"] = mask_fit_note(truth, classes, s.mask_threshold,
+                                       defaults.mask_threshold)
     return Fit(settings=s, defaults=defaults, report=report)
+
+
+def mask_fit_note(truth, classes, chosen: float, default: float) -> str:
+    """Why the without_mask threshold is what it is, in a line."""
+    if WITHOUT_MASK not in classes:
+        return "kept the model's: it has no without_mask class"
+    n_without, n_with = int(truth.sum()), int((~truth).sum())
+    if min(n_with, n_without) < MASK_MIN_FACES:
+        return (f"kept the model's ({default:g}): fitting it needs {MASK_MIN_FACES} found "
+                f"faces of each class, the fitting scenes gave {n_with} with_mask and "
+                f"{n_without} without_mask")
+    if chosen == default:
+        return "kept the model's: no threshold did better on the fitting scenes"
+    return f"fitted: {chosen:g} (the model's: {default:g})"
 
 
 def held_out_report(scenes, cache, classes, before: Settings, after: Settings,
@@ -355,7 +373,7 @@ def held_out_report(scenes, cache, classes, before: Settings, after: Settings,
     from ``cache``)."""
     out: dict = {"scenes": len(scenes)}
     for name, s, c in (("before", before, cache), ("after", after, after_cache or cache)):
-        r = score_detections(scenes, predictions(c, s, classes))
+        r = score_detections(scenes, predictions(c, s, classes), classified=True)
         probs, truth = mask_outcomes(scenes, c, s, classes)
         ba, rec = mask_rates(probs, truth, classes, s.mask_threshold)
         out[name] = {
@@ -395,6 +413,8 @@ def site_params(fit: Fit, detector_name: str, fitted: dict) -> SiteParams:
 #: Fewest fitting scenes accepted, and the count below which a warning is printed.
 MIN_FIT_SCENES = 5
 FEW_SCENES = 20
+#: Held-out scenes (read) under which before/after is flagged as a rough guide.
+FEW_HELD_OUT = 10
 
 
 def calibrate(
@@ -420,10 +440,24 @@ def calibrate(
     out = Path(out)
     if src.suffix.lower() != ".onnx" or out.suffix.lower() != ".onnx":
         raise MaskwatchError("calibrate reads and writes ONNX models (--model and --out .onnx)")
-    if out.exists() and not force:
-        raise MaskwatchError(f"{out}: exists; choose another --out or pass --overwrite")
+    for path in (out, out.with_suffix(".json")):  # before the detector runs, not after
+        if path.is_dir():
+            raise MaskwatchError(f"{path}: is a folder; --out names the .onnx file to write")
+        if path.exists() and not force:
+            raise MaskwatchError(f"{path}: exists; choose another --out or pass --overwrite")
+    if out.resolve() == src.resolve():
+        raise MaskwatchError(f"{out}: is the source model; write the copy elsewhere")
     info = ModelInfo.load_json(src.with_suffix(".json"))
-    scenes = load_scenes(data, warn=lambda m: print(f"maskwatch: warning: {m}", file=sys.stderr))
+    warn = lambda m: print(f"maskwatch: warning: {m}", file=sys.stderr)  # noqa: E731
+    # a site model is refitted from the defaults: its settings are replaced, never stacked
+    previous = info.site
+    model_threshold = float(info.threshold)
+    if previous is not None:
+        model_threshold = float(previous.fitted.get("model_threshold", model_threshold))
+        warn(f"{src.name} is a site model: calibrate fits from the detector's own boxes and "
+             f"the model's own thresholds (without_mask {model_threshold:g}) again; its site "
+             "settings are replaced, not built on")
+    scenes = load_scenes(data, warn=warn)
     fit_idx, held_idx = split_scenes(len(scenes), holdout, seed)
     if len(fit_idx) < MIN_FIT_SCENES:
         raise MaskwatchError(f"{data}: {len(fit_idx)} scene(s) to fit on; calibrate needs at "
@@ -438,17 +472,24 @@ def calibrate(
                    threads=threads, min_face=0, site=False, **given)
     defaults = Settings(box_map=DEFAULT_BOX_MAPS.get(det.face_detector.name, IDENTITY),
                         face_threshold=float(det.face_detector.threshold),
-                        mask_threshold=float(info.threshold))
+                        mask_threshold=model_threshold)
     det.face_detector.threshold = min(LOWEST_FACE_THRESHOLD, defaults.face_threshold)
     cache = run_detector(scenes, det, progress, on_error)
     if all(c is None for c in cache):
         raise MaskwatchError(f"{data}: none of the scenes could be read")
     classes = det.classes
+    found = score_detections(scenes, predictions(cache, Settings(face_threshold=0.0), classes))
+    if found["faces"] and not found["recall30"]:
+        raise MaskwatchError(
+            f"{data}: the face detector ({det.face_detector.name}) found none of the "
+            f"{found['faces']} annotated faces (median side {found['face_px_median']} px); "
+            "calibrate fits conventions and thresholds, not new faces: nothing to fit")
     pick = lambda idx: ([scenes[i] for i in idx], [cache[i] for i in idx])  # noqa: E731
     fit = fit_site(*pick(fit_idx), classes, defaults, margin)
     s = fit.settings
     report: dict = {
         "scenes": len(scenes),
+        "unreadable_scenes": sum(c is None for c in cache),
         "fit_scenes": len(fit_idx),
         "held_out_scenes": len(held_idx),
         "seed": seed,
@@ -461,6 +502,11 @@ def calibrate(
                      "mask_threshold": defaults.mask_threshold},
         "fit": fit.report,
     }
+    if previous is not None:
+        report["replaced_site"] = {k: v for k, v in asdict(previous).items() if k != "fitted"}
+    by_class = fit.report["mask_faces_by_class"]
+    if WITHOUT_MASK not in classes or min(by_class.values()) < MASK_MIN_FACES:
+        warn(f"without_mask threshold {fit.report['mask_fit']}")
     if held_idx:
         after_cache = None
         if s.min_face > 0:  # the site's finer pass skips faces under min_face: run it so
@@ -468,8 +514,15 @@ def calibrate(
             after_cache = run_detector([scenes[i] for i in held_idx], det, False, None)
         report["held_out"] = held_out_report(*pick(held_idx), classes, defaults, s,
                                              after_cache)
+        read = sum(cache[i] is not None for i in held_idx)
+        if read < FEW_HELD_OUT:
+            report["held_out"]["note"] = (f"only {read} held-out scene(s) read: before/after "
+                                          "is a rough guide")
+            warn(f"mAP before/after is on {read} held-out scene(s) only: a rough guide")
     fitted = {k: report[k] for k in ("scenes", "fit_scenes", "held_out_scenes", "seed")}
-    fitted.update(given, source_model=src.name)
+    fitted.update(given, source_model=(previous.fitted.get("source_model", src.name)
+                                       if previous is not None else src.name),
+                  model_threshold=model_threshold)
     if held_idx:
         fitted["held_out_map50"] = {k: report["held_out"][k]["map50"]
                                     for k in ("before", "after")}

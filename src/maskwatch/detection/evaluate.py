@@ -322,7 +322,8 @@ def _side(box) -> float:
 
 
 def score_detections(
-    scenes: Sequence[Scene], predictions: Sequence[list | None], recall_iou: float = 0.4
+    scenes: Sequence[Scene], predictions: Sequence[list | None], recall_iou: float = 0.4,
+    classified: bool = False,
 ) -> dict:
     """Score normalised predictions (see :func:`detect_scenes`) against the scenes.
 
@@ -331,7 +332,8 @@ def score_detections(
     one-to-one precision/recall at IoU 0.5 and 0.3. ``loose_match_share``: of the boxes that
     match a face at IoU >= 0.3, the share below 0.5 - high when the annotators draw boxes
     another way (e.g. whole heads). With class scores: VOC AP per class at IoU 0.5 and 0.3
-    and their means over with_mask and without_mask (``map50``, ``map30``).
+    and their means over with_mask and without_mask (``map50``, ``map30``); ``classified``:
+    score them even when no box was found (a classifier that got no face scores 0 AP).
 
     Difficult faces (VOC) are neither found nor missed: they are left out of ``faces``
     and every recall, a box matching one is not false, and a box whose best match at IoU
@@ -346,7 +348,6 @@ def score_detections(
     ignored50 = ignored30 = n_hard = faceless = 0
     false_sizes: list[float] = []
     face_sizes: list[float] = []
-    classified = False
     for scene, faces in zip(scenes, predictions):
         if faces is None:
             continue
@@ -496,15 +497,16 @@ def evaluate_detection(
     on_error: Callable[[str], None] | None = None,
     count_threshold: float | None = None,
     read: Callable[[Path], tuple[np.ndarray, tuple[float, float]]] | None = None,
+    classified: bool = False,
 ) -> dict:
     """Run ``detect`` (a pipeline ``Detector.detect`` or a ``FaceDetector.detect``) on every
     scene and score it with :func:`score_detections` (plus ``ms_per_image``, and with
-    ``count_threshold`` a ``counting`` section from :func:`score_counting`). ``read`` as
-    in :func:`detect_scenes`."""
+    ``count_threshold`` a ``counting`` section from :func:`score_counting`). ``read`` and
+    ``classified`` as in :func:`detect_scenes` and :func:`score_detections`."""
     if not scenes:
         raise MaskwatchError("no annotated scenes to evaluate")
     predictions, seconds = detect_scenes(scenes, detect, progress, on_error, read)
-    report = score_detections(scenes, predictions, recall_iou)
+    report = score_detections(scenes, predictions, recall_iou, classified)
     if count_threshold is not None:
         report["counting"] = score_counting(scenes, predictions, count_threshold)
     report["ms_per_image"] = round(1000 * seconds / report["images"], 2)
