@@ -434,4 +434,5 @@ def test_evaluate_detection_says_a_site_model_is_used_or_not(tmp_path, tiny_mode
     assert main(argv + ["--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["site"] is False
-    assert "fitted for centerface, not applied with yunet" in captured.err
+    assert ("its site settings were fitted for the centerface detector, so they are not "
+            "applied with yunet") in captured.err

@@ -326,3 +326,27 @@ def test_quantise_centerface_writes_a_working_int8_detector(tmp_path):
     faces = CenterFaceDetector(model_path=out, threads=1).detect(rgb)
     truth = make_face_detector("centerface-fp32").detect(rgb)
     assert len(faces) == 1 and iou(faces[0][:4], truth[0][:4]) > 0.8
+
+
+def test_a_site_model_for_another_detector_is_not_applied_and_said(tmp_path, capsys):
+    """Site settings fitted for YuNet's boxes would misplace CenterFace's: not applied,
+    and `detect` (through run_detect) says so, --quiet or not."""
+    from maskwatch.detection.runner import run_detect
+    from maskwatch.inference.modelfile import SiteParams
+
+    site = SiteParams(detector="yunet", box_map=[1.3, 1.4, 0.0, -0.1], min_face=30,
+                      face_threshold=0.6)
+    options = dict(face_detector="centerface", classifier=SkinClassifier(), threads=1,
+                   site=site)
+    detector = Detector(**options)
+    assert detector.site is None and detector.unused_site is site
+    assert detector.face_detector.threshold != 0.6 and detector.min_face != 30
+    said = detector.unused_site_warning("site.onnx")
+    assert said.startswith("warning: site.onnx: its site settings were fitted for the yunet")
+    same = SiteParams(detector="centerface", min_face=30)
+    fitted = Detector(**{**options, "site": same})
+    assert fitted.unused_site_warning("x") is None and fitted.min_face == 30
+    photo = tmp_path / "blank.png"
+    write_image(photo, np.full((60, 80, 3), 128, np.uint8))
+    assert run_detect([str(photo)], options, quiet=True) == 0
+    assert "fitted for the yunet detector" in capsys.readouterr().err

@@ -294,3 +294,13 @@ def add_alert_arguments(p: argparse.ArgumentParser, title: str, per: str = "") -
                        help="POST the JSON event to this http(s) URL on an alert")
     alert.add_argument("--alert-interval", type=number(0.0), default=60.0, metavar="SECONDS",
                        help="at most one alert per this many seconds" + per)
+
+
+def warn_unused_site(detector, model) -> None:
+    """Say when ``model`` is a site model whose settings ``detector`` does not apply."""
+    said = getattr(detector, "unused_site_warning", None)  # stand-ins in tests lack it
+    unused = said(model) if said else None
+    if unused:
+        from maskwatch.console import note
+
+        note(unused)

@@ -22,6 +22,7 @@ from maskwatch.cli.common import (
     output_folder,
     positive_int,
     print_json,
+    warn_unused_site,
 )
 
 ORDER = 40
@@ -200,15 +201,10 @@ def run_evaluate(args) -> int:
     from maskwatch.detection.evaluate import evaluate_detection, load_scenes
     from maskwatch.detection.pipeline import Detector
 
-    scenes = load_scenes(args.data, args.limit,
-                         warn=None if args.quiet else lambda m: note(f"warning: {m}"),
-                         split=args.split)
-    options = detector_options(args)
-    detector = Detector(**options)
-    site = options["site"] or getattr(getattr(detector.classifier, "info", None), "site", None)
-    if site is not None and detector.site is None:
-        note(f"warning: {args.model}: its site settings were fitted for {site.detector}, "
-             f"not applied with {detector.face_detector.name}")
+    scenes = load_scenes(args.data, args.limit, warn=lambda m: note(f"warning: {m}"),
+                         split=args.split)  # --quiet hides progress bars, not warnings
+    detector = Detector(**detector_options(args))
+    warn_unused_site(detector, args.model)
     report = evaluate_detection(
         scenes, detector.detect, recall_iou=args.recall_iou, progress=not args.quiet,
         on_error=lambda msg: note(f"error: {msg}"),

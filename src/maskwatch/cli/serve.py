@@ -12,6 +12,7 @@ from maskwatch.cli.common import (
     add_model_argument,
     add_threads_argument,
     add_threshold_argument,
+    warn_unused_site,
 )
 from maskwatch.errors import MaskwatchError
 
@@ -148,6 +149,7 @@ def run(args) -> int:
     if args.detector:
         kwargs["face_detector"] = args.detector
     detector = Detector(**kwargs)
+    warn_unused_site(detector, args.model)
     app = create_app(detector=detector, settings=settings)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"maskwatch: serving on http://{shown}:{args.port}/ (Ctrl+C to stop)", file=sys.stderr)

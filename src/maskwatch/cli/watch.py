@@ -17,6 +17,7 @@ from maskwatch.cli.common import (
     margin,
     positive_int,
     print_json,
+    warn_unused_site,
 )
 
 ORDER = 45
@@ -98,6 +99,7 @@ def run_watch(args) -> int:
     options = detector_options(args)
     # a bad --model is one clear error before anything starts; this one serves the 1st source
     built = [Detector(**options)]
+    warn_unused_site(built[0], args.model)
 
     make_alert = None
     if args.alert_command or args.alert_url:

@@ -222,6 +222,10 @@ class Detector:
         raw_boxes = site is False
         if site is None:
             site = getattr(getattr(self.classifier, "info", None), "site", None)
+        #: a site model's settings fitted for another face detector: not applied (say so)
+        self.unused_site: SiteParams | None = None
+        if isinstance(site, SiteParams) and site.detector != self.face_detector.name:
+            self.unused_site = site
         if not isinstance(site, SiteParams) or site.detector != self.face_detector.name:
             site = None
         self.site: SiteParams | None = site
@@ -241,6 +245,15 @@ class Detector:
         if count_threshold is not None and not 0.0 <= count_threshold <= 1.0:
             raise MaskwatchError(f"--count-threshold must be in [0, 1], got {count_threshold}")
         self._count_threshold = count_threshold
+
+    def unused_site_warning(self, model) -> str | None:
+        """A line for the user when ``model`` (the path given) is a site model whose
+        settings are not applied: they were fitted for another face detector."""
+        site = self.unused_site
+        if site is None:
+            return None
+        return (f"warning: {model}: its site settings were fitted for the {site.detector} "
+                f"detector, so they are not applied with {self.face_detector.name}")
 
     @property
     def count_threshold(self) -> float:

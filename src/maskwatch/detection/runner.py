@@ -417,6 +417,9 @@ def run_detect(
     if in_flight > 1:
         options["threads"] = 1
     detector = Detector(**options)
+    unused = detector.unused_site_warning(options.get("classifier"))
+    if unused:  # a warning, shown with --quiet too (that only hides progress bars)
+        note(unused)
     annotate = annotate or Annotator()
     run = Run(detector, out=out, save_live=save_live, annotate=annotate, json_lines=json_lines,
               overwrite=overwrite, results=results, resume=resume, max_frames=max_frames,
