@@ -398,3 +398,108 @@ def test_kill_9_leaves_every_reported_event_in_a_database_that_opens(clip, tmp_p
     assert "reconnecting" in proc.stderr.read()
     store = Store(db)
     assert store.count_events() >= 3 and store.version() == SCHEMA_VERSION
+
+
+# ---------------------------------------------------------------- odd sources and situations
+
+
+def test_source_names_that_cannot_be_folders_or_are_mistyped_are_one_clear_error():
+    for item, message in [("..=clip.mp4", "'..' cannot name a source"),
+                          ("my door=clip.mp4", "may only use letters"),
+                          ("door=", "no source after '='")]:
+        with pytest.raises(MaskwatchError, match=message):
+            split_source(item)
+    with pytest.raises(MaskwatchError) as info:
+        split_source("my door=rtsp://user:secret@cam.local/x")
+    assert "secret" not in str(info.value)
+
+
+def test_a_stream_that_cannot_be_opened_is_logged_without_its_password():
+    from maskwatch.detection.video import VideoSource
+
+    with pytest.raises(MaskwatchError) as info:
+        VideoSource("http://user:secret@127.0.0.1:9/x.mp4")  # a closed port
+    assert "secret" not in str(info.value) and "127.0.0.1:9/x.mp4" in str(info.value)
+
+
+def test_a_snapshot_that_cannot_be_written_keeps_its_event(tmp_path, monkeypatch):
+    import maskwatch.imaging
+
+    def full_disk(path, *a, **kw):
+        raise MaskwatchError(f"{path}: cannot write the image (No space left on device)")
+
+    monkeypatch.setattr(maskwatch.imaging, "save_rgb", full_disk)
+    out, logs = Collect(), []
+    w = SourceWatcher("clip.mp4", "clip", ScriptedDetector(_script()), out,
+                      WatchConfig(max_missed=2, snapshots=tmp_path / "snaps"), log=logs.append,
+                      open_source=lambda spec: ListSource(20), clock=lambda: 1000.0)
+    w.run()
+    assert [(e["track_id"], e["snapshot"]) for e in out.events] == [(1, None), (2, None)]
+    assert sum("No space left on device" in m for m in logs) == 2
+
+
+def test_writer_outlives_a_failing_report_and_gives_up_on_close(tmp_path):
+    store = Store(tmp_path / "e.sqlite")
+    reported = []
+
+    def on_event(row):  # `--json | head -1`: the reader is gone after the first line
+        if reported:
+            raise BrokenPipeError(32, "Broken pipe")
+        reported.append(row["id"])
+
+    writer = StoreWriter(store, on_event=on_event, log=lambda m: None)
+    for i in range(3):  # one at a time (a broken writer would never take the next)
+        writer.add_event(_event(track_id=i))
+        time.sleep(0.2)
+    writer.close(10)
+    assert writer.events_written == 3 and store.count_events() == 3
+
+    class Gone(Store):  # the database went read-only, or the server away, for good
+        def _connect(self, write=False):
+            raise MaskwatchError("attempt to write a readonly database")
+
+    stuck = StoreWriter(Gone(tmp_path / "e.sqlite", migrate=False), log=lambda m: None,
+                        retry_max=0.05)
+    stuck.add_event(_event())
+    time.sleep(0.3)  # already retrying when the watch stops
+    stuck.add_event(_event(track_id=2))
+    stuck.close(timeout=10)
+    assert not stuck._thread.is_alive() and stuck.lost == 2
+
+
+def test_watch_refuses_a_snapshot_folder_that_is_a_file_and_a_read_only_db(tmp_path,
+                                                                          monkeypatch):
+    from maskwatch.monitoring import service
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    with pytest.raises(MaskwatchError, match="--snapshots .*a file is in the way"):
+        service.watch(["clip.mp4"], tmp_path / "e.sqlite", object,
+                      WatchConfig(snapshots=afile))
+    with pytest.raises(MaskwatchError, match="cannot make its folder"):
+        Store(afile / "e.sqlite")
+    db = tmp_path / "ro.sqlite"
+    Store(db).close()
+    db.chmod(0o444)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: m != os.W_OK and real(p, m))  # even as root
+    with pytest.raises(MaskwatchError, match="read-only"):
+        service.watch(["clip.mp4"], db, object, WatchConfig())
+
+
+def test_watch_json_into_a_closed_pipe_stops_and_keeps_every_event(clip, tmp_path,
+                                                                  monkeypatch, capsys):
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    db = tmp_path / "e.sqlite"
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    code = main(["watch", str(clip), "--db", str(db), "--detector", "yunet", "--threads", "1",
+                 "--json"])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err and "output closed" in err
+    assert Store(db).count_events() == 2

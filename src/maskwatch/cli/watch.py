@@ -41,7 +41,8 @@ def register(subparsers) -> None:
         "`maskwatch serve --db PATH` on /dashboard and /api/events.\n\n"
         "SOURCE: a camera index (0), a stream URL (rtsp://, http://...) or a video file;\n"
         "NAME=SOURCE names it (events record the name, never a stream's password).\n"
-        "A dropped camera or stream is reopened with backoff (1 s, 2 s, ... up to 60 s); a\n"
+        "A camera or stream that cannot be opened (at start too: camera 7 may be plugged in\n"
+        "later) or drops is retried with backoff (1 s, 2 s, ... up to 60 s) until stopped; a\n"
         "video file ends its source. Ctrl+C or SIGTERM stops: people in view are stored.",
         examples=["maskwatch watch clip.mp4 --db events.sqlite",
                   "maskwatch watch 0 door=rtsp://cam.local/stream --db events.sqlite "
@@ -111,17 +112,24 @@ def run_watch(args) -> int:
 
         make_alert()  # a bad --alert-url is one clear error before anything starts
 
+    stop = threading.Event()
+
     def on_event(row: dict) -> None:
         record = {**row, "first_seen": iso(row["first_seen"]), "last_seen": iso(row["last_seen"])}
-        if args.json:
-            print_json(record)
-        elif not args.quiet:
-            label = record["label"] or "face"
-            print(f"{record['source']} #{record['track_id']}: {label} ({record['frames']} "
-                  f"frames, score {record['score']:.2f}) {record['first_seen']} .. "
-                  f"{record['last_seen']}", flush=True)
+        try:
+            if args.json:
+                print_json(record)
+            elif not args.quiet:
+                label = record["label"] or "face"
+                print(f"{record['source']} #{record['track_id']}: {label} ({record['frames']} "
+                      f"frames, score {record['score']:.2f}) {record['first_seen']} .. "
+                      f"{record['last_seen']}", flush=True)
+        except BrokenPipeError:  # `| head -1`: stop as a pipe's writer does, storing the rest
+            if not stop.is_set():
+                print("maskwatch: output closed: stopping", file=sys.stderr, flush=True)
+            args.quiet, args.json = True, False
+            stop.set()
 
-    stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     summary = watch(
@@ -130,11 +138,13 @@ def run_watch(args) -> int:
         make_alert=make_alert, on_event=on_event, stop=stop,
         progress=not args.quiet and not args.json,
     )
-    failed = [s for s, v in summary["sources"].items() if v["error"]]
+    failed = [s for s, v in summary["sources"].items() if v["error"]] or summary["lost"]
     if args.json:
         print_json({"summary": summary})
     else:
-        parts = [f"{summary['events']} event(s) stored in {summary['db']}"]
+        parts = [f"{summary['events']} event(s) stored in {summary['db']}"
+                 + (f", {summary['lost']} lost (the database could not be written)"
+                    if summary["lost"] else "")]
         for name, s in summary["sources"].items():
             parts.append(f"{name}: {s['frames']} frame(s), {s['events']} person(s)"
                          + (f", {s['reconnects']} reconnection(s)" if s["reconnects"] else "")

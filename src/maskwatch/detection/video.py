@@ -28,6 +28,11 @@ def is_stream(spec: str) -> bool:
     return str(spec).lower().startswith(STREAM_PREFIXES)
 
 
+def safe_spec(spec: str) -> str:
+    """The source as safe to print: a stream URL without its user and password."""
+    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1***@", str(spec))
+
+
 def source_name(spec: str) -> str:
     """A file-name-safe name for a source: the file stem, ``camera0``, or the stream host."""
     spec = str(spec)
@@ -64,7 +69,8 @@ class VideoSource:
             self._cap = cv2.VideoCapture(self.spec)
             if not self._cap.isOpened():
                 what = "stream" if self.live else "video"
-                raise MaskwatchError(f"{self.spec}: cannot open this {what} with OpenCV")
+                raise MaskwatchError(f"{safe_spec(self.spec)}: cannot open this {what} with "
+                                     "OpenCV")
         fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if 0.5 <= fps <= 1000 else DEFAULT_FPS
         self.width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)

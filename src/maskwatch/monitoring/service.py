@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -50,9 +51,20 @@ def watch(
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise MaskwatchError(f"two sources are named {dupes[0]!r}: name them as NAME=SOURCE")
-    store = Store(db)
     if config.snapshots is not None:
-        Path(config.snapshots).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(config.snapshots).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = ("a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError))
+                   else exc.strerror or exc)
+            raise MaskwatchError(f"--snapshots {config.snapshots}: cannot make this folder "
+                                 f"({why})") from None
+    store = Store(db)
+    if store.path is not None and not all(
+            os.access(p, os.W_OK) for p in (store.path, store.path.resolve().parent)):
+        store.close()
+        raise MaskwatchError(f"{store.path}: read-only (watch writes events to it)")
+    if config.snapshots is not None:
         store.set_meta("snapshots_dir", str(Path(config.snapshots).resolve()))
     writer = StoreWriter(store, on_event=on_event, log=log)
     watchers = []
@@ -74,9 +86,9 @@ def watch(
         threads = [threading.Thread(target=_run_until_done, args=(w, flag), daemon=True,
                                     name=f"maskwatch-watch-{w.name}")
                    for w, flag in zip(watchers, done)]
+        log(f"watching {len(threads)} source(s) into {display_url(str(db))}")
         for t in threads:
             t.start()
-        log(f"watching {len(threads)} source(s) into {display_url(str(db))}")
         with _ctrl_c_stops(stop, log):
             deadline = None
             while not all(flag.is_set() for flag in done):
@@ -106,6 +118,7 @@ def watch(
         "db": display_url(str(db)),
         "events": writer.events_written,
         "deleted": writer.deleted,
+        "lost": writer.lost,
         "sources": {w.name: {"frames": w.frames, "events": w.events,
                              "reconnects": w.reconnects, "error": w.error} for w in watchers},
     }
@@ -135,6 +148,10 @@ def _ctrl_c_stops(stop: threading.Event, log: Callable[[str], None]):
 def _run_until_done(watcher: SourceWatcher, done: threading.Event) -> None:
     try:
         watcher.run()
+    except Exception as exc:  # a bug must not pass for a source that ended well
+        watcher.error = f"{watcher.name}: stopped by {type(exc).__name__}: {exc}"
+        watcher.log(f"error: {watcher.error}")
+        raise
     finally:
         done.set()
 

@@ -192,7 +192,13 @@ class Store:
                 if not create:
                     raise MaskwatchError(f"{self.path}: no such database (run `maskwatch watch "
                                          f"... --db {self.path}` first)")
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    why = ("a file is in the way" if isinstance(
+                        exc, (FileExistsError, NotADirectoryError)) else exc.strerror or exc)
+                    raise MaskwatchError(f"{self.path}: cannot make its folder ({why})"
+                                         ) from None
         try:
             if self.dialect == "sqlite":
                 self.engine = sa.create_engine(url, connect_args={"timeout": 30})
@@ -493,6 +499,8 @@ class StoreWriter:
         self.events_written = 0
         self.deleted = 0
         self.errors = 0
+        self.lost = 0  # events given up on at close (the database stayed unwritable)
+        self._gave_up = False
         self._q: queue.Queue = queue.Queue()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="maskwatch-db-writer",
@@ -516,6 +524,7 @@ class StoreWriter:
         self._q.join()
 
     def close(self, timeout: float | None = None) -> None:
+        self._closing.set()  # a write that keeps failing now gives up (after retry_max)
         self._q.put(_STOP)
         self._thread.join(timeout)
 
@@ -529,8 +538,6 @@ class StoreWriter:
                     break
             stop = any(item is _STOP for item in batch)
             work = [item for item in batch if item is not _STOP]
-            if stop:
-                self._closing.set()
             try:
                 if work:
                     self._write(work)
@@ -546,6 +553,10 @@ class StoreWriter:
         retention = [arg for kind, arg in work if kind == "retention"]
         delay = 0.5
         while True:
+            if self._gave_up:  # closing, and the database did not come back: do not wait again
+                self.lost += len(events)
+                self.log(f"database write failed, {len(events)} event(s) lost")
+                return
             try:
                 with self.store._connect(write=True) as conn, conn.begin():
                     ids = self.store.add_events(events, conn)
@@ -555,6 +566,8 @@ class StoreWriter:
             except (MaskwatchError, sa.exc.SQLAlchemyError) as exc:
                 self.errors += 1
                 if self._closing.is_set() and delay > self.retry_max:
+                    self._gave_up = True
+                    self.lost += len(events)
                     self.log(f"database write failed, {len(events)} event(s) lost: "
                              f"{_first_line(exc)}")
                     return
@@ -565,7 +578,11 @@ class StoreWriter:
         self.events_written += len(ids)
         for row, event_id in zip(events, ids):
             if self.on_event is not None:
-                self.on_event({**row, "id": event_id})
+                try:
+                    self.on_event({**row, "id": event_id})
+                except Exception as exc:  # the event is stored; the writer must go on
+                    self.log(f"event {event_id} stored, but not reported: "
+                             f"{type(exc).__name__}: {exc}")
         for (_cutoff, on_done), (n, snaps) in zip(retention, removed):
             self.deleted += n
             on_done(n, snaps)

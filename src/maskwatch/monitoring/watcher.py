@@ -30,6 +30,7 @@ from maskwatch.detection.video import (
     VideoSource,
     is_camera,
     is_stream,
+    safe_spec,
     source_name,
 )
 from maskwatch.errors import MaskwatchError
@@ -48,8 +49,20 @@ def split_source(item: str) -> tuple[str, str]:
     if "=" in item and not Path(item).exists():
         name, spec = item.split("=", 1)
         if name and all(c in NAME_CHARS for c in name) and spec:
-            return name, spec
-    return source_name(item), item
+            return _check_name(name, item), spec
+        if name and not any(c in name for c in "/\\:"):  # meant as NAME=SOURCE
+            if not spec:
+                raise MaskwatchError(f"{item}: no source after '=' (NAME=SOURCE)")
+            raise MaskwatchError(f"{safe_spec(item)}: a source name may only use letters, digits, "
+                                 "'.', '_' and '-'")
+    return _check_name(source_name(item), item), item
+
+
+def _check_name(name: str, item: str) -> str:
+    # the name is a folder under --snapshots: "." or ".." would put snapshots outside it
+    if not name.strip("."):
+        raise MaskwatchError(f"{safe_spec(item)}: {name!r} cannot name a source (NAME=SOURCE)")
+    return name
 
 
 @dataclass
@@ -284,8 +297,8 @@ class SourceWatcher:
         path = folder / f"{self.name}-{when.strftime('%H%M%S.%f')[:-3]}-t{track.track_id}.jpg"
         try:
             save_rgb(path, draw_faces(frame, [face]), quality=85)
-        except OSError as exc:
-            self.log(f"{path}: snapshot not written ({exc})")
+        except (OSError, MaskwatchError) as exc:  # a full disk: the event is kept without it
+            self.log(f"snapshot not written: {exc}")
             return None
         return str(path.resolve())
 
