@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.errors import MaskwatchError, ModelError
+from maskwatch.errors import MaskwatchError, ModelError, first_line
 from maskwatch.inference.modelfile import ModelInfo
 from maskwatch.inference.preprocess import decide, prepare, probabilities
 
@@ -63,8 +63,7 @@ def onnx_session(path: str | Path, threads: int = 0):
             str(path), sess_options=opts, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # onnxruntime raises its own exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: not a valid ONNX model ({first[:200]})") from None
+        raise ModelError(f"{path}: not a valid ONNX model ({first_line(exc)})") from None
 
 
 def check_classifier_graph(session, info: ModelInfo, path: str | Path) -> None:
@@ -101,8 +100,8 @@ class _OnnxBackend:
         try:
             return self.session.run(None, {self.input_name: x})[0]
         except Exception as exc:  # onnxruntime's own types: a graph that cannot take faces
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{self.path}: the model cannot score faces ({first[:200]})") from None
+            raise ModelError(f"{self.path}: the model cannot score faces "
+                             f"({first_line(exc)})") from None
 
 
 class _TorchBackend:

