@@ -107,3 +107,14 @@ def remove_created(files: list[Path], root: Path) -> None:
             folder.rmdir()
         except OSError:  # not empty (other files), or gone
             pass
+
+
+def make_folder(folder: str | Path, what: str) -> None:
+    """``mkdir -p folder``; when it cannot be made, one MaskwatchError line: ``what`` and
+    why (a file in the way, or the system's reason)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = ("a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError))
+               else exc.strerror or str(exc))
+        raise MaskwatchError(f"{what} ({why})") from None

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from maskwatch.errors import MaskwatchError
+from maskwatch.files import make_folder
 
 
 def sample_photo() -> Path:
@@ -72,11 +73,7 @@ def run_demo(out: str | Path | None = ".", face_detector: str = "centerface",
     from maskwatch.imaging import save_rgb
 
     if out is not None:  # before the models load: a folder that cannot be made fails first
-        try:
-            Path(out).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise MaskwatchError(f"{out}: cannot make this folder ({exc.strerror or exc})"
-                                 ) from None
+        make_folder(out, f"{out}: cannot make this folder")
     detector = Detector(face_detector=face_detector, classifier=model, threads=threads)
     scene = make_demo_image(detector.face_detector)
     faces = detector.detect(scene, check_bgr=False)  # made here, RGB (the mask is blue)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from maskwatch.errors import MaskwatchError
+from maskwatch.files import make_folder
 from maskwatch.monitoring.store import Store, StoreWriter, display_url
 from maskwatch.monitoring.watcher import SourceWatcher, WatchConfig, retention_done, split_source
 
@@ -52,13 +53,7 @@ def watch(
     if dupes:
         raise MaskwatchError(f"two sources are named {dupes[0]!r}: name them as NAME=SOURCE")
     if config.snapshots is not None:
-        try:
-            Path(config.snapshots).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            why = ("a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError))
-                   else exc.strerror or exc)
-            raise MaskwatchError(f"--snapshots {config.snapshots}: cannot make this folder "
-                                 f"({why})") from None
+        make_folder(config.snapshots, f"--snapshots {config.snapshots}: cannot make this folder")
     store = Store(db)
     if store.path is not None and not all(
             os.access(p, os.W_OK) for p in (store.path, store.path.resolve().parent)):

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from maskwatch.errors import MaskwatchError
+from maskwatch.files import make_folder
 
 SCHEMA_VERSION = 2
 DEFAULT_DB = "maskwatch.db"
@@ -192,13 +193,7 @@ class Store:
                 if not create:
                     raise MaskwatchError(f"{self.path}: no such database (run `maskwatch watch "
                                          f"... --db {self.path}` first)")
-                try:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    why = ("a file is in the way" if isinstance(
-                        exc, (FileExistsError, NotADirectoryError)) else exc.strerror or exc)
-                    raise MaskwatchError(f"{self.path}: cannot make its folder ({why})"
-                                         ) from None
+                make_folder(self.path.parent, f"{self.path}: cannot make its folder")
         try:
             if self.dialect == "sqlite":
                 self.engine = sa.create_engine(url, connect_args={"timeout": 30})
